@@ -1,0 +1,218 @@
+"""The route registry: each API route is declared once, with its roles, body
+kind and query parameters, so that the server, the OpenAPI document and the
+tests all read the same table."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import __version__
+from .errors import Invalid
+from .schema import json_schema, SPECS
+
+PEOPLE = ("admin", "user")
+ADMIN = ("admin",)
+WORKER = ("admin", "worker")
+PUBLIC: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    kind: str  # int, str, csv, csv_int, bool
+    doc: str
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str                 # bottle syntax, e.g. /tasks/<id:int>
+    handler: str              # name of the Api method
+    summary: str
+    roles: tuple[str, ...]
+    body: str | None = None   # schema kind
+    query: tuple[Query, ...] = ()
+    status: int = 200
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def openapi_path(self) -> str:
+        return re.sub(r"<(\w+)(:\w+)?>", r"{\1}", self.path)
+
+
+def parse_query(route: Route, params: dict[str, str]) -> dict[str, Any]:
+    """Validate a route's query string; unknown parameters are refused."""
+    known = {q.name: q for q in route.query}
+    out: dict[str, Any] = {}
+    for key, raw in params.items():
+        q = known.get(key)
+        if q is None:
+            raise Invalid(f"unknown query parameter (known: {', '.join(known) or 'none'})", field=key)
+        if "\x00" in raw:
+            raise Invalid("contains a NUL byte", field=key)
+        if q.kind in ("int", "csv_int"):
+            items = raw.split(",") if q.kind == "csv_int" else [raw]
+            try:
+                vals = [int(x) for x in items if x.strip() != ""]
+            except ValueError:
+                raise Invalid(f"must be {'comma-separated integers' if q.kind == 'csv_int' else 'an integer'}, "
+                              f"not {raw!r}", field=key) from None
+            for v in vals:
+                if (q.minimum is not None and v < q.minimum) or (q.maximum is not None and v > q.maximum):
+                    raise Invalid(f"must be between {q.minimum} and {q.maximum}", field=key)
+            out[key] = vals if q.kind == "csv_int" else vals[0] if vals else None
+        elif q.kind == "csv":
+            vals = [x.strip() for x in raw.split(",") if x.strip()]
+            for v in vals:
+                if q.choices and v not in q.choices:
+                    raise Invalid(f"must be among {', '.join(q.choices)}, not {v!r}", field=key)
+            out[key] = vals
+        elif q.kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false"):
+                raise Invalid(f"must be true or false, not {raw!r}", field=key)
+            out[key] = raw.lower() in ("1", "true")
+        else:
+            if q.choices and raw not in q.choices:
+                raise Invalid(f"must be one of {', '.join(q.choices)}, not {raw!r}", field=key)
+            out[key] = raw
+    return out
+
+
+_TASK_STATUSES = ("waiting", "pending", "assigned", "running", "uploading", "succeeded", "failed", "paused",
+                  "canceled")
+_LIMIT = Query("limit", "int", "page size (default 100)", 1, 10_000)
+_STREAM = Query("stream", "str", "stdout (default) or stderr", choices=("stdout", "stderr"))
+_OFFSET = Query("offset", "int", "byte offset to read from (negative: from the end)", -(1 << 62), 1 << 62)
+_OLIMIT = Query("limit", "int", "bytes to return at most (default 1 MiB)", 1, 16 << 20)
+
+R = Route
+ROUTES: tuple[Route, ...] = (
+    R("GET", "/health", "health", "liveness and version", PUBLIC, tags=("meta",)),
+    R("GET", "/openapi.json", "openapi", "this document", PUBLIC, tags=("meta",)),
+    # tasks
+    R("GET", "/tasks", "list_tasks", "list tasks (keyset pagination: pass next as after)", PEOPLE,
+      query=(Query("batch", "str", "batch name"), Query("status", "csv", "statuses", choices=_TASK_STATUSES),
+             Query("name", "str", "task name"), Query("ids", "csv_int", "task ids", 1),
+             Query("after", "int", "return tasks with a larger id", 0), _LIMIT), tags=("tasks",)),
+    R("POST", "/tasks", "create_task", "submit one task", PEOPLE, body="task_create", status=201, tags=("tasks",)),
+    R("POST", "/tasks/bulk", "create_tasks", "submit many tasks at once, all or none", PEOPLE, body="task_bulk",
+      status=201, tags=("tasks",)),
+    R("GET", "/tasks/counts", "count_tasks", "number of tasks by status", PEOPLE,
+      query=(Query("batch", "str", "batch name"),), tags=("tasks",)),
+    R("GET", "/tasks/<id:int>", "get_task", "one task", PEOPLE, tags=("tasks",)),
+    R("PATCH", "/tasks/<id:int>", "update_task", "edit a task", PEOPLE, body="task_update", tags=("tasks",)),
+    R("DELETE", "/tasks/<id:int>", "delete_task", "delete a task", PEOPLE, tags=("tasks",)),
+    R("POST", "/tasks/<id:int>/relaunch", "relaunch_task", "queue a finished task again", PEOPLE,
+      tags=("tasks",)),
+    R("POST", "/tasks/<id:int>/signal", "signal_task", "pause, resume, stop or kill a task", PEOPLE,
+      body="task_signal", tags=("tasks",)),
+    R("GET", "/tasks/<id:int>/executions", "list_executions", "a task's executions, latest first", PEOPLE,
+      tags=("executions",)),
+    R("GET", "/tasks/<id:int>/output", "task_output", "output of the task's latest execution", PEOPLE,
+      query=(_STREAM, _OFFSET, _OLIMIT), tags=("executions",)),
+    R("GET", "/executions/<id:int>", "get_execution", "one execution", PEOPLE, tags=("executions",)),
+    R("GET", "/executions/<id:int>/output", "execution_output", "an execution's output from a byte offset",
+      PEOPLE, query=(_STREAM, _OFFSET, _OLIMIT), tags=("executions",)),
+    # batches
+    R("GET", "/batches", "list_batches", "batches with counts by status and workers", PEOPLE, tags=("batches",)),
+    R("POST", "/batches", "create_batch", "create a batch", PEOPLE, body="batch_create", status=201,
+      tags=("batches",)),
+    R("GET", "/batches/<name>", "get_batch", "one batch", PEOPLE, tags=("batches",)),
+    R("PATCH", "/batches/<name>", "update_batch", "change a batch's priority", PEOPLE, body="batch_update",
+      tags=("batches",)),
+    R("POST", "/batches/<name>/pause", "pause_batch", "stop claiming the batch's tasks (signal: pause SIGSTOPs "
+      "running ones)", PEOPLE, body="batch_action", tags=("batches",)),
+    R("POST", "/batches/<name>/go", "go_batch", "resume a paused or stopped batch", PEOPLE, body="batch_action",
+      tags=("batches",)),
+    R("POST", "/batches/<name>/stop", "stop_batch", "stop the batch (signal: term or kill its running tasks, "
+      "which go back to pending)", PEOPLE, body="batch_action", tags=("batches",)),
+    R("DELETE", "/batches/<name>", "delete_batch", "delete a batch and its tasks", PEOPLE, tags=("batches",)),
+    # workers
+    R("GET", "/workers", "list_workers", "workers", PEOPLE, query=(Query("batch", "str", "batch name"),),
+      tags=("workers",)),
+    R("GET", "/workers/<id:int>", "get_worker", "one worker", PEOPLE, tags=("workers",)),
+    R("PATCH", "/workers/<id:int>", "update_worker", "change concurrency, prefetch, batch or status", PEOPLE,
+      body="worker_update", tags=("workers",)),
+    R("DELETE", "/workers/<id:int>", "delete_worker", "forget a worker (its executions are requeued)", PEOPLE,
+      tags=("workers",)),
+    R("POST", "/workers/<id:int>/signal", "signal_worker", "worker-level signal (clean)", PEOPLE,
+      body="worker_signal", tags=("workers",)),
+    # worker protocol
+    R("POST", "/workers/register", "register", "register a worker; returns its id and token", ADMIN,
+      body="register", status=201, tags=("protocol",)),
+    R("POST", "/workers/<id:int>/claim", "claim", "claim executions (long-polls when none is pending)", WORKER,
+      body="claim", tags=("protocol",)),
+    R("POST", "/workers/<id:int>/heartbeat", "heartbeat", "stats in; settings, signals and fenced executions "
+      "out; renews leases", WORKER, body="heartbeat", tags=("protocol",)),
+    R("POST", "/workers/<id:int>/outbox", "outbox", "deliver buffered reports and output in order", WORKER,
+      body="outbox", tags=("protocol",)),
+    R("POST", "/executions/<id:int>/report", "report", "report an execution's phase (idempotent)", WORKER,
+      body="report", tags=("protocol",)),
+    R("POST", "/executions/<id:int>/output", "append_output", "append output bytes at an offset (idempotent)",
+      WORKER, body="output", tags=("protocol",)),
+    # administration
+    R("GET", "/tokens", "list_tokens", "API tokens (never their secrets)", ADMIN, tags=("admin",)),
+    R("POST", "/tokens", "create_token", "create an API token; its secret is shown once", ADMIN,
+      body="token_create", status=201, tags=("admin",)),
+    R("DELETE", "/tokens/<name>", "revoke_token", "revoke a token", ADMIN, tags=("admin",)),
+    R("GET", "/events", "list_events", "the audit log", PEOPLE,
+      query=(Query("target", "str", "e.g. task:12, batch:b1"), Query("after", "int", "event id", 0), _LIMIT),
+      tags=("admin",)),
+)
+
+PREFIX = "/api/v1"
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3 document of every route in ROUTES."""
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler, "tags": list(r.tags),
+                              "responses": {str(r.status): {"description": "success",
+                                                            "content": {"application/json": {}}}}}
+        for code, text in ((400, "malformed JSON"), (401, "no valid token"), (403, "role not allowed"),
+                           (404, "unknown id"), (409, "illegal transition"), (413, "body too large"),
+                           (415, "not JSON"), (422, "invalid field")):
+            op["responses"][str(code)] = {"description": text,
+                                          "content": {"application/json": {"schema": {
+                                              "$ref": "#/components/schemas/Error"}}}}
+        params = [{"name": m.group(1), "in": "path", "required": True,
+                   "schema": {"type": "integer" if m.group(2) == ":int" else "string"}}
+                  for m in re.finditer(r"<(\w+)(:\w+)?>", r.path)]
+        for q in r.query:
+            schema: dict[str, Any] = {"type": "integer" if q.kind == "int" else
+                                      "boolean" if q.kind == "bool" else "string"}
+            if q.choices and q.kind == "str":
+                schema["enum"] = list(q.choices)
+            params.append({"name": q.name, "in": "query", "required": False, "description": q.doc,
+                           "schema": schema})
+        if params:
+            op["parameters"] = params
+        if r.body:
+            op["requestBody"] = {"required": bool(json_schema(r.body).get("required")),
+                                 "content": {"application/json": {"schema": {
+                                     "$ref": f"#/components/schemas/{r.body}"}}}}
+        if r.roles:
+            op["security"] = [{"bearer": []}]
+            op["description"] = "roles: " + ", ".join(r.roles)
+        else:
+            op["security"] = []
+        paths.setdefault(PREFIX + r.openapi_path, {})[r.method.lower()] = op
+    schemas = {kind: json_schema(kind) for kind in SPECS}
+    schemas["Error"] = {"type": "object", "required": ["error", "detail"],
+                        "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
+                                       "data": {"type": "object"}}}
+    return {"openapi": "3.0.3",
+            "info": {"title": "scitq API", "version": __version__,
+                     "description": "Tasks, batches, workers and the worker protocol of scitq."},
+            "paths": paths,
+            "components": {"schemas": schemas,
+                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}]}
+
+
+HandlerFn = Callable[..., Any]

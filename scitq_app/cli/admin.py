@@ -1,0 +1,232 @@
+"""Commands run on the server host: server, dispatcher, db, token, config."""
+from __future__ import annotations
+
+import re
+import signal
+from typing import Any
+
+from ..config import OPTIONS
+from ..errors import ConfigError, UsageError
+from . import Context, merge_options, parse
+
+SERVER_DOC = """Run the scitq HTTP API (and, unless told not to, the dispatcher).
+
+Usage:
+  scitq server [options] [--listen ADDR] [--port PORT] [--database URL] [--threads N] [--no-dispatcher]
+
+Options:
+  --listen ADDR     address to listen on (env SCITQ_SERVER_LISTEN) [default from config: 127.0.0.1]
+  --port PORT       TCP port (env SCITQ_SERVER_PORT) [default from config: 5000]
+  --database URL    sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB (env SCITQ_SERVER_DATABASE)
+  --threads N       HTTP worker threads (env SCITQ_SERVER_THREADS)
+  --no-dispatcher   do not run the dispatcher loops in this process (run `scitq dispatcher`)
+
+An empty database is initialised at start; an outdated one must be upgraded
+with `scitq db upgrade` first. Listening on a non-loopback address requires an
+API token to exist (`scitq token create --role admin NAME`).
+"""
+
+DISPATCHER_DOC = """Run the dispatcher loops alone: lease expiry, deadlines, dependencies, offline workers.
+
+Usage:
+  scitq dispatcher [options] [--database URL] [--once]
+
+Options:
+  --database URL    database URL (env SCITQ_SERVER_DATABASE)
+  --once            run one round and exit
+
+Only one dispatcher acts at a time (a lock in the database); others stand by.
+"""
+
+DB_DOC = """Manage the database schema.
+
+Usage:
+  scitq db init [options] [--database URL]
+  scitq db upgrade [options] [--database URL]
+  scitq db status [options] [--database URL] [--json]
+
+Options:
+  --database URL    database URL (env SCITQ_SERVER_DATABASE)
+  --json            machine-readable output
+
+init creates the schema in an empty database; upgrade applies pending
+migrations one by one (an empty database is built migration by migration).
+"""
+
+TOKEN_DOC = """Manage API tokens (run on the server host: talks to the database directly).
+
+Usage:
+  scitq token create [options] --role ROLE <name> [--database URL] [--json]
+  scitq token list [options] [--database URL] [--json]
+  scitq token revoke [options] <name> [--database URL]
+
+Options:
+  --role ROLE       admin (everything) or user (tasks, batches, workers; no tokens)
+  --database URL    database URL (env SCITQ_SERVER_DATABASE)
+  --json            machine-readable output
+
+A token's secret is printed once at creation and stored only as a hash.
+Give it to clients as SCITQ_TOKEN or [client] token.
+"""
+
+CONFIG_DOC = """Show the effective configuration: every option, its value and where it came from.
+
+Usage:
+  scitq config show [options] [--json]
+
+Options:
+  --json            machine-readable output
+
+Secrets (tokens, database passwords) are masked.
+"""
+
+
+def _open_ready_store(ctx: Context, database: str | None) -> Any:
+    store = ctx.store(database)
+    status = store.schema_status()
+    if status["current"] == 0:
+        version = store.init_schema()
+        ctx.warn(f"scitq: initialised an empty {store.dialect} database (schema version {version})")
+    elif status["pending"]:
+        raise ConfigError(f"the database schema is at version {status['current']} but this scitq needs "
+                          f"{status['latest']}: run `scitq db upgrade` first")
+    return store
+
+
+def _sigterm_exits() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_server(ctx: Context, argv: list[str]) -> int:
+    args = parse(SERVER_DOC, argv)
+    merge_options(args, ctx)
+    ctx.config(server_listen=args["--listen"], server_port=args["--port"], server_database=args["--database"],
+               server_threads=args["--threads"])
+    store = _open_ready_store(ctx, args["--database"])
+    from ..server import serve
+    _sigterm_exits()
+    try:
+        serve(store, ctx.config(), dispatcher=False if args["--no-dispatcher"] else None,
+              ready=lambda url: ctx.warn(f"scitq: server listening on {url} ({store.dialect})"))
+    except KeyboardInterrupt:
+        ctx.warn("scitq: server stopped")
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {ctx.config().server.listen}:{ctx.config().server.port}: "
+                          f"{e.strerror or e}") from None
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_dispatcher(ctx: Context, argv: list[str]) -> int:
+    args = parse(DISPATCHER_DOC, argv)
+    merge_options(args, ctx)
+    store = _open_ready_store(ctx, args["--database"])
+    from ..dispatch.loops import Dispatcher
+    d = Dispatcher(store, ctx.config())
+    _sigterm_exits()
+    try:
+        d.run(once=bool(args["--once"]))
+    except KeyboardInterrupt:
+        ctx.warn("scitq: dispatcher stopped")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_db(ctx: Context, argv: list[str]) -> int:
+    args = parse(DB_DOC, argv)
+    merge_options(args, ctx)
+    store = ctx.store(args["--database"])
+    try:
+        if args["init"]:
+            version = store.init_schema()
+            ctx.say(f"initialised the {store.dialect} database at schema version {version}")
+        elif args["upgrade"]:
+            applied = store.upgrade_schema()
+            if applied:
+                for name in applied:
+                    ctx.say(f"applied {name}")
+            else:
+                ctx.say("the database is up to date")
+        else:
+            status = store.schema_status()
+            if args["--json"]:
+                ctx.json(status)
+            else:
+                state = "empty" if status["current"] == 0 else \
+                    "up to date" if not status["pending"] else f"{len(status['pending'])} migration(s) pending"
+                ctx.say(f"{status['dialect']} schema version {status['current']} of {status['latest']}: {state}")
+                for name in status["pending"]:
+                    ctx.say(f"  pending: {name}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_token(ctx: Context, argv: list[str]) -> int:
+    args = parse(TOKEN_DOC, argv)
+    merge_options(args, ctx)
+    store = ctx.store(args["--database"])
+    try:
+        if store.schema_status()["current"] == 0:
+            raise ConfigError("the database has no schema yet: run `scitq db init` (or start the server) first")
+        if args["create"]:
+            role = args["--role"]
+            if role not in ("admin", "user"):
+                raise UsageError(f"--role must be admin or user, not {role!r}")
+            from ..schema import validate
+            validate("token_create", {"name": args["<name>"], "role": role})
+            token, secret = store.create_token(args["<name>"], role, actor="cli")
+            if args["--json"]:
+                ctx.json({"token": token.to_dict(), "secret": secret})
+            else:
+                ctx.say(secret)
+                ctx.warn(f"scitq: created {role} token {token.name!r}; keep the secret above safe, "
+                         "it is not shown again")
+        elif args["list"]:
+            tokens = [t.to_dict() for t in store.list_tokens()]
+            if args["--json"]:
+                ctx.json(tokens)
+            else:
+                ctx.table(tokens, [("name", "name"), ("role", "role"), ("worker_id", "worker"),
+                                   ("created", "created"), ("last_used", "last used"), ("revoked", "revoked")])
+        else:
+            token = store.revoke_token(args["<name>"], actor="cli")
+            ctx.say(f"revoked token {token.name!r}")
+    finally:
+        store.close()
+    return 0
+
+
+def _mask(key: tuple[str, str], value: Any) -> Any:
+    if not OPTIONS[key].secret or not value:
+        return value
+    if isinstance(value, str) and "://" in value:
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
+    return "***"
+
+
+def cmd_config(ctx: Context, argv: list[str]) -> int:
+    args = parse(CONFIG_DOC, argv)
+    merge_options(args, ctx)
+    cfg = ctx.config()
+    rows = [{"option": f"{s}.{k}", "value": _mask((s, k), v), "from": cfg.origins[(s, k)]}
+            for (s, k), v in cfg.items()]
+    if args["--json"]:
+        ctx.json({"file": cfg.path, "options": rows})
+    else:
+        ctx.say(f"config file: {cfg.path or '(none)'}")
+        ctx.table(rows, [("option", "option"), ("value", "value"), ("from", "from")])
+    return 0
+
+
+COMMANDS = {
+    "server": (SERVER_DOC, cmd_server),
+    "dispatcher": (DISPATCHER_DOC, cmd_dispatcher),
+    "db": (DB_DOC, cmd_db),
+    "token": (TOKEN_DOC, cmd_token),
+    "config": (CONFIG_DOC, cmd_config),
+}

@@ -1,0 +1,177 @@
+"""Commands about batches and workers (and running the worker agent)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import NotFound, UsageError
+from . import Context, int_arg, merge_options, parse
+
+BATCH_DOC = """Inspect and steer batches.
+
+Usage:
+  scitq batch list [options] [--json]
+  scitq batch show [options] <name> [--json]
+  scitq batch create [options] <name> [--priority N]
+  scitq batch pause [options] <name>... [--suspend]
+  scitq batch go [options] <name>...
+  scitq batch stop [options] <name>... [--kill | --no-signal]
+  scitq batch delete [options] <name>...
+
+Options:
+  --priority N    batch priority [default: 0]
+  --suspend       also SIGSTOP the batch's running tasks (go continues them)
+  --kill          stop running tasks with SIGKILL instead of SIGTERM
+  --no-signal     leave running tasks alone, only stop claiming
+  --json          machine-readable output
+
+pause stops claiming the batch's tasks; go resumes the batch and its paused tasks;
+stop ends its running tasks (they go back to pending, no retry spent) and stops
+claiming; delete removes a batch and all its tasks (stop it first).
+"""
+
+WORKER_DOC = """Run the worker agent, or inspect and steer workers.
+
+Usage:
+  scitq worker [run] [options] [--name NAME] [--batch NAME] [--concurrency N] [--prefetch N]
+               [--workdir DIR] [--status STATUS] [--once]
+  scitq worker list [options] [--batch NAME] [--json]
+  scitq worker show [options] <worker> [--json]
+  scitq worker update [options] <worker> [--concurrency N] [--prefetch N] [--batch NAME | --no-batch]
+                      [--status STATUS] [--json]
+  scitq worker delete [options] <worker>...
+  scitq worker clean [options] <worker>...
+
+Options:
+  --name NAME         worker name (env SCITQ_WORKER_NAME; default: host name)
+  --batch NAME        only run tasks of this batch
+  --no-batch          run tasks of any running batch
+  --concurrency N     tasks run at once
+  --prefetch N        tasks claimed ahead of free slots
+  --workdir DIR       where work dirs are made (env SCITQ_WORKER_WORKDIR)
+  --status STATUS     running, paused or draining (draining: finish, then exit)
+  --once              (run) claim, run and report one round, then exit
+  --json              machine-readable output
+
+<worker> is a worker id or name. Changes made with `update` reach the worker at
+its next heartbeat; `delete` requeues its executions; `clean` removes the work
+dirs of its finished executions.
+"""
+
+WORKER_COLUMNS = [("id", "id"), ("name", "name"), ("status", "status"), ("batch", "batch"),
+                  ("concurrency", "conc"), ("prefetch", "pref"), ("active", "active"),
+                  ("last_seen", "last seen"), ("hostname", "host")]
+
+
+def cmd_batch(ctx: Context, argv: list[str]) -> int:
+    args = parse(BATCH_DOC, argv)
+    merge_options(args, ctx)
+    client = ctx.client()
+    if args["list"]:
+        batches = client.batches()
+        if args["--json"]:
+            ctx.json(batches)
+        else:
+            ctx.table(batches, [("name", "name"), ("status", "status"), ("priority", "prio"),
+                                ("workers", "workers"), ("counts", "tasks")])
+        return 0
+    names = args["<name>"]
+    if args["show"]:
+        b = client.batch(names[0])
+        if args["--json"]:
+            ctx.json(b)
+        else:
+            for k in ("name", "status", "priority", "workers", "created"):
+                ctx.say(f"{k + ':':<10} {b[k]}")
+            for status, n in sorted(b["counts"].items()):
+                ctx.say(f"  {status:<10} {n}")
+        return 0
+    if args["create"]:
+        b = client.create_batch(names[0], int_arg(args["--priority"], "--priority") or 0)
+        ctx.say(f"batch {b['name']} created")
+        return 0
+    for name in names:
+        if args["pause"]:
+            client.pause_batch(name, "pause" if args["--suspend"] else None)
+            ctx.say(f"batch {name} paused" + (" (running tasks suspended)" if args["--suspend"] else ""))
+        elif args["go"]:
+            client.go_batch(name)
+            ctx.say(f"batch {name} running")
+        elif args["stop"]:
+            signal = None if args["--no-signal"] else "kill" if args["--kill"] else "term"
+            client.stop_batch(name, signal)
+            ctx.say(f"batch {name} stopped" + (f" (running tasks sent {signal})" if signal else ""))
+        else:
+            n = client.delete_batch(name)["tasks"]
+            ctx.say(f"batch {name} deleted ({n} tasks)")
+    return 0
+
+
+def resolve_worker(client: Any, ref: str) -> int:
+    """A worker id from an id or a name."""
+    if ref.isdigit():
+        return int(ref)
+    for w in client.workers():
+        if w["name"] == ref:
+            return int(w["id"])
+    raise NotFound(f"no worker named {ref!r}")
+
+
+def cmd_worker(ctx: Context, argv: list[str]) -> int:
+    args = parse(WORKER_DOC, argv)
+    merge_options(args, ctx)
+    if not any(args[k] for k in ("list", "show", "update", "delete", "clean")):
+        from ..worker import run_worker
+        cfg = ctx.config(worker_name=args["--name"], worker_batch=args["--batch"],
+                         worker_concurrency=args["--concurrency"], worker_prefetch=args["--prefetch"],
+                         worker_workdir=args["--workdir"], worker_status=args["--status"])
+        return run_worker(cfg, once=bool(args["--once"]), log=ctx.warn)
+    client = ctx.client()
+    if args["list"]:
+        workers = client.workers(args["--batch"])
+        ctx.json(workers) if args["--json"] else ctx.table(workers, WORKER_COLUMNS, empty="(no workers)")
+        return 0
+    refs = args["<worker>"]
+    if args["show"]:
+        w = client.worker(resolve_worker(client, refs[0]))
+        if args["--json"]:
+            ctx.json(w)
+        else:
+            for k, v in w.items():
+                if v not in (None, {}, ""):
+                    ctx.say(f"{k + ':':<13} {v}")
+        return 0
+    if args["update"]:
+        changes: dict[str, Any] = {}
+        for flag, key in (("--concurrency", "concurrency"), ("--prefetch", "prefetch")):
+            if args[flag] is not None:
+                changes[key] = int_arg(args[flag], flag, 0)
+        if args["--batch"] is not None:
+            changes["batch"] = args["--batch"]
+        if args["--no-batch"]:
+            changes["batch"] = None
+        if args["--status"] is not None:
+            changes["status"] = args["--status"]
+        if not changes:
+            raise UsageError("nothing to update: give --concurrency, --prefetch, --batch, --no-batch or --status")
+        w = client.update_worker(resolve_worker(client, refs[0]), **changes)
+        if args["--json"]:
+            ctx.json(w)
+        else:
+            ctx.say(f"worker {w['name']} updated: concurrency {w['concurrency']}, prefetch {w['prefetch']}, "
+                    f"batch {w['batch'] or '(any)'}, status {w['status']}")
+        return 0
+    for ref in refs:
+        wid = resolve_worker(client, ref)
+        if args["delete"]:
+            client.delete_worker(wid)
+            ctx.say(f"worker {ref} deleted")
+        else:
+            client.signal_worker(wid, "clean")
+            ctx.say(f"worker {ref}: clean queued")
+    return 0
+
+
+COMMANDS = {
+    "batch": (BATCH_DOC, cmd_batch),
+    "worker": (WORKER_DOC, cmd_worker),
+}

@@ -1,0 +1,292 @@
+"""The HTTP client of the scitq API: the Python library people script against,
+the CLI's transport and the worker's link to the server.
+
+    from scitq_app.client import Server
+    s = Server("http://127.0.0.1:5000", token="scitq_...")
+    t = s.submit("echo hello", batch="demo")
+    s.join([t["id"]])
+
+Errors come back as the same `ScitqError` subclasses the server raised
+(NotFound, Conflict, Invalid...); a server that cannot be reached raises
+`ServerUnreachable`. Standard library only, so every role can use it.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import quote, urlencode, urlsplit
+
+from . import __version__
+from .errors import BY_KIND, ScitqError, ServerUnreachable
+
+API = "/api/v1"
+
+
+class Server:
+    """A connection to a scitq server. Thread-safe: one keep-alive HTTP
+    connection per thread.
+
+    `retry_reads` (seconds, 0 = never) keeps retrying GETs while the server is
+    unreachable, so a script survives a server restart."""
+
+    def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, timeout: float = 30.0,
+                 retry_reads: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ServerUnreachable(f"server URL must look like http://HOST:PORT, not {url!r}")
+        self.url = f"{parts.scheme}://{parts.netloc}"
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._base = parts.path.rstrip("/")
+        self.token = token or None
+        self.timeout = timeout
+        self.retry_reads = retry_reads
+        self._sleep = sleep
+        self._local = threading.local()
+
+    # --- transport ------------------------------------------------------------
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._https:
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                                   context=ssl.create_default_context())
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def close(self) -> None:
+        self._drop()
+
+    def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
+                timeout: float | None = None) -> Any:
+        """One API call; returns the decoded JSON reply or raises ScitqError."""
+        deadline = time.monotonic() + self.retry_reads if method == "GET" and self.retry_reads else None
+        delay = 0.5
+        while True:
+            try:
+                return self._once(method, path, body, query, timeout)
+            except ServerUnreachable:
+                if deadline is None or time.monotonic() > deadline:
+                    raise
+                self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _once(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None,
+              timeout: float | None) -> Any:
+        target = self._base + API + path
+        if query:
+            q = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                 for k, v in query.items() if v is not None}
+            if q:
+                target += "?" + urlencode(q)
+        headers = {"Accept": "application/json", "User-Agent": f"scitq/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            conn = self._conn()
+            conn.timeout = timeout or self.timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(conn.timeout)
+            try:
+                conn.request(method, target, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                status = resp.status
+                if resp.getheader("Connection", "").lower() == "close":
+                    self._drop()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                self._drop()
+                # A kept-alive connection the server closed meanwhile: retry once on a new one.
+                if attempt == 2:
+                    raise ServerUnreachable(f"scitq server at {self.url} closed the connection: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                self._drop()
+                reason = "timed out" if isinstance(e, (socket.timeout, TimeoutError)) else \
+                    (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+                raise ServerUnreachable(f"cannot reach the scitq server at {self.url}: {reason}") from None
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = {"error": "http", "detail": raw[:200].decode("utf-8", "replace")}
+        if status >= 400:
+            kind = payload.get("error", "error") if isinstance(payload, dict) else "error"
+            detail = payload.get("detail", f"HTTP {status}") if isinstance(payload, dict) else f"HTTP {status}"
+            cls = BY_KIND.get(kind, ScitqError)
+            err = cls.__new__(cls)
+            ScitqError.__init__(err, detail, **(payload.get("data") or {}))
+            err.http_status = status
+            raise err
+        return payload
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self.request("GET", path, query=query)
+
+    def post(self, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        return self.request("POST", path, body if body is not None else {}, timeout=timeout)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    # --- tasks ------------------------------------------------------------------
+    def submit(self, command: str, **fields: Any) -> dict:
+        """Submit one task; returns it (with its id)."""
+        return self.post("/tasks", {"command": command, **fields})
+
+    def submit_many(self, tasks: Sequence[Mapping[str, Any]], chunk: int = 10_000) -> list[int]:
+        """Submit many tasks; returns their ids. Each chunk is all-or-nothing."""
+        ids: list[int] = []
+        for start in range(0, len(tasks), chunk):
+            ids.extend(self.post("/tasks/bulk", {"tasks": list(tasks[start:start + chunk])},
+                                 timeout=max(self.timeout, 120))["ids"])
+        return ids
+
+    def tasks(self, batch: str | None = None, status: str | Sequence[str] | None = None, name: str | None = None,
+              ids: Sequence[int] | None = None, after: int = 0, page: int = 1000,
+              limit: int | None = None) -> Iterator[dict]:
+        """Iterate over tasks by increasing id, fetching pages as needed."""
+        seen = 0
+        while True:
+            size = page if limit is None else min(page, limit - seen)
+            if size <= 0:
+                return
+            reply = self.get("/tasks", batch=batch, status=status, name=name, ids=ids, after=after, limit=size)
+            for t in reply["tasks"]:
+                yield t
+            seen += len(reply["tasks"])
+            if reply["next"] is None:
+                return
+            after = reply["next"]
+
+    def task(self, task_id: int) -> dict:
+        return self.get(f"/tasks/{int(task_id)}")
+
+    def update_task(self, task_id: int, **changes: Any) -> dict:
+        return self.patch(f"/tasks/{int(task_id)}", changes)
+
+    def relaunch(self, task_id: int) -> dict:
+        return self.post(f"/tasks/{int(task_id)}/relaunch")
+
+    def delete_task(self, task_id: int) -> dict:
+        return self.delete(f"/tasks/{int(task_id)}")
+
+    def signal_task(self, task_id: int, action: str) -> dict:
+        return self.post(f"/tasks/{int(task_id)}/signal", {"action": action})
+
+    def counts(self, batch: str | None = None) -> dict[str, int]:
+        return self.get("/tasks/counts", batch=batch)["counts"]
+
+    def executions(self, task_id: int) -> list[dict]:
+        return self.get(f"/tasks/{int(task_id)}/executions")["executions"]
+
+    def execution(self, execution_id: int) -> dict:
+        return self.get(f"/executions/{int(execution_id)}")
+
+    def output(self, execution_id: int, stream: str = "stdout", offset: int = 0, limit: int | None = None) -> dict:
+        return self.get(f"/executions/{int(execution_id)}/output", stream=stream, offset=offset, limit=limit)
+
+    def task_output(self, task_id: int, stream: str = "stdout", offset: int = 0, limit: int | None = None) -> dict:
+        return self.get(f"/tasks/{int(task_id)}/output", stream=stream, offset=offset, limit=limit)
+
+    # --- batches ----------------------------------------------------------------
+    def batches(self) -> list[dict]:
+        return self.get("/batches")["batches"]
+
+    def batch(self, name: str) -> dict:
+        return self.get(f"/batches/{quote(name, safe='')}")
+
+    def create_batch(self, name: str, priority: int = 0) -> dict:
+        return self.post("/batches", {"name": name, "priority": priority})
+
+    def _batch_action(self, name: str, action: str, signal: str | None) -> dict:
+        return self.post(f"/batches/{quote(name, safe='')}/{action}", {"signal": signal} if signal else {})
+
+    def pause_batch(self, name: str, signal: str | None = None) -> dict:
+        return self._batch_action(name, "pause", signal)
+
+    def go_batch(self, name: str) -> dict:
+        return self._batch_action(name, "go", None)
+
+    def stop_batch(self, name: str, signal: str | None = "term") -> dict:
+        return self._batch_action(name, "stop", signal)
+
+    def delete_batch(self, name: str) -> dict:
+        return self.delete(f"/batches/{quote(name, safe='')}")
+
+    # --- workers ----------------------------------------------------------------
+    def workers(self, batch: str | None = None) -> list[dict]:
+        return self.get("/workers", batch=batch)["workers"]
+
+    def worker(self, worker_id: int) -> dict:
+        return self.get(f"/workers/{int(worker_id)}")
+
+    def update_worker(self, worker_id: int, **changes: Any) -> dict:
+        return self.patch(f"/workers/{int(worker_id)}", changes)
+
+    def delete_worker(self, worker_id: int) -> dict:
+        return self.delete(f"/workers/{int(worker_id)}")
+
+    def signal_worker(self, worker_id: int, action: str) -> dict:
+        return self.post(f"/workers/{int(worker_id)}/signal", {"action": action})
+
+    # --- the worker protocol ------------------------------------------------------
+    def register(self, **fields: Any) -> dict:
+        return self.post("/workers/register", fields)
+
+    def claim(self, worker_id: int, slots: int, wait: float = 0.0) -> list[dict]:
+        return self.post(f"/workers/{int(worker_id)}/claim", {"slots": slots, "wait": wait},
+                         timeout=self.timeout + wait)["executions"]
+
+    def heartbeat(self, worker_id: int, stats: Mapping[str, Any], executions: Iterable[int],
+                  acks: Iterable[int] = ()) -> dict:
+        return self.post(f"/workers/{int(worker_id)}/heartbeat",
+                         {"stats": dict(stats), "executions": list(executions), "acks": list(acks)})
+
+    def report(self, execution_id: int, phase: str, **fields: Any) -> dict:
+        return self.post(f"/executions/{int(execution_id)}/report", {"phase": phase, **fields})
+
+    def append_output(self, execution_id: int, stream: str, offset: int, data: bytes, final: bool = False) -> dict:
+        return self.post(f"/executions/{int(execution_id)}/output",
+                         {"stream": stream, "offset": offset, "data": base64.b64encode(data).decode("ascii"),
+                          "final": final})
+
+    def outbox(self, worker_id: int, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        return self.post(f"/workers/{int(worker_id)}/outbox", {"items": list(items)})["results"]
+
+    # --- administration -----------------------------------------------------------
+    def tokens(self) -> list[dict]:
+        return self.get("/tokens")["tokens"]
+
+    def create_token(self, name: str, role: str) -> dict:
+        return self.post("/tokens", {"name": name, "role": role})
+
+    def revoke_token(self, name: str) -> dict:
+        return self.delete(f"/tokens/{quote(name, safe='')}")
+
+    def events(self, target: str | None = None, after: int = 0, limit: int = 100) -> list[dict]:
+        return self.get("/events", target=target, after=after, limit=limit)["events"]
+
+    def health(self) -> dict:
+        return self.get("/health")

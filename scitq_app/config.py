@@ -1,0 +1,249 @@
+"""Configuration: one defaults table, /etc/scitq.conf, SCITQ_* variables, flags.
+
+Precedence, lowest first: the defaults below < the INI file (`/etc/scitq.conf`,
+or `--config PATH`) < environment variables `SCITQ_<SECTION>_<KEY>` < flags.
+The result is validated once and frozen; an unknown key or a bad value is a
+`ConfigError` naming the key and where it came from.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/scitq.conf"
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    kind: str  # str | int | float | bool | choice
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    secret: bool = False
+
+
+def _o(default: Any, kind: str, help: str, **kw: Any) -> Option:
+    return Option(default, kind, help, **kw)
+
+
+# (section, key) -> Option. The README's configuration reference is this table.
+OPTIONS: dict[tuple[str, str], Option] = {
+    ("server", "listen"): _o("127.0.0.1", "str", "address the HTTP API listens on"),
+    ("server", "port"): _o(5000, "int", "TCP port of the HTTP API", minimum=1),
+    ("server", "database"): _o("sqlite:///scitq.db", "str",
+                               "sqlite:///PATH (relative to the working dir) or postgresql://USER:PASS@HOST:PORT/DB",
+                               secret=True),
+    ("server", "threads"): _o(48, "int", "waitress worker threads (long-polling workers hold one each)", minimum=2),
+    ("server", "pool_size"): _o(12, "int", "PostgreSQL connections per server process", minimum=1),
+    ("server", "dispatcher"): _o(True, "bool", "run the dispatcher loops inside the server process"),
+    ("server", "max_body"): _o(64 * 1024 * 1024, "int", "largest request body accepted, in bytes", minimum=1024),
+    ("server", "claim_wait"): _o(5.0, "float", "longest time a claim long-polls when nothing is pending, in s",
+                                 minimum=0),
+    ("server", "output_head"): _o(256 * 1024, "int", "bytes kept from the start of each output stream", minimum=0),
+    ("server", "output_tail"): _o(768 * 1024, "int", "bytes kept from the end of each output stream", minimum=1024),
+    ("server", "url"): _o("", "str", "URL workers use to reach this server (default http://listen:port)"),
+    ("dispatcher", "interval"): _o(1.0, "float", "seconds between two rounds of the dispatcher loops", minimum=0.05),
+    ("dispatcher", "lease"): _o(30.0, "float", "execution lease: seconds a worker has to renew it", minimum=1),
+    ("dispatcher", "offline_after"): _o(60.0, "float", "seconds without heartbeat before a worker is offline",
+                                        minimum=1),
+    ("dispatcher", "lock_ttl"): _o(15.0, "float", "seconds the singleton dispatcher lock lasts unrenewed", minimum=1),
+    ("worker", "server"): _o("", "str", "URL of the scitq server (default: [client] server)"),
+    ("worker", "token"): _o("", "str", "worker token, or an admin token used once to register", secret=True),
+    ("worker", "name"): _o("", "str", "worker name (default: the host name)"),
+    ("worker", "batch"): _o("", "str", "only run tasks of this batch (default: any running batch)"),
+    ("worker", "concurrency"): _o(1, "int", "tasks run at once", minimum=0),
+    ("worker", "prefetch"): _o(0, "int", "tasks claimed ahead of free slots", minimum=0),
+    ("worker", "workdir"): _o("/var/lib/scitq/work", "str", "where per-execution work dirs are made"),
+    ("worker", "status"): _o("running", "choice", "status at start", choices=("running", "paused")),
+    ("worker", "heartbeat"): _o(5.0, "float", "seconds between heartbeats", minimum=0.1),
+    ("worker", "engine"): _o("none", "choice", "container engine",
+                             choices=("none", "docker", "podman", "apptainer", "singularity")),
+    ("worker", "cpu"): _o(0, "int", "cores offered (0: all of this host's)", minimum=0),
+    ("worker", "mem"): _o(0.0, "float", "memory offered in GiB (0: all of this host's)", minimum=0),
+    ("client", "server"): _o("http://127.0.0.1:5000", "str", "URL of the scitq server (env SCITQ_SERVER too)"),
+    ("client", "token"): _o("", "str", "API token (env SCITQ_TOKEN too)", secret=True),
+    ("client", "timeout"): _o(30.0, "float", "seconds before an HTTP request gives up", minimum=0.1),
+    ("log", "level"): _o("info", "choice", "log level", choices=("debug", "info", "warning", "error")),
+}
+
+# Short environment names kept from scitq v1 and common usage.
+ENV_ALIASES = {"SCITQ_SERVER": ("client", "server"), "SCITQ_TOKEN": ("client", "token")}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_name(section: str, key: str) -> str:
+    return f"SCITQ_{section.upper()}_{key.upper()}"
+
+
+def _convert(section: str, key: str, raw: Any, origin: str) -> Any:
+    opt = OPTIONS[(section, key)]
+    where = f"{section}.{key} (from {origin})"
+    try:
+        if opt.kind == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value: Any = int(str(raw).strip())
+        elif opt.kind == "float":
+            value = float(str(raw).strip())
+        elif opt.kind == "bool":
+            if isinstance(raw, bool):
+                value = raw
+            elif str(raw).strip().lower() in _TRUE:
+                value = True
+            elif str(raw).strip().lower() in _FALSE:
+                value = False
+            else:
+                raise ValueError
+        elif opt.kind == "choice":
+            value = str(raw).strip()
+            if value not in opt.choices:
+                raise ConfigError(f"{where}: must be one of {', '.join(opt.choices)}, not {value!r}")
+        else:
+            value = str(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {opt.kind}, got {raw!r}") from None
+    if opt.minimum is not None and value < opt.minimum:
+        raise ConfigError(f"{where}: must be at least {opt.minimum:g}, got {value!r}")
+    return value
+
+
+class Section:
+    """Read-only attribute access to one section's values."""
+
+    def __init__(self, name: str, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"no option {self._name}.{key}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("configuration is frozen")
+
+
+class Config:
+    """The frozen, validated configuration of one process."""
+
+    def __init__(self, values: Mapping[tuple[str, str], Any], origins: Mapping[tuple[str, str], str],
+                 path: str | None) -> None:
+        self._values = MappingProxyType(dict(values))
+        self.origins = MappingProxyType(dict(origins))
+        self.path = path
+        sections: dict[str, dict[str, Any]] = {}
+        for (s, k), v in self._values.items():
+            sections.setdefault(s, {})[k] = v
+        self._sections = {s: Section(s, MappingProxyType(v)) for s, v in sections.items()}
+
+    def __getattr__(self, section: str) -> Section:
+        try:
+            return self.__dict__["_sections"][section]
+        except KeyError:
+            raise AttributeError(f"no config section {section!r}") from None
+
+    def get(self, section: str, key: str) -> Any:
+        return self._values[(section, key)]
+
+    def items(self) -> Iterable[tuple[tuple[str, str], Any]]:
+        return self._values.items()
+
+    def with_values(self, **overrides: Any) -> "Config":
+        """A copy with `section_key=value` overrides applied (validated like flags)."""
+        values, origins = dict(self._values), dict(self.origins)
+        for name, raw in overrides.items():
+            section, key = _split_flag(name)
+            values[(section, key)] = _convert(section, key, raw, "override")
+            origins[(section, key)] = "override"
+        return Config(values, origins, self.path)
+
+    def server_url(self) -> str:
+        """The URL clients of this process should use to reach the API."""
+        url = self.get("worker", "server") or self.get("client", "server")
+        return url.rstrip("/")
+
+
+def _split_flag(name: str) -> tuple[str, str]:
+    for (section, key) in OPTIONS:
+        if name == f"{section}_{key}":
+            return section, key
+    raise ConfigError(f"unknown option {name!r}")
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None, *, exists: Callable[[str], bool] = os.path.exists
+                ) -> Config:
+    """Build the configuration from defaults, the INI file, the environment and flags.
+
+    `path` None means `/etc/scitq.conf` if it exists; an explicit path must
+    exist. `flags` maps `section_key` to a value (None values are ignored).
+    """
+    env = os.environ if env is None else env
+    values = {k: o.default for k, o in OPTIONS.items()}
+    origins = {k: "default" for k in OPTIONS}
+    if path is None and env.get("SCITQ_CONFIG"):
+        path = env["SCITQ_CONFIG"]
+    elif path is None and exists(DEFAULT_PATH):
+        path = DEFAULT_PATH
+    if path is not None:
+        _read_file(path, values, origins)
+    for alias, (section, key) in ENV_ALIASES.items():
+        if env.get(alias) and not env.get(env_name(section, key)):
+            values[(section, key)] = _convert(section, key, env[alias], alias)
+            origins[(section, key)] = alias
+    for (section, key) in OPTIONS:
+        name = env_name(section, key)
+        if name in env:
+            values[(section, key)] = _convert(section, key, env[name], name)
+            origins[(section, key)] = name
+    for name, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        section, key = _split_flag(name)
+        values[(section, key)] = _convert(section, key, raw, "--" + key.replace("_", "-"))
+        origins[(section, key)] = "flag"
+    return Config(values, origins, path)
+
+
+def _read_file(path: str, values: dict, origins: dict) -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid INI: {first}") from None
+    sections = {s for s, _ in OPTIONS}
+    for section in parser.sections():
+        if section not in sections:
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(sorted(sections))})")
+        for key, raw in parser.items(section):
+            if (section, key) not in OPTIONS:
+                known = ", ".join(k for s, k in OPTIONS if s == section)
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}] (known: {known})")
+            values[(section, key)] = _convert(section, key, raw, path)
+            origins[(section, key)] = path
+
+
+def reference_table() -> list[tuple[str, str, str, str, str]]:
+    """(section, key, default, env var, help) rows, for docs and `--help` texts."""
+    rows = []
+    for (section, key), opt in OPTIONS.items():
+        default = opt.default
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        rows.append((section, key, str(default), env_name(section, key), opt.help))
+    return rows

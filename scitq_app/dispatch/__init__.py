@@ -1,0 +1,1 @@
+"""The dispatcher: periodic repairs the system needs even when nobody calls it."""

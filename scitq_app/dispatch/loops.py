@@ -1,0 +1,90 @@
+"""The dispatcher loop: lease expiry, server-side deadlines, dependency release
+and offline detection. Only the holder of the database lock acts, so several
+dispatchers (a standby, or one per server process) never act twice."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from ..config import Config
+from ..errors import ScitqError
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "dispatcher"
+
+
+class Dispatcher:
+    """One dispatcher. `tick()` runs one round; `run()` loops until `stop` is set.
+
+    After it takes the lock (at start, or when taking over from a dead one) it
+    waits one lease period before expiring leases: workers that kept running
+    while no dispatcher was there must get a chance to heartbeat first."""
+
+    def __init__(self, store: Store, config: Config, *, clock: Callable[[], float] = time.time,
+                 holder: str | None = None, on_change: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.interval = config.dispatcher.interval
+        self.lease = config.dispatcher.lease
+        self.offline_after = config.dispatcher.offline_after
+        self.lock_ttl = config.dispatcher.lock_ttl
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.on_change = on_change or (lambda: None)
+        self.active_since: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.active_since is not None
+
+    def tick(self) -> dict[str, Any]:
+        """One round. Returns what it did (for logs and tests)."""
+        now = self.clock()
+        if not self.store.acquire_lock(LOCK_NAME, self.holder, self.lock_ttl):
+            if self.active:
+                log.warning("dispatcher %s lost its lock", self.holder, extra={"action": "standby"})
+            self.active_since = None
+            return {"active": False}
+        if self.active_since is None:
+            self.active_since = now
+            log.info("dispatcher %s is active; leases expire after %.0f s of grace", self.holder, self.lease,
+                     extra={"action": "active"})
+        done: dict[str, Any] = {"active": True, "released": self.store.release_waiting(), "lost": [],
+                                "timed_out": []}
+        if now - self.active_since >= self.lease:
+            done["lost"] = self.store.expire_leases()
+            done["timed_out"] = self.store.enforce_deadlines(self.lease)
+        done["offline"] = self.store.mark_offline(self.offline_after)
+        for key in ("lost", "timed_out", "offline"):
+            if done[key]:
+                log.info("dispatcher: %s %s", key, done[key], extra={"action": key})
+        if done["released"] or done["lost"] or done["timed_out"]:
+            self.on_change()
+        return done
+
+    def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        try:
+            while True:
+                try:
+                    self.tick()
+                except ScitqError as e:
+                    log.warning("dispatcher round failed: %s", e.message)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception:
+                    log.exception("dispatcher round crashed; continuing")
+                if once or stop.wait(self.interval):
+                    return
+        finally:
+            if self.active:
+                try:
+                    self.store.release_lock(LOCK_NAME, self.holder)
+                except ScitqError:
+                    pass

@@ -1,0 +1,411 @@
+"""Statuses, records and the legal transitions between statuses.
+
+Status enums are `str` Enums whose values are the strings stored in the
+database. Records are frozen dataclasses built from store rows with
+`from_row()`; `to_dict()` gives their JSON form (times as ISO 8601 UTC).
+Every status change of a task or an execution is checked here, in
+`check_task_transition` / `check_execution_transition`, and nowhere else.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Iterable
+
+from .errors import Conflict
+
+
+class TaskStatus(str, Enum):
+    WAITING = "waiting"
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    UPLOADING = "uploading"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PAUSED = "paused"
+    CANCELED = "canceled"
+
+
+class ExecutionStatus(str, Enum):
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    UPLOADING = "uploading"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class FailureClass(str, Enum):
+    APP = "app"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    LOST = "lost"
+    EVICTED = "evicted"
+    STAGING = "staging"
+    INFRA = "infra"
+    CANCELED = "canceled"
+
+
+class WorkerStatus(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DRAINING = "draining"
+    OFFLINE = "offline"
+    LOST = "lost"
+    EVICTED = "evicted"
+    DESTROYED = "destroyed"
+
+
+class BatchStatus(str, Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class Role(str, Enum):
+    ADMIN = "admin"
+    USER = "user"
+    WORKER = "worker"
+
+
+class Shell(str, Enum):
+    NONE = "none"
+    SH = "sh"
+    BASH = "bash"
+
+
+class Stream(str, Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+class SignalAction(str, Enum):
+    """What a worker is told to do with one of its executions (or itself)."""
+
+    PAUSE = "pause"    # SIGSTOP the process group / pause the container
+    RESUME = "resume"  # SIGCONT / unpause
+    TERM = "term"      # SIGTERM, SIGKILL after a grace period
+    KILL = "kill"      # SIGKILL
+    CLEAN = "clean"    # worker level: remove work dirs of finished executions
+
+
+# Worker statuses a person may set; the others are set by the system.
+SETTABLE_WORKER_STATUSES = (WorkerStatus.RUNNING, WorkerStatus.PAUSED, WorkerStatus.DRAINING)
+
+ACTIVE_TASK_STATUSES = (TaskStatus.ASSIGNED, TaskStatus.RUNNING, TaskStatus.UPLOADING)
+FINAL_TASK_STATUSES = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED)
+ACTIVE_EXECUTION_STATUSES = (ExecutionStatus.ASSIGNED, ExecutionStatus.RUNNING, ExecutionStatus.UPLOADING)
+FINAL_EXECUTION_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED)
+
+# Failure classes that spend one of the task's retries. A lost or evicted
+# worker, or an attempt canceled by a person or a worker shutdown, is not
+# the task's fault and must not use up its budget.
+COUNTED_FAILURES = frozenset({FailureClass.APP, FailureClass.TIMEOUT, FailureClass.OOM,
+                              FailureClass.STAGING, FailureClass.INFRA})
+
+_T = TaskStatus
+TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    _T.WAITING: frozenset({_T.PENDING, _T.PAUSED, _T.CANCELED}),
+    _T.PENDING: frozenset({_T.ASSIGNED, _T.WAITING, _T.PAUSED, _T.CANCELED}),
+    _T.ASSIGNED: frozenset({_T.RUNNING, _T.UPLOADING, _T.SUCCEEDED, _T.FAILED, _T.PENDING,
+                            _T.PAUSED, _T.CANCELED}),
+    _T.RUNNING: frozenset({_T.UPLOADING, _T.SUCCEEDED, _T.FAILED, _T.PENDING, _T.PAUSED, _T.CANCELED}),
+    _T.UPLOADING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.PENDING, _T.CANCELED}),
+    # A paused task may still hold an execution (SIGSTOPped, or finishing the
+    # very moment it was paused), so its execution's outcome must land.
+    _T.PAUSED: frozenset({_T.PENDING, _T.WAITING, _T.ASSIGNED, _T.RUNNING, _T.UPLOADING,
+                          _T.SUCCEEDED, _T.FAILED, _T.CANCELED}),
+    _T.SUCCEEDED: frozenset({_T.PENDING, _T.WAITING}),
+    _T.FAILED: frozenset({_T.PENDING, _T.WAITING}),
+    _T.CANCELED: frozenset({_T.PENDING, _T.WAITING}),
+}
+
+_E = ExecutionStatus
+EXECUTION_TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
+    _E.ASSIGNED: frozenset({_E.RUNNING, _E.UPLOADING, _E.SUCCEEDED, _E.FAILED}),
+    _E.RUNNING: frozenset({_E.UPLOADING, _E.SUCCEEDED, _E.FAILED}),
+    _E.UPLOADING: frozenset({_E.SUCCEEDED, _E.FAILED}),
+    _E.SUCCEEDED: frozenset(),
+    _E.FAILED: frozenset(),
+}
+
+# Fields of a task a person may edit, and the statuses where editing them is
+# safe: what defines the work cannot change under a worker holding a copy.
+TASK_DEFINITION_FIELDS = frozenset({
+    "command", "shell", "container", "container_options", "inputs", "resources", "output",
+    "cpu", "mem", "gpu", "disk", "download_timeout", "run_timeout", "use_cache", "batch",
+})
+TASK_ANYTIME_FIELDS = frozenset({"name", "priority", "max_retries"})
+TASK_EDITABLE_STATUSES = frozenset({_T.WAITING, _T.PENDING, _T.PAUSED, _T.SUCCEEDED, _T.FAILED,
+                                    _T.CANCELED})
+
+
+def check_task_transition(task_id: int, old: TaskStatus | str, new: TaskStatus | str) -> None:
+    """Raise Conflict unless a task may go from `old` to `new`."""
+    old, new = TaskStatus(old), TaskStatus(new)
+    if old == new:
+        return
+    if new not in TASK_TRANSITIONS[old]:
+        raise Conflict(f"task {task_id} cannot go from {old.value} to {new.value}",
+                       task_id=task_id, status=old.value)
+
+
+def check_execution_transition(execution_id: int, old: ExecutionStatus | str,
+                               new: ExecutionStatus | str) -> None:
+    """Raise Conflict unless an execution may go from `old` to `new`."""
+    old, new = ExecutionStatus(old), ExecutionStatus(new)
+    if old == new:
+        return
+    if new not in EXECUTION_TRANSITIONS[old]:
+        raise Conflict(f"execution {execution_id} cannot go from {old.value} to {new.value}",
+                       execution_id=execution_id, status=old.value)
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ISO 8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _json_list(value: Any) -> list:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return json.loads(value)
+
+
+def _json_dict(value: Any) -> dict:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return value
+    return json.loads(value)
+
+
+class Record:
+    """Shared behaviour of the frozen records: build from a row, dump to JSON."""
+
+    _times: tuple[str, ...] = ()
+    _lists: tuple[str, ...] = ()
+    _dicts: tuple[str, ...] = ()
+    _bools: tuple[str, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], **extra: Any):
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        values = {k: v for k, v in row.items() if k in names}
+        values.update(extra)
+        for k in cls._lists:
+            if k in values:
+                values[k] = tuple(_json_list(values[k]))
+        for k in cls._dicts:
+            if k in values:
+                values[k] = _json_dict(values[k])
+        for k in cls._bools:
+            if k in values and values[k] is not None:
+                values[k] = bool(values[k])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        for k in self._times:
+            d[k] = iso(d[k])
+        for k in self._lists:
+            d[k] = list(d[k])
+        for k, v in d.items():
+            if isinstance(v, Enum):
+                d[k] = v.value
+        return d
+
+
+@dataclass(frozen=True)
+class Batch(Record):
+    id: int
+    name: str
+    status: str
+    priority: int = 0
+    created: float | None = None
+    modified: float | None = None
+    counts: dict = field(default_factory=dict)
+    workers: int = 0
+    _times = ("created", "modified")
+
+
+@dataclass(frozen=True)
+class Task(Record):
+    id: int
+    batch: str
+    name: str | None
+    command: str
+    status: str
+    shell: str = "none"
+    container: str | None = None
+    container_options: str | None = None
+    inputs: tuple = ()
+    resources: tuple = ()
+    output: str | None = None
+    priority: int = 0
+    cpu: float | None = None
+    mem: float | None = None
+    gpu: int | None = None
+    disk: float | None = None
+    max_retries: int = 0
+    retries_used: int = 0
+    attempts: int = 0
+    download_timeout: int | None = None
+    run_timeout: int | None = None
+    use_cache: bool = False
+    current_execution_id: int | None = None
+    status_changed: float | None = None
+    created: float | None = None
+    modified: float | None = None
+    requires: tuple = ()
+    blocked: bool = False
+    _times = ("status_changed", "created", "modified")
+    _lists = ("inputs", "resources", "requires")
+    _bools = ("use_cache", "blocked")
+
+
+@dataclass(frozen=True)
+class Execution(Record):
+    id: int
+    task_id: int
+    attempt: int
+    worker_id: int | None
+    status: str
+    failure_class: str | None = None
+    return_code: int | None = None
+    lease_expires: float | None = None
+    assigned: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    command: str = ""
+    shell: str = "none"
+    container: str | None = None
+    container_options: str | None = None
+    inputs: tuple = ()
+    resources: tuple = ()
+    output: str | None = None
+    run_timeout: int | None = None
+    download_timeout: int | None = None
+    output_files: tuple = ()
+    stdout_size: int = 0
+    stderr_size: int = 0
+    peak_mem: int | None = None
+    cpu_time: float | None = None
+    worker_name: str | None = None
+    created: float | None = None
+    modified: float | None = None
+    _times = ("lease_expires", "assigned", "started", "finished", "created", "modified")
+    _lists = ("inputs", "resources", "output_files")
+
+
+@dataclass(frozen=True)
+class Worker(Record):
+    id: int
+    name: str
+    hostname: str | None
+    status: str
+    batch: str | None = None
+    concurrency: int = 1
+    prefetch: int = 0
+    cpu: float | None = None
+    mem: float | None = None
+    gpu: int | None = None
+    permanent: bool = True
+    provider: str | None = None
+    region: str | None = None
+    flavor: str | None = None
+    address: str | None = None
+    last_seen: float | None = None
+    stats: dict = field(default_factory=dict)
+    created: float | None = None
+    modified: float | None = None
+    active: int = 0
+    _times = ("last_seen", "created", "modified")
+    _dicts = ("stats",)
+    _bools = ("permanent",)
+
+
+@dataclass(frozen=True)
+class ApiToken(Record):
+    id: int
+    name: str
+    role: str
+    worker_id: int | None = None
+    created: float | None = None
+    last_used: float | None = None
+    revoked: float | None = None
+    _times = ("created", "last_used", "revoked")
+
+
+@dataclass(frozen=True)
+class Event(Record):
+    id: int
+    at: float
+    actor: str | None
+    kind: str
+    target: str | None
+    detail: dict = field(default_factory=dict)
+    _times = ("at",)
+    _dicts = ("detail",)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: the token's name and role, and its worker for worker tokens."""
+
+    name: str
+    role: Role
+    worker_id: int | None = None
+
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+@dataclass(frozen=True)
+class OutputSlice:
+    """A piece of an execution's stream: bytes from `offset` to `next_offset`.
+
+    `cuts` lists (start, end) byte ranges inside the slice that the server did
+    not keep (the middle of a huge log); `size` is the stream's total length
+    as reported by the worker so far.
+    """
+
+    execution_id: int
+    stream: str
+    offset: int
+    next_offset: int
+    data: bytes
+    cuts: tuple = ()
+    size: int = 0
+    complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id, "stream": self.stream, "offset": self.offset,
+                "next_offset": self.next_offset, "size": self.size, "complete": self.complete,
+                "data": self.data.decode("utf-8", "replace"),
+                "cuts": [list(c) for c in self.cuts]}
+
+
+def values_of(enum: type[Enum]) -> list[str]:
+    return [e.value for e in enum]  # type: ignore[attr-defined]
+
+
+def parse_enum(enum: type[Enum], value: Any, name: str) -> Any:
+    """Return enum(value) or raise Invalid naming the field and the choices."""
+    from .errors import Invalid
+    try:
+        return enum(value)
+    except ValueError:
+        raise Invalid(f"must be one of {', '.join(values_of(enum))}, not {value!r}", field=name) from None
+
+
+def unique(items: Iterable[Any]) -> list[Any]:
+    seen: set = set()
+    return [x for x in items if not (x in seen or seen.add(x))]

@@ -1,0 +1,313 @@
+"""Request bodies: one declaration per kind, used both to validate input and to
+describe it in the OpenAPI document.
+
+`validate(KIND, payload)` returns a cleaned dict or raises `Invalid` naming
+the first bad field. Types are strict: `"4"` is not an int, `1` is not a bool.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import uris
+from .errors import Invalid
+from .models import (FailureClass, Shell, SignalAction, Stream, TaskStatus, WorkerStatus,
+                     SETTABLE_WORKER_STATUSES, values_of)
+
+MAX_TEXT = 1_000_000
+MAX_BULK = 100_000
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str                      # str, text, name, int, number, bool, enum, uris, resources, output,
+                                   # ints, strs, requires, dict, list
+    doc: str
+    required: bool = False
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    default: Any = None
+    item: str | None = None        # for 'list': the kind of its objects
+
+
+def _err(name: str, msg: str) -> Invalid:
+    return Invalid(msg, field=name)
+
+
+def _check_text(name: str, v: Any, *, empty_ok: bool, limit: int = MAX_TEXT, multiline: bool = True) -> str:
+    if not isinstance(v, str):
+        raise _err(name, f"must be a string, not {_tname(v)}")
+    if not empty_ok and not v.strip():
+        raise _err(name, "must not be empty")
+    if "\x00" in v:
+        raise _err(name, "contains a NUL byte")
+    if len(v) > limit:
+        raise _err(name, f"is longer than {limit} characters")
+    if _CONTROL.search(v) or (not multiline and ("\n" in v or "\r" in v)):
+        raise _err(name, "contains a control character")
+    return v
+
+
+def _tname(v: Any) -> str:
+    return "null" if v is None else {bool: "boolean", int: "integer", float: "number", str: "string",
+                                     list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _number(name: str, f: Field, v: Any, integer: bool) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float) if not integer else int):
+        raise _err(name, f"must be {'an integer' if integer else 'a number'}, not {_tname(v)}")
+    if not integer and v != v or v in (float("inf"), float("-inf")):
+        raise _err(name, "must be a finite number")
+    if f.minimum is not None and v < f.minimum:
+        raise _err(name, f"must be at least {f.minimum:g}")
+    if f.maximum is not None and v > f.maximum:
+        raise _err(name, f"must be at most {f.maximum:g}")
+    return v
+
+
+def check_value(name: str, f: Field, v: Any) -> Any:
+    """Validate one value against its field; return the cleaned value."""
+    if v is None:
+        if f.nullable:
+            return None
+        raise _err(name, "must not be null")
+    k = f.kind
+    if k == "str":
+        return _check_text(name, v, empty_ok=True, limit=10_000)
+    if k == "text":
+        return _check_text(name, v, empty_ok=False)
+    if k == "name":
+        _check_text(name, v, empty_ok=False, limit=200, multiline=False)
+        if not NAME_RE.match(v):
+            raise _err(name, f"{v!r} is not a valid name (letters, digits, _ . : @ + -; at most 200)")
+        return v
+    if k == "int":
+        return _number(name, f, v, True)
+    if k == "number":
+        return _number(name, f, v, False)
+    if k == "bool":
+        if not isinstance(v, bool):
+            raise _err(name, f"must be true or false, not {_tname(v)}")
+        return v
+    if k == "enum":
+        if not isinstance(v, str) or v not in f.choices:
+            raise _err(name, f"must be one of {', '.join(f.choices)}, not {v!r}")
+        return v
+    if k == "uris":
+        return [u.raw for u in uris.parse_list(v, name)]
+    if k == "resources":
+        return [u.raw for u in uris.parse_list(v, name, allow_actions=True)]
+    if k == "output":
+        return uris.parse_output(v, name).raw
+    if k == "ints":
+        if not isinstance(v, list):
+            raise _err(name, f"must be an array of integers, not {_tname(v)}")
+        return [_number(f"{name}[{i}]", Field("int", "", minimum=f.minimum), x, True) for i, x in enumerate(v)]
+    if k == "strs":
+        if not isinstance(v, list):
+            raise _err(name, f"must be an array of strings, not {_tname(v)}")
+        return [_check_text(f"{name}[{i}]", x, empty_ok=False, limit=4096) for i, x in enumerate(v)]
+    if k == "requires":
+        if not isinstance(v, list):
+            raise _err(name, f"must be an array of task ids or refs, not {_tname(v)}")
+        out: list[Any] = []
+        for i, x in enumerate(v):
+            if isinstance(x, str):
+                out.append(_check_text(f"{name}[{i}]", x, empty_ok=False, limit=200, multiline=False))
+            else:
+                out.append(_number(f"{name}[{i}]", Field("int", "", minimum=1), x, True))
+        return out
+    if k == "dict":
+        if not isinstance(v, dict):
+            raise _err(name, f"must be an object, not {_tname(v)}")
+        return v
+    if k == "list":
+        if not isinstance(v, list):
+            raise _err(name, f"must be an array, not {_tname(v)}")
+        if f.maximum is not None and len(v) > f.maximum:
+            raise _err(name, f"holds {len(v)} items, at most {int(f.maximum)} are allowed")
+        if f.item:
+            return [validate(f.item, x, where=f"{name}[{i}]") for i, x in enumerate(v)]
+        return v
+    raise AssertionError(k)
+
+
+def validate(kind: str, payload: Any, *, partial: bool = False, where: str = "") -> dict[str, Any]:
+    """Validate a request body of `kind`; `partial` for updates (nothing required,
+    defaults not filled in). Raises Invalid on the first bad or unknown field."""
+    spec = SPECS[kind]
+    prefix = f"{where}." if where else ""
+    if not isinstance(payload, dict):
+        raise Invalid(f"{where or 'body'} must be a JSON object, not {_tname(payload)}", field=where or None)
+    for key in payload:
+        if key not in spec:
+            raise _err(prefix + str(key), f"unknown field (known: {', '.join(spec)})")
+    out: dict[str, Any] = {}
+    for key, f in spec.items():
+        if key in payload:
+            out[key] = check_value(prefix + key, f, payload[key])
+        elif f.required and not partial:
+            raise _err(prefix + key, "is required")
+        elif not partial and f.default is not None:
+            out[key] = f.default
+    if partial and not out:
+        raise Invalid(f"{where or 'body'} names no field to change")
+    return out
+
+
+def _f(kind: str, doc: str, **kw: Any) -> Field:
+    return Field(kind, doc, **kw)
+
+
+_TASK_FIELDS: dict[str, Field] = {
+    "command": _f("text", "the command line", required=True),
+    "name": _f("str", "a name for people and filters", nullable=True),
+    "batch": _f("name", "batch name (created if missing)", default="Default"),
+    "shell": _f("enum", "none: run the command as argv; sh or bash: run it with that shell",
+                choices=tuple(values_of(Shell)), default="none"),
+    "container": _f("str", "container image (runs without a container when null)", nullable=True),
+    "container_options": _f("str", "extra options for the container engine's run", nullable=True),
+    "inputs": _f("uris", "URIs downloaded into input/ before the command starts"),
+    "resources": _f("resources", "shared read-only URIs (with |actions) linked into resource/"),
+    "output": _f("output", "folder URI where output/ is uploaded", nullable=True),
+    "priority": _f("int", "higher runs first", minimum=-1_000_000, maximum=1_000_000),
+    "cpu": _f("number", "cores needed", nullable=True, minimum=0),
+    "mem": _f("number", "memory needed, GiB", nullable=True, minimum=0),
+    "gpu": _f("int", "GPUs needed", nullable=True, minimum=0, maximum=64),
+    "disk": _f("number", "disk needed, GiB", nullable=True, minimum=0),
+    "max_retries": _f("int", "failed attempts retried automatically", minimum=0, maximum=1000),
+    "download_timeout": _f("int", "seconds allowed to stage inputs", nullable=True, minimum=1),
+    "run_timeout": _f("int", "seconds allowed to run; then killed and failed as 'timeout'",
+                      nullable=True, minimum=1),
+    "use_cache": _f("bool", "reuse an identical succeeded execution"),
+}
+
+SPECS: dict[str, dict[str, Field]] = {
+    "task_create": {
+        **_TASK_FIELDS,
+        "requires": _f("requires", "task ids (or refs of tasks in the same bulk) that must succeed first"),
+        "ref": _f("str", "a key other tasks of the same bulk request can list in requires"),
+        "status": _f("enum", "pending (default) or paused", choices=("pending", "paused")),
+    },
+    "task_update": {k: v for k, v in _TASK_FIELDS.items()},
+    "task_bulk": {"tasks": _f("list", "tasks to create, all or none", required=True, maximum=MAX_BULK,
+                              item="task_create")},
+    "task_signal": {"action": _f("enum", "pause, resume, stop (SIGTERM then SIGKILL) or kill", required=True,
+                                 choices=("pause", "resume", "stop", "kill"))},
+    "batch_create": {"name": _f("name", "batch name", required=True),
+                     "priority": _f("int", "priority", minimum=-1_000_000, maximum=1_000_000)},
+    "batch_update": {"priority": _f("int", "priority", minimum=-1_000_000, maximum=1_000_000)},
+    "batch_action": {"signal": _f("enum", "also signal running executions",
+                                  choices=("none", "pause", "resume", "term", "kill"), nullable=True)},
+    "worker_update": {
+        "concurrency": _f("int", "tasks run at once", minimum=0, maximum=10_000),
+        "prefetch": _f("int", "tasks claimed ahead", minimum=0, maximum=10_000),
+        "batch": _f("name", "only run tasks of this batch (null: any)", nullable=True),
+        "status": _f("enum", "running, paused or draining",
+                     choices=tuple(s.value for s in SETTABLE_WORKER_STATUSES)),
+    },
+    "worker_signal": {"action": _f("enum", "worker-level signal", required=True, choices=("clean",))},
+    "register": {
+        "name": _f("name", "worker name", required=True),
+        "hostname": _f("str", "host name", nullable=True),
+        "concurrency": _f("int", "tasks run at once", minimum=0, maximum=10_000),
+        "prefetch": _f("int", "tasks claimed ahead", minimum=0, maximum=10_000),
+        "batch": _f("name", "batch", nullable=True),
+        "status": _f("enum", "status at start", choices=("running", "paused")),
+        "cpu": _f("number", "cores", nullable=True, minimum=0),
+        "mem": _f("number", "memory GiB", nullable=True, minimum=0),
+        "gpu": _f("int", "GPUs", nullable=True, minimum=0),
+        "version": _f("str", "worker software version", nullable=True),
+    },
+    "claim": {
+        "slots": _f("int", "executions wanted", required=True, minimum=0, maximum=1000),
+        "wait": _f("number", "seconds to long-poll when nothing is pending", minimum=0, maximum=60),
+    },
+    "heartbeat": {
+        "stats": _f("dict", "load, cpu, mem, disk, net, versions"),
+        "executions": _f("ints", "ids of the executions the worker still holds", minimum=1),
+    },
+    "report": {
+        "phase": _f("enum", "running, uploading, succeeded or failed", required=True,
+                    choices=("running", "uploading", "succeeded", "failed")),
+        "return_code": _f("int", "exit code", nullable=True, minimum=-2**31, maximum=2**31),
+        "failure_class": _f("enum", "why it failed", nullable=True, choices=tuple(values_of(FailureClass))),
+        "output_files": _f("strs", "files uploaded"),
+        "peak_mem": _f("int", "peak memory, bytes", nullable=True, minimum=0),
+        "cpu_time": _f("number", "CPU seconds", nullable=True, minimum=0),
+        "message": _f("str", "a short human explanation", nullable=True),
+    },
+    "output": {
+        "stream": _f("enum", "stdout or stderr", required=True, choices=tuple(values_of(Stream))),
+        "offset": _f("int", "byte offset of data in the stream", required=True, minimum=0),
+        "data": _f("str", "base64 of the bytes", required=True),
+        "final": _f("bool", "this is the end of the stream"),
+    },
+    "outbox_item": {
+        "type": _f("enum", "report or output", required=True, choices=("report", "output")),
+        "execution_id": _f("int", "execution", required=True, minimum=1),
+        "body": _f("dict", "a report or output body", required=True),
+    },
+    "outbox": {"items": _f("list", "reports and output, applied in order", required=True, maximum=10_000,
+                           item="outbox_item")},
+    "token_create": {"name": _f("name", "token name", required=True),
+                     "role": _f("enum", "admin, user or worker", required=True,
+                                choices=("admin", "user", "worker"))},
+}
+
+_ALL_TASK_STATUSES = tuple(values_of(TaskStatus))
+_ALL_WORKER_STATUSES = tuple(values_of(WorkerStatus))
+_SIGNALS = tuple(values_of(SignalAction))
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema (OpenAPI 3.0 dialect) of a request body kind."""
+    props: dict[str, Any] = {}
+    required = []
+    for key, f in SPECS[kind].items():
+        props[key] = _field_schema(f)
+        if f.required:
+            required.append(key)
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out
+
+
+_SIMPLE: dict[str, Callable[[Field], dict]] = {
+    "str": lambda f: {"type": "string"},
+    "text": lambda f: {"type": "string", "minLength": 1},
+    "name": lambda f: {"type": "string", "pattern": NAME_RE.pattern},
+    "int": lambda f: {"type": "integer"},
+    "number": lambda f: {"type": "number"},
+    "bool": lambda f: {"type": "boolean"},
+    "enum": lambda f: {"type": "string", "enum": list(f.choices)},
+    "uris": lambda f: {"type": "array", "items": {"type": "string", "format": "uri"}},
+    "resources": lambda f: {"type": "array", "items": {"type": "string"}},
+    "output": lambda f: {"type": "string", "format": "uri"},
+    "ints": lambda f: {"type": "array", "items": {"type": "integer"}},
+    "strs": lambda f: {"type": "array", "items": {"type": "string"}},
+    "requires": lambda f: {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]}},
+    "dict": lambda f: {"type": "object"},
+    "list": lambda f: {"type": "array", "items": ({"$ref": f"#/components/schemas/{f.item}"} if f.item
+                                                  else {})},
+}
+
+
+def _field_schema(f: Field) -> dict[str, Any]:
+    s = dict(_SIMPLE[f.kind](f))
+    s["description"] = f.doc
+    if f.minimum is not None and f.kind in ("int", "number"):
+        s["minimum"] = f.minimum
+    if f.maximum is not None and f.kind in ("int", "number"):
+        s["maximum"] = f.maximum
+    if f.nullable:
+        s["nullable"] = True
+    if f.default is not None:
+        s["default"] = f.default
+    return s

@@ -1,0 +1,446 @@
+"""The HTTP API: `make_app(store, config)` builds the bottle app, `serve()` runs
+it on waitress with the dispatcher alongside.
+
+Routes are declared in `api.ROUTES`; this module binds them to the store with
+one plugin that authenticates, parses and validates JSON, and turns every
+`ScitqError` into a JSON `{"error", "detail"}` reply with its HTTP status.
+Anything else is a bug: it is logged with its traceback and answered 500.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from . import __version__
+from .api import PREFIX, ROUTES, Route, openapi_document, parse_query
+from .config import Config
+from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MissingDependency,
+                     NotFound, ScitqError, TooLarge, Unauthorized, UnsupportedMediaType)
+from .models import Identity, Role
+from .schema import validate
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = Identity("anonymous", Role.ADMIN)
+
+
+class Notifier:
+    """Wakes long-polling claims when tasks become pending in this process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    def notify(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def generation(self) -> int:
+        return self._generation
+
+    def wait(self, since: int, timeout: float) -> None:
+        with self._cond:
+            if self._generation == since:
+                self._cond.wait(timeout)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Api:
+    """Route handlers: thin translations between HTTP and the store."""
+
+    def __init__(self, store: Store, config: Config, notifier: Notifier,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.store = store
+        self.config = config
+        self.notifier = notifier
+        self.clock = clock
+        self.lease = config.dispatcher.lease
+        self.open_mode_allowed = is_loopback(config.server.listen)
+        self._open_cache: tuple[float, bool] = (0.0, False)
+        # Long polls hold a waitress thread each: keep enough threads for everyone else.
+        self._pollers = threading.BoundedSemaphore(max(1, config.server.threads // 2))
+
+    # --- auth -----------------------------------------------------------------
+    def open_mode(self) -> bool:
+        """Loopback server and no admin/user token yet: requests need no token."""
+        if not self.open_mode_allowed:
+            return False
+        at, value = self._open_cache
+        now = self.clock()
+        if now - at > 2.0:
+            value = not self.store.has_people_tokens()
+            self._open_cache = (now, value)
+        return value
+
+    def identify(self, header: str | None) -> Identity | None:
+        if header:
+            scheme, _, secret = header.partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise Unauthorized("the Authorization header must be 'Bearer TOKEN'")
+            ident = self.store.authenticate(secret.strip())
+            if ident is None:
+                raise Unauthorized("this token is unknown or revoked")
+            return ident
+        if self.open_mode():
+            return ANONYMOUS
+        return None
+
+    @staticmethod
+    def _own_worker(ident: Identity, worker_id: int) -> int | None:
+        """The worker id a worker token is bound to (None for admins, who act for any worker)."""
+        if ident.role == Role.WORKER:
+            if ident.worker_id != worker_id:
+                raise Forbidden(f"this worker token belongs to worker {ident.worker_id}, not {worker_id}")
+            return worker_id
+        return None
+
+    # --- meta -----------------------------------------------------------------
+    def health(self, ident: Identity, **_: Any) -> dict:
+        return {"status": "ok", "version": __version__, "time": self.clock()}
+
+    def openapi(self, ident: Identity, **_: Any) -> dict:
+        return openapi_document()
+
+    # --- tasks ----------------------------------------------------------------
+    def list_tasks(self, ident: Identity, query: dict, **_: Any) -> dict:
+        limit = query.get("limit") or 100
+        tasks = self.store.list_tasks(batch=query.get("batch"), statuses=query.get("status") or None,
+                                      name=query.get("name"), ids=query.get("ids"), after=query.get("after") or 0,
+                                      limit=limit)
+        return {"tasks": [t.to_dict() for t in tasks],
+                "next": tasks[-1].id if len(tasks) == limit else None}
+
+    def create_task(self, ident: Identity, body: dict, **_: Any) -> dict:
+        if any(isinstance(r, str) for r in body.get("requires") or []):
+            raise Invalid("refs can only be used in a bulk request; give task ids", field="requires")
+        task_id = self.store.create_tasks([body], actor=ident.name)[0]
+        self.notifier.notify()
+        return self.store.get_task(task_id).to_dict()
+
+    def create_tasks(self, ident: Identity, body: dict, **_: Any) -> dict:
+        ids = self.store.create_tasks(body["tasks"], actor=ident.name)
+        self.notifier.notify()
+        return {"ids": ids, "count": len(ids)}
+
+    def count_tasks(self, ident: Identity, query: dict, **_: Any) -> dict:
+        return {"counts": self.store.count_tasks(batch=query.get("batch"))}
+
+    def get_task(self, ident: Identity, id: int, **_: Any) -> dict:
+        return self.store.get_task(id).to_dict()
+
+    def update_task(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        task = self.store.update_task(id, body, actor=ident.name)
+        self.notifier.notify()
+        return task.to_dict()
+
+    def delete_task(self, ident: Identity, id: int, **_: Any) -> dict:
+        self.store.delete_task(id, actor=ident.name)
+        return {"deleted": id}
+
+    def relaunch_task(self, ident: Identity, id: int, **_: Any) -> dict:
+        task = self.store.relaunch_task(id, actor=ident.name)
+        self.notifier.notify()
+        return task.to_dict()
+
+    def signal_task(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        task = self.store.signal_task(id, body["action"], actor=ident.name)
+        self.notifier.notify()
+        return task.to_dict()
+
+    def list_executions(self, ident: Identity, id: int, **_: Any) -> dict:
+        return {"executions": [e.to_dict() for e in self.store.list_executions(id)]}
+
+    def task_output(self, ident: Identity, id: int, query: dict, **_: Any) -> dict:
+        executions = self.store.list_executions(id)
+        if not executions:
+            raise NotFound(f"task {id} has not run yet", task_id=id)
+        return self.execution_output(ident, executions[0].id, query)
+
+    def get_execution(self, ident: Identity, id: int, **_: Any) -> dict:
+        return self.store.get_execution(id).to_dict()
+
+    def execution_output(self, ident: Identity, id: int, query: dict, **_: Any) -> dict:
+        out = self.store.read_output(id, query.get("stream") or "stdout", query.get("offset") or 0,
+                                     query.get("limit") or (1 << 20))
+        return out.to_dict()
+
+    # --- batches --------------------------------------------------------------
+    def list_batches(self, ident: Identity, **_: Any) -> dict:
+        return {"batches": [b.to_dict() for b in self.store.list_batches()]}
+
+    def create_batch(self, ident: Identity, body: dict, **_: Any) -> dict:
+        return self.store.create_batch(body["name"], body.get("priority") or 0, actor=ident.name).to_dict()
+
+    def get_batch(self, ident: Identity, name: str, **_: Any) -> dict:
+        return self.store.get_batch(name).to_dict()
+
+    def update_batch(self, ident: Identity, name: str, body: dict, **_: Any) -> dict:
+        return self.store.update_batch(name, body["priority"], actor=ident.name).to_dict()
+
+    def _batch_status(self, ident: Identity, name: str, body: dict, status: str) -> dict:
+        batch = self.store.set_batch_status(name, status, body.get("signal"), actor=ident.name)
+        self.notifier.notify()
+        return batch.to_dict()
+
+    def pause_batch(self, ident: Identity, name: str, body: dict, **_: Any) -> dict:
+        return self._batch_status(ident, name, body, "paused")
+
+    def go_batch(self, ident: Identity, name: str, body: dict, **_: Any) -> dict:
+        return self._batch_status(ident, name, body, "running")
+
+    def stop_batch(self, ident: Identity, name: str, body: dict, **_: Any) -> dict:
+        return self._batch_status(ident, name, body, "stopped")
+
+    def delete_batch(self, ident: Identity, name: str, **_: Any) -> dict:
+        return {"deleted": name, "tasks": self.store.delete_batch(name, actor=ident.name)}
+
+    # --- workers --------------------------------------------------------------
+    def list_workers(self, ident: Identity, query: dict, **_: Any) -> dict:
+        return {"workers": [w.to_dict() for w in self.store.list_workers(batch=query.get("batch"))]}
+
+    def get_worker(self, ident: Identity, id: int, **_: Any) -> dict:
+        return self.store.get_worker(id).to_dict()
+
+    def update_worker(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        return self.store.update_worker(id, body, actor=ident.name).to_dict()
+
+    def delete_worker(self, ident: Identity, id: int, **_: Any) -> dict:
+        self.store.delete_worker(id, actor=ident.name)
+        self.notifier.notify()
+        return {"deleted": id}
+
+    def signal_worker(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        self.store.signal_worker(id, body["action"], actor=ident.name)
+        return {"queued": body["action"]}
+
+    # --- worker protocol ------------------------------------------------------
+    def register(self, ident: Identity, body: dict, **_: Any) -> dict:
+        worker, token = self.store.register_worker(body, actor=ident.name)
+        return {"worker": worker.to_dict(), "token": token, "lease": self.lease,
+                "heartbeat": min(self.config.worker.heartbeat, self.lease / 3)}
+
+    def claim(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        self._own_worker(ident, id)
+        wait = min(float(body.get("wait", 0) or 0), self.config.server.claim_wait)
+        deadline = self.clock() + wait
+        executions = self.store.claim(id, body["slots"], self.lease)
+        if executions or wait <= 0 or body["slots"] <= 0 or not self._pollers.acquire(blocking=False):
+            return {"executions": executions}
+        try:
+            while not executions:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                since = self.notifier.generation()
+                if not self.store.has_claimable(id):
+                    # Wake at a task submitted here at once; poll for other processes' tasks.
+                    self.notifier.wait(since, min(remaining, 0.5))
+                    if not self.store.has_claimable(id):
+                        continue
+                executions = self.store.claim(id, body["slots"], self.lease)
+        finally:
+            self._pollers.release()
+        return {"executions": executions}
+
+    def heartbeat(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        self._own_worker(ident, id)
+        return self.store.heartbeat(id, body.get("stats") or {}, body.get("executions") or [],
+                                    body.get("acks") or [], self.lease)
+
+    def report(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        worker_id = ident.worker_id if ident.role == Role.WORKER else None
+        execution = self.store.report(id, worker_id, body)
+        if execution.status == "failed":
+            self.notifier.notify()  # the task may be pending again
+        return execution.to_dict()
+
+    def append_output(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        worker_id = ident.worker_id if ident.role == Role.WORKER else None
+        try:
+            data = base64.b64decode(body["data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise Invalid("must be base64", field="data") from None
+        size = self.store.append_output(id, worker_id, body["stream"], body["offset"], data,
+                                        bool(body.get("final")), self.config.server.output_head,
+                                        self.config.server.output_tail)
+        return {"size": size}
+
+    def outbox(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        self._own_worker(ident, id)
+        results = []
+        for i, item in enumerate(body["items"]):
+            try:
+                kind = "report" if item["type"] == "report" else "output"
+                payload = validate(kind, item["body"], where=f"items[{i}].body")
+                handler = self.report if kind == "report" else self.append_output
+                results.append({"ok": True, "result": handler(ident, item["execution_id"], payload)})
+            except (Invalid, NotFound, Forbidden, ScitqError) as e:
+                if e.http_status >= 500:
+                    raise
+                results.append({"ok": False, "status": e.http_status, **e.to_dict()})
+        return {"results": results}
+
+    # --- administration -------------------------------------------------------
+    def list_tokens(self, ident: Identity, **_: Any) -> dict:
+        return {"tokens": [t.to_dict() for t in self.store.list_tokens()]}
+
+    def create_token(self, ident: Identity, body: dict, **_: Any) -> dict:
+        token, secret = self.store.create_token(body["name"], body["role"], actor=ident.name)
+        self._open_cache = (0.0, False)
+        return {"token": token.to_dict(), "secret": secret}
+
+    def revoke_token(self, ident: Identity, name: str, **_: Any) -> dict:
+        return {"token": self.store.revoke_token(name, actor=ident.name).to_dict()}
+
+    def list_events(self, ident: Identity, query: dict, **_: Any) -> dict:
+        events = self.store.list_events(target=query.get("target"), after=query.get("after") or 0,
+                                        limit=query.get("limit") or 100)
+        return {"events": [e.to_dict() for e in events]}
+
+
+def _json_response(bottle: Any, status: int, payload: Any) -> Any:
+    return bottle.HTTPResponse(
+        body=json.dumps(payload, separators=(",", ":"), default=str), status=status,
+        headers={"Content-Type": "application/json", "Cache-Control": "no-store"})
+
+
+def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
+             clock: Callable[[], float] = time.time) -> Any:
+    """Build the bottle application serving /api/v1 (and the web UI when present)."""
+    try:
+        import bottle
+    except ImportError:
+        raise MissingDependency("the server needs bottle: pip install bottle (bundled in scitq.pyz)") from None
+    api = Api(store, config, notifier or Notifier(), clock)
+    app = bottle.Bottle(catchall=False, autojson=False)
+    app.config["scitq.api"] = api
+    max_body = config.server.max_body
+
+    def bind(route: Route) -> Callable[..., Any]:
+        handler = getattr(api, route.handler)
+
+        def endpoint(**url_args: Any) -> Any:
+            request = bottle.request
+            try:
+                ident = api.identify(request.get_header("Authorization"))
+                if route.roles:
+                    if ident is None:
+                        raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
+                    if ident.role.value not in route.roles:
+                        raise Forbidden(f"a {ident.role.value} token may not {route.method} {route.path}")
+                kwargs: dict[str, Any] = dict(url_args)
+                if route.query:
+                    kwargs["query"] = parse_query(route, dict(request.query.decode("utf-8").items()))
+                elif request.query_string:
+                    parse_query(route, dict(request.query.decode("utf-8").items()))
+                if route.body:
+                    kwargs["body"] = validate(route.body, _read_json(request, max_body, bool(route.body)))
+                result = handler(ident or ANONYMOUS, **kwargs)
+                return _json_response(bottle, route.status, result)
+            except ScitqError as e:
+                if e.http_status >= 500:
+                    log.warning("%s %s: %s", route.method, request.path, e.message)
+                return _json_response(bottle, e.http_status, e.to_dict())
+            except (KeyboardInterrupt, SystemExit, MemoryError):
+                raise
+            except Exception:
+                log.exception("bug while serving %s %s", route.method, request.path)
+                return _json_response(bottle, 500, {"error": "internal",
+                                                    "detail": "internal server error (logged on the server)"})
+        endpoint.__name__ = route.handler
+        return endpoint
+
+    for route in ROUTES:
+        app.route(PREFIX + route.path, route.method, bind(route))
+
+    def http_error(err: Any) -> str:
+        bottle.response.content_type = "application/json"
+        code = err.status_code
+        if code == 404:
+            e: ScitqError = NotFound(f"no such route: {bottle.request.method} {bottle.request.path}")
+        elif code == 405:
+            e = MethodNotAllowed(f"{bottle.request.method} is not allowed on {bottle.request.path}")
+        elif code == 413:
+            e = TooLarge()
+        else:
+            e = ScitqError(str(err.body or err.status_line))
+            e.kind = "http"
+        return json.dumps(e.to_dict())
+
+    for code in (400, 404, 405, 413, 500):
+        app.error_handler[code] = http_error
+    return app
+
+
+def _read_json(request: Any, max_body: int, required: bool) -> Any:
+    length = request.content_length
+    if length > max_body:
+        raise TooLarge(f"request body is {length} bytes; the limit is {max_body}")
+    raw = request.environ["wsgi.input"].read(max_body + 1) if length != 0 else b""
+    if length < 0 and len(raw) > max_body:
+        raise TooLarge(f"request body exceeds the limit of {max_body} bytes")
+    if not raw.strip():
+        return {}
+    ctype = (request.content_type or "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaType(f"the body must be application/json, not {ctype or 'untyped'}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+
+
+def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
+          ready: Callable[[str], None] | None = None) -> None:
+    """Run the API on waitress until interrupted, with the dispatcher thread unless disabled."""
+    if not is_loopback(config.server.listen) and not store.has_people_tokens():
+        raise ConfigError(f"refusing to listen on {config.server.listen} with no API token: create one first "
+                          "with `scitq.pyz token create --role admin NAME` (or listen on 127.0.0.1)")
+    try:
+        import waitress
+    except ImportError:
+        raise MissingDependency("the server needs waitress: pip install waitress (bundled in scitq.pyz)") \
+            from None
+    notifier = Notifier()
+    app = make_app(store, config, notifier=notifier)
+    stop = threading.Event()
+    thread = None
+    if config.server.dispatcher if dispatcher is None else dispatcher:
+        from .dispatch.loops import Dispatcher
+        d = Dispatcher(store, config, on_change=notifier.notify)
+        thread = threading.Thread(target=d.run, kwargs={"stop": stop}, name="dispatcher", daemon=True)
+        thread.start()
+    server = waitress.create_server(app, host=config.server.listen, port=config.server.port,
+                                    threads=config.server.threads, max_request_body_size=config.server.max_body,
+                                    channel_timeout=120, connection_limit=4000, clear_untrusted_proxy_headers=True,
+                                    asyncore_use_poll=True, ident="scitq")
+    url = f"http://{config.server.listen}:{server.effective_port}"  # type: ignore[union-attr]
+    log.info("scitq %s serving on %s (%s)", __version__, url, store.dialect, extra={"action": "serve"})
+    if ready:
+        ready(url)
+    try:
+        server.run()
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=5)

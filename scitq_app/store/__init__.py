@@ -1,0 +1,28 @@
+"""The store: the only place that writes SQL. `open_store(url)` picks the backend."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..errors import ConfigError
+from .contract import Store
+
+__all__ = ["Store", "open_store"]
+
+
+def open_store(url: str, clock: Callable[[], float] = time.time, pool_size: int = 10) -> Store:
+    """Open `sqlite:///PATH` or `postgresql://USER:PASS@HOST:PORT/DB`.
+
+    Drivers are imported here, lazily, so roles that never touch the database
+    (the worker) never load them."""
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
+        path = url[len("sqlite:///"):]
+        if not path:
+            raise ConfigError("sqlite URL needs a path: sqlite:///scitq.db or sqlite:////var/lib/scitq/scitq.db")
+        return SqliteStore(path, clock=clock)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+        return PostgresStore(url, clock=clock, pool_size=pool_size)
+    raise ConfigError(f"unsupported database URL {url.split(':', 1)[0]}:… "
+                      "(use sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB)")

@@ -1,0 +1,252 @@
+"""The store contract: everything scitq keeps, and the only door to the database.
+
+Every method is atomic: it applies all of its change or none of it. Unless
+said otherwise, methods raise `NotFound` for an unknown id or name, `Conflict`
+for a change the object's current status does not allow (nothing is applied
+then), and `StoreUnavailable` when the database cannot be reached. Times are
+epoch seconds taken from the store's clock (the server's, never a worker's).
+
+Two backends implement it (SQLite and PostgreSQL); `tests/contract` runs one
+suite against both.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..models import (ApiToken, Batch, Event, Execution, Identity, OutputSlice, Task, Worker)
+
+
+class Store:
+    """Abstract store. Subclasses set `dialect` and implement every method."""
+
+    dialect = "abstract"
+
+    # --- schema -------------------------------------------------------------
+    def schema_status(self) -> dict[str, Any]:
+        """{'current': int, 'latest': int, 'pending': [migration names]}; current 0 = empty DB."""
+        raise NotImplementedError
+
+    def init_schema(self) -> int:
+        """Create the current schema in an empty database; return its version.
+        Raise Conflict if the database already has a schema."""
+        raise NotImplementedError
+
+    def upgrade_schema(self) -> list[str]:
+        """Apply pending migrations in order, each in its own transaction; return their names."""
+        raise NotImplementedError
+
+    def describe_schema(self) -> dict[str, Any]:
+        """A normalised description of tables, columns and indexes (for migration tests)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""
+        raise NotImplementedError
+
+    # --- batches ------------------------------------------------------------
+    def create_batch(self, name: str, priority: int = 0, actor: str | None = None) -> Batch:
+        """Create a running batch. Conflict if the name is taken."""
+        raise NotImplementedError
+
+    def get_batch(self, name: str) -> Batch:
+        """One batch with its task counts by status and its number of workers."""
+        raise NotImplementedError
+
+    def list_batches(self) -> list[Batch]:
+        """All batches, by name, with counts by status and number of workers."""
+        raise NotImplementedError
+
+    def update_batch(self, name: str, priority: int, actor: str | None = None) -> Batch:
+        raise NotImplementedError
+
+    def set_batch_status(self, name: str, status: str, signal: str | None = None,
+                         actor: str | None = None) -> Batch:
+        """Pause, go (running) or stop a batch. Only a running batch's tasks are claimed.
+
+        `signal` also acts on executions in progress: `pause` SIGSTOPs them (their
+        tasks become paused), `resume` continues them, `term`/`kill` ends them (their
+        tasks go back to pending without spending a retry). `go` resumes the
+        batch's paused tasks."""
+        raise NotImplementedError
+
+    def delete_batch(self, name: str, actor: str | None = None) -> int:
+        """Delete a batch's tasks (and the batch itself unless it is Default); return
+        the number of tasks deleted. Conflict while any of its tasks is executing."""
+        raise NotImplementedError
+
+    # --- tasks --------------------------------------------------------------
+    def create_tasks(self, specs: Sequence[Mapping[str, Any]], actor: str | None = None) -> list[int]:
+        """Create tasks (validated dicts, see schema 'task_create'); return their ids in order.
+
+        All or nothing. Missing batches are created. `requires` lists task ids, or
+        the `ref` of another task in the same call; a task with unmet
+        requirements is `waiting`, else `pending` (or `paused` if asked).
+        Invalid for an unknown required id or ref, or a cycle among refs."""
+        raise NotImplementedError
+
+    def get_task(self, task_id: int) -> Task:
+        raise NotImplementedError
+
+    def list_tasks(self, *, batch: str | None = None, statuses: Sequence[str] | None = None,
+                   name: str | None = None, ids: Sequence[int] | None = None, after: int = 0,
+                   limit: int = 100) -> list[Task]:
+        """Tasks by increasing id, after id `after` (keyset pagination)."""
+        raise NotImplementedError
+
+    def count_tasks(self, batch: str | None = None) -> dict[str, int]:
+        """{status: number of tasks} for all tasks or one batch."""
+        raise NotImplementedError
+
+    def update_task(self, task_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Task:
+        """Edit a task. Definition fields (command, container, inputs, ...) may change
+        only while no worker holds the task (Conflict otherwise); name, priority
+        and max_retries may change at any time."""
+        raise NotImplementedError
+
+    def relaunch_task(self, task_id: int, actor: str | None = None) -> Task:
+        """Send a finished (succeeded, failed, canceled) or paused task back to
+        pending (waiting if its requirements are unmet), with a fresh retry budget."""
+        raise NotImplementedError
+
+    def delete_task(self, task_id: int, actor: str | None = None) -> None:
+        """Delete a task, its executions and output. Conflict while it executes or
+        while unfinished tasks require it."""
+        raise NotImplementedError
+
+    def signal_task(self, task_id: int, action: str, actor: str | None = None) -> Task:
+        """pause / resume / stop / kill a task, queueing a signal for its worker if it
+        is executing. stop and kill make it canceled."""
+        raise NotImplementedError
+
+    # --- executions and output ---------------------------------------------
+    def list_executions(self, task_id: int) -> list[Execution]:
+        """A task's executions, latest first."""
+        raise NotImplementedError
+
+    def get_execution(self, execution_id: int) -> Execution:
+        raise NotImplementedError
+
+    def read_output(self, execution_id: int, stream: str, offset: int = 0,
+                    limit: int = 1 << 20) -> OutputSlice:
+        """Up to `limit` bytes of a stream from `offset`; ranges the server did not
+        keep are skipped and listed in `cuts`."""
+        raise NotImplementedError
+
+    # --- workers (people's side) -------------------------------------------
+    def get_worker(self, worker_id: int) -> Worker:
+        raise NotImplementedError
+
+    def list_workers(self, batch: str | None = None) -> list[Worker]:
+        raise NotImplementedError
+
+    def update_worker(self, worker_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Worker:
+        """Change concurrency, prefetch, batch (name or None) or status setting; the
+        worker applies them at its next heartbeat."""
+        raise NotImplementedError
+
+    def delete_worker(self, worker_id: int, actor: str | None = None) -> None:
+        """Forget a worker: its executions are fenced as lost (their tasks go back
+        to pending without spending a retry) and its tokens stop working."""
+        raise NotImplementedError
+
+    def signal_worker(self, worker_id: int, action: str, actor: str | None = None) -> None:
+        """Queue a worker-level signal (clean)."""
+        raise NotImplementedError
+
+    # --- the worker protocol ------------------------------------------------
+    def register_worker(self, fields: Mapping[str, Any], actor: str | None = None) -> tuple[Worker, str]:
+        """Create the worker, or re-attach one of the same name; return it and a new
+        worker token (its previous tokens are revoked)."""
+        raise NotImplementedError
+
+    def claim(self, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
+        """Atomically assign up to `slots` pending tasks to the worker, never more
+        than its concurrency + prefetch allows, highest priority then oldest first,
+        from running batches (and the worker's batch if it has one) whose needs fit
+        its capacity. Each gets a new execution holding a frozen copy of the task,
+        leased until now + `lease`. A task is never held by two current executions.
+        Returns the executions' dicts (with task_name and batch)."""
+        raise NotImplementedError
+
+    def has_claimable(self, worker_id: int) -> bool:
+        """Cheap read-only check: could `claim` return something for this worker now?"""
+        raise NotImplementedError
+
+    def heartbeat(self, worker_id: int, stats: Mapping[str, Any], execution_ids: Iterable[int],
+                  acks: Iterable[int], lease: float) -> dict[str, Any]:
+        """Record the worker alive and its stats; renew the leases of the listed
+        executions it still legitimately holds; delete the acknowledged signals.
+        Returns {'settings': {...}, 'signals': [...], 'fenced': [execution ids the
+        worker must stop: no longer its current attempt]}."""
+        raise NotImplementedError
+
+    def report(self, execution_id: int, worker_id: int | None, body: Mapping[str, Any]) -> Execution:
+        """Apply a worker's report (schema 'report') to an execution and its task.
+
+        Idempotent: a phase already reached is accepted without change. Fenced (409)
+        when the execution is not its task's current attempt or was ended by the
+        server (lost, timed out). A failed attempt sends the task back to pending
+        while it has retries left for counted failure classes; a success releases
+        the tasks that were waiting for it."""
+        raise NotImplementedError
+
+    def append_output(self, execution_id: int, worker_id: int | None, stream: str, offset: int,
+                      data: bytes, final: bool, head: int, tail: int) -> int:
+        """Store bytes of a stream at `offset`; idempotent by offset. Keeps at most
+        `head` bytes from the start and `tail` bytes from the end. Fenced like
+        `report`. Returns the stream size known to the server."""
+        raise NotImplementedError
+
+    # --- dispatcher ---------------------------------------------------------
+    def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew the named singleton lock for `holder` until now + ttl.
+        False when another holder's lock has not expired."""
+        raise NotImplementedError
+
+    def release_lock(self, name: str, holder: str) -> None:
+        raise NotImplementedError
+
+    def expire_leases(self) -> list[int]:
+        """End executions whose lease expired as `lost` (their tasks back to
+        pending, no retry spent); return their ids."""
+        raise NotImplementedError
+
+    def enforce_deadlines(self, grace: float) -> list[int]:
+        """Fail as `timeout` the running executions past run_timeout + grace and
+        signal their workers to kill them; return their ids."""
+        raise NotImplementedError
+
+    def release_waiting(self) -> int:
+        """Move waiting tasks whose requirements all succeeded to pending; return how many."""
+        raise NotImplementedError
+
+    def mark_offline(self, offline_after: float) -> list[int]:
+        """Mark workers silent for `offline_after` seconds offline; return their ids."""
+        raise NotImplementedError
+
+    # --- tokens and events --------------------------------------------------
+    def create_token(self, name: str, role: str, worker_id: int | None = None,
+                     actor: str | None = None) -> tuple[ApiToken, str]:
+        """Create a token; return it and its secret (shown once, stored hashed)."""
+        raise NotImplementedError
+
+    def list_tokens(self) -> list[ApiToken]:
+        raise NotImplementedError
+
+    def revoke_token(self, name: str, actor: str | None = None) -> ApiToken:
+        raise NotImplementedError
+
+    def authenticate(self, secret: str) -> Identity | None:
+        """The identity of a valid, unrevoked token, or None."""
+        raise NotImplementedError
+
+    def has_people_tokens(self) -> bool:
+        """True when at least one unrevoked admin or user token exists."""
+        raise NotImplementedError
+
+    def record_event(self, kind: str, target: str | None, detail: Mapping[str, Any] | None = None,
+                     actor: str | None = None) -> None:
+        raise NotImplementedError
+
+    def list_events(self, target: str | None = None, after: int = 0, limit: int = 100) -> list[Event]:
+        raise NotImplementedError

@@ -1,0 +1,194 @@
+"""PostgreSQL backend (pg8000, pure Python).
+
+A small pool of native pg8000 connections, READ COMMITTED transactions with
+explicit row locks (`FOR UPDATE`, `SKIP LOCKED` for claims), and bulk inserts
+sent as one JSON parameter. Deadlocks and serialization failures are retried
+by `SqlStore._run`.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+from urllib.parse import unquote, urlparse
+
+from ..errors import ConfigError, Conflict, MissingDependency, StoreUnavailable
+from .protocol import ProtocolStore
+from .queries import split_statements
+from .sqlstore import Tx
+
+RETRYABLE_CODES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+
+def _code(exc: BaseException) -> str | None:
+    arg = exc.args[0] if exc.args else None
+    return arg.get("C") if isinstance(arg, dict) else None
+
+
+class PgTx(Tx):
+    def __init__(self, con: Any, sql: Mapping[str, str], now: float) -> None:
+        super().__init__(sql, now)
+        self.con = con
+
+    def _execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        rows = self.con.run(self.sql[name], **params)
+        cols = self.con.columns
+        count = self.con.row_count
+        if not cols:
+            return [], count if count is not None else 0
+        names = [c["name"] for c in cols]
+        return [dict(zip(names, r)) for r in rows or []], count if count is not None else 0
+
+    def insert(self, name: str, /, **params: Any) -> int:
+        rows = self.con.run(self.sql[name] + " RETURNING id", **params)
+        return int(rows[0][0])
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        bulk = self.sql.get(name + "_json")
+        if bulk is not None:
+            for start in range(0, len(rows), 20_000):
+                self.con.run(bulk, rows=json.dumps(list(rows[start:start + 20_000])))
+            return
+        for r in rows:
+            self.con.run(self.sql[name], **r)
+
+    def reserve_ids(self, table: str, n: int) -> list[int]:
+        return sorted(int(r["id"]) for r in self.all("reserve_ids", table=table, n=n))
+
+    def script(self, text: str) -> None:
+        for stmt in split_statements(text):
+            self.con.run(stmt)
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """postgresql://user:password@host:port/database -> pg8000 connect() arguments."""
+    u = urlparse(url)
+    if u.scheme not in ("postgresql", "postgres") or not u.path.strip("/"):
+        raise ConfigError(f"database URL must look like postgresql://USER:PASSWORD@HOST:PORT/DB, "
+                          f"not {u.scheme}://…")
+    args: dict[str, Any] = {"user": unquote(u.username or "postgres"), "database": unquote(u.path.lstrip("/"))}
+    if u.password is not None:
+        args["password"] = unquote(u.password)
+    if u.hostname and u.hostname.startswith("%2f"):
+        args["unix_sock"] = unquote(u.hostname)
+    else:
+        args["host"] = u.hostname or "127.0.0.1"
+        args["port"] = u.port or 5432
+    return args
+
+
+class PostgresStore(ProtocolStore):
+    dialect = "postgres"
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time, pool_size: int = 10) -> None:
+        super().__init__(clock)
+        try:
+            import pg8000.native
+        except ImportError:
+            raise MissingDependency("PostgreSQL needs pg8000: pip install pg8000 (it is bundled in scitq.pyz)") \
+                from None
+        self._pg = pg8000.native
+        self._args = parse_url(url)
+        self._where = f"{self._args.get('host', self._args.get('unix_sock'))}:{self._args.get('port', '')}" \
+                      f"/{self._args['database']}"
+        self._pool: queue.LifoQueue = queue.LifoQueue()
+        self._size = pool_size
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        try:
+            return self._pg.Connection(timeout=30, application_name="scitq", **self._args)
+        except (self._pg.InterfaceError, OSError) as e:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self._where}: {e}") from None
+        except self._pg.DatabaseError as e:
+            raise StoreUnavailable(f"PostgreSQL at {self._where} refused the connection: "
+                                   f"{_message(e)}") from None
+
+    def _acquire(self) -> Any:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            grow = self._open < self._size
+            if grow:
+                self._open += 1
+        if grow:
+            try:
+                return self._connect()
+            except BaseException:
+                with self._lock:
+                    self._open -= 1
+                raise
+        try:
+            return self._pool.get(timeout=60)
+        except queue.Empty:
+            raise StoreUnavailable("no PostgreSQL connection free for 60 s") from None
+
+    def _discard(self, con: Any) -> None:
+        with self._lock:
+            self._open -= 1
+        try:
+            con.close()
+        except Exception:
+            pass
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        con = self._acquire()
+        healthy = True
+        try:
+            con.run("START TRANSACTION" if write else "START TRANSACTION READ ONLY")
+            try:
+                yield PgTx(con, self.sql, self.clock())
+                con.run("COMMIT")
+            except BaseException:
+                try:
+                    con.run("ROLLBACK")
+                except Exception:
+                    healthy = False
+                raise
+        except OSError as e:
+            healthy = False
+            raise StoreUnavailable(f"lost the PostgreSQL connection to {self._where}: {e}") from None
+        except self._pg.InterfaceError as e:
+            # pg8000 also raises InterfaceError for programming errors; only a
+            # broken connection is the database's unavailability.
+            if not _broken(e):
+                raise
+            healthy = False
+            raise StoreUnavailable(f"lost the PostgreSQL connection to {self._where}: {e}") from None
+        except self._pg.DatabaseError as e:
+            if _code(e) == "23505":
+                raise Conflict(f"the change conflicts with existing data: {_message(e)}") from None
+            raise
+        finally:
+            if healthy:
+                self._pool.put(con)
+            else:
+                self._discard(con)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._pg.DatabaseError) and _code(exc) in RETRYABLE_CODES
+
+    def close(self) -> None:
+        while True:
+            try:
+                con = self._pool.get_nowait()
+            except queue.Empty:
+                break
+            self._discard(con)
+
+
+def _broken(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("network", "connection", "closed", "timed out", "timeout"))
+
+
+def _message(exc: BaseException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.get("M", str(arg)) if isinstance(arg, dict) else str(arg)

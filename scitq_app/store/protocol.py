@@ -1,0 +1,285 @@
+"""Workers, the worker protocol (register, claim, heartbeat, report, output)
+and the dispatcher's periodic repairs (leases, deadlines, dependencies)."""
+from __future__ import annotations
+
+import secrets
+from typing import Any, Iterable, Mapping
+
+from ..errors import Fenced, Forbidden, NotFound
+from ..models import (ACTIVE_EXECUTION_STATUSES, COUNTED_FAILURES, Execution, ExecutionStatus, FailureClass,
+                      Role, SignalAction, TaskStatus, Worker, WorkerStatus, check_execution_transition)
+from .sqlstore import Tx, dumps, read, write
+from .tasks import TaskStore
+
+_ACTIVE_EXEC = {s.value for s in ACTIVE_EXECUTION_STATUSES}
+_PHASE_ORDER = {"assigned": 0, "running": 1, "uploading": 2, "succeeded": 3, "failed": 3}
+_ONLINE = {WorkerStatus.STARTING.value, WorkerStatus.RUNNING.value, WorkerStatus.PAUSED.value,
+           WorkerStatus.DRAINING.value}
+_REVIVABLE = {WorkerStatus.STARTING.value, WorkerStatus.OFFLINE.value, WorkerStatus.LOST.value}
+
+
+class ProtocolStore(TaskStore):
+    """The complete SQL store: tasks plus workers, protocol and dispatcher."""
+
+    # --- workers, people's side ---------------------------------------------
+    def _worker_row(self, tx: Tx, worker_id: int) -> dict[str, Any]:
+        row = tx.one("worker_get", id=worker_id)
+        if row is None:
+            raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
+        return row
+
+    @read
+    def get_worker(self, tx: Tx, worker_id: int) -> Worker:
+        return Worker.from_row(self._worker_row(tx, worker_id))
+
+    @read
+    def list_workers(self, tx: Tx, batch: str | None = None) -> list[Worker]:
+        batch_id = self._batch_id(tx, batch) if batch is not None else None
+        return [Worker.from_row(r) for r in tx.all("worker_list", batch_id=batch_id)]
+
+    @write
+    def update_worker(self, tx: Tx, worker_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Worker:
+        row = dict(self._worker_row(tx, worker_id))
+        if "concurrency" in changes:
+            row["concurrency"] = changes["concurrency"]
+        if "prefetch" in changes:
+            row["prefetch"] = changes["prefetch"]
+        if "batch" in changes:
+            row["batch_id"] = None if changes["batch"] is None else self._batch_id(tx, changes["batch"], create=True)
+        if "status" in changes:
+            row["setting"] = WorkerStatus(changes["status"]).value
+            if row["status"] in _ONLINE:
+                row["status"] = row["setting"]
+        tx.run("worker_update", id=worker_id, concurrency=row["concurrency"], prefetch=row["prefetch"],
+               batch_id=row["batch_id"], setting=row["setting"], status=row["status"], now=tx.now)
+        self._event(tx, "worker.update", f"worker:{row['name']}", dict(changes), actor)
+        return Worker.from_row(self._worker_row(tx, worker_id))
+
+    @write
+    def delete_worker(self, tx: Tx, worker_id: int, actor: str | None = None) -> None:
+        row = self._worker_row(tx, worker_id)
+        for e in tx.all("worker_active_executions", worker_id=worker_id):
+            task = self._task_row(tx, e["task_id"], lock=True)
+            self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.LOST, {},
+                                message="worker deleted")
+        tx.run("worker_delete", id=worker_id)
+        self._event(tx, "worker.delete", f"worker:{row['name']}", None, actor)
+
+    @write
+    def signal_worker(self, tx: Tx, worker_id: int, action: str, actor: str | None = None) -> None:
+        row = self._worker_row(tx, worker_id)
+        tx.run("signal_insert", worker_id=worker_id, execution_id=None, action=SignalAction(action).value,
+               now=tx.now)
+        self._event(tx, f"worker.{action}", f"worker:{row['name']}", None, actor)
+
+    # --- registration ---------------------------------------------------------
+    @write
+    def register_worker(self, tx: Tx, fields: Mapping[str, Any], actor: str | None = None) -> tuple[Worker, str]:
+        name = fields["name"]
+        row = tx.one("worker_by_name", name=name)
+        setting = fields.get("status") or WorkerStatus.RUNNING.value
+        if row is None:
+            batch_id = self._batch_id(tx, fields["batch"], create=True) if fields.get("batch") else None
+            worker_id = tx.insert(
+                "worker_insert", name=name, hostname=fields.get("hostname"), status=setting, setting=setting,
+                batch_id=batch_id, concurrency=fields.get("concurrency", 1), prefetch=fields.get("prefetch", 0),
+                cpu=fields.get("cpu"), mem=fields.get("mem"), gpu=fields.get("gpu"),
+                version=fields.get("version"), now=tx.now)
+            self._event(tx, "worker.register", f"worker:{name}", {"hostname": fields.get("hostname")}, actor)
+        else:
+            # A known worker re-attaches: what people changed on the server since
+            # (concurrency, prefetch, batch, status) wins over its own config.
+            worker_id = row["id"]
+            tx.run("worker_reattach", id=worker_id, hostname=fields.get("hostname"), cpu=fields.get("cpu"),
+                   mem=fields.get("mem"), gpu=fields.get("gpu"), version=fields.get("version"), now=tx.now)
+            tx.run("token_revoke_worker", worker_id=worker_id, now=tx.now)
+            self._event(tx, "worker.reattach", f"worker:{name}", {"hostname": fields.get("hostname")}, actor)
+        self._token_cache.clear()
+        _, secret = self._new_token(tx, f"worker:{name}:{secrets.token_hex(4)}", Role.WORKER.value, worker_id)
+        return Worker.from_row(self._worker_row(tx, worker_id)), secret
+
+    # --- claim ----------------------------------------------------------------
+    @write
+    def claim(self, tx: Tx, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
+        w = self._worker_row(tx, worker_id)
+        tx.run("worker_seen", id=worker_id, now=tx.now)
+        if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
+            return []
+        allowed = int(w["concurrency"]) + int(w["prefetch"]) - int(w["active"])
+        n = min(slots, allowed)
+        if n <= 0:
+            return []
+        ids = [int(r["id"]) for r in tx.all("claim_pick", batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"],
+                                              gpu=w["gpu"], n=n)]
+        if not ids:
+            return []
+        p = {"ids": dumps(ids), "now": tx.now}
+        tx.run("claim_mark", **p)
+        tx.run("claim_executions", worker_id=worker_id, lease_expires=tx.now + lease, **p)
+        tx.run("claim_link", **p)
+        rows = tx.all("claim_result", ids=p["ids"])
+        return [Execution.from_row(r).to_dict() | {"task_name": r["task_name"], "batch": r["batch"],
+                                                    "cpu_request": r["cpu_request"]} for r in rows]
+
+    @read
+    def has_claimable(self, tx: Tx, worker_id: int) -> bool:
+        w = tx.one("worker_get", id=worker_id)
+        if w is None or w["setting"] != WorkerStatus.RUNNING.value:
+            return False
+        return tx.one("claim_probe", batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"], gpu=w["gpu"]) is not None
+
+    # --- heartbeat ------------------------------------------------------------
+    @write
+    def heartbeat(self, tx: Tx, worker_id: int, stats: Mapping[str, Any], execution_ids: Iterable[int],
+                  acks: Iterable[int], lease: float) -> dict[str, Any]:
+        w = self._worker_row(tx, worker_id)
+        status = w["setting"] if w["status"] in _REVIVABLE else w["status"]
+        tx.run("worker_heartbeat", id=worker_id, stats=dumps(dict(stats)), status=status, now=tx.now)
+        acks = list(acks)
+        if acks:
+            tx.run("signal_ack", worker_id=worker_id, ids=dumps(acks))
+        held = sorted(set(execution_ids))
+        fenced: list[int] = []
+        if held:
+            p = {"worker_id": worker_id, "ids": dumps(held)}
+            tx.run("lease_renew", lease_expires=tx.now + lease, **p)
+            valid = {int(r["id"]) for r in tx.all("executions_current", **p)}
+            fenced = [i for i in held if i not in valid]
+        signals = [{"id": int(s["id"]), "execution_id": s["execution_id"], "action": s["action"]}
+                   for s in tx.all("signal_list", worker_id=worker_id)]
+        return {"settings": {"concurrency": int(w["concurrency"]), "prefetch": int(w["prefetch"]),
+                             "status": w["setting"], "batch": w["batch"], "lease": lease},
+                "signals": signals, "fenced": fenced, "server_time": tx.now}
+
+    # --- report and output ----------------------------------------------------
+    def _own_execution(self, tx: Tx, execution_id: int, worker_id: int | None) -> dict[str, Any]:
+        e = tx.one("execution_get", id=execution_id)
+        if e is None:
+            raise NotFound(f"no execution {execution_id}", execution_id=execution_id)
+        if worker_id is not None and e["worker_id"] != worker_id:
+            raise Forbidden(f"execution {execution_id} belongs to another worker", execution_id=execution_id)
+        return e
+
+    @write
+    def report(self, tx: Tx, execution_id: int, worker_id: int | None, body: Mapping[str, Any]) -> Execution:
+        e = self._own_execution(tx, execution_id, worker_id)
+        task = self._task_row(tx, e["task_id"], lock=True)
+        e = tx.one("execution_lock", id=execution_id) or e
+        phase, current = body["phase"], e["status"]
+        if current not in _ACTIVE_EXEC:
+            if phase == current and e["failure_class"] != FailureClass.LOST.value:
+                return Execution.from_row(e)  # a replayed final report
+            raise Fenced(f"execution {execution_id} was already ended ({current}"
+                         f"{'/' + e['failure_class'] if e['failure_class'] else ''}) by the server",
+                         execution_id=execution_id, status=current)
+        if task["current_execution_id"] != e["id"]:
+            raise Fenced(f"execution {execution_id} is not the current attempt of task {task['id']}",
+                         execution_id=execution_id)
+        if _PHASE_ORDER[phase] <= _PHASE_ORDER[current]:
+            return Execution.from_row(e)  # a late duplicate of an earlier phase
+        check_execution_transition(execution_id, current, phase)
+        if phase in (ExecutionStatus.RUNNING.value, ExecutionStatus.UPLOADING.value):
+            deadline = (tx.now + e["run_timeout"]) if (phase == "running" and e["run_timeout"]) else e["deadline"]
+            tx.run("execution_phase", id=execution_id, status=phase, now=tx.now, deadline=deadline)
+            if task["status"] not in (TaskStatus.PAUSED.value, TaskStatus.CANCELED.value):
+                self._set_status(tx, task, TaskStatus(phase))
+        else:
+            fclass = None
+            if phase == ExecutionStatus.FAILED.value:
+                fclass = FailureClass(body.get("failure_class") or FailureClass.APP.value)
+            self._end_execution(tx, task, e, ExecutionStatus(phase), fclass, body)
+        return Execution.from_row(tx.one("execution_get", id=execution_id) or {})
+
+    def _end_execution(self, tx: Tx, task: Mapping[str, Any], e: Mapping[str, Any], status: ExecutionStatus,
+                       fclass: FailureClass | None, body: Mapping[str, Any], message: str | None = None) -> None:
+        """Close an execution and move its task on: succeeded, retried or failed."""
+        tx.run("execution_end", id=e["id"], status=status.value, now=tx.now,
+               failure_class=fclass.value if fclass else None, return_code=body.get("return_code"),
+               output_files=dumps(list(body.get("output_files") or [])), peak_mem=body.get("peak_mem"),
+               cpu_time=body.get("cpu_time"), message=message or body.get("message"))
+        if task["current_execution_id"] != e["id"] or task["status"] == TaskStatus.CANCELED.value:
+            return  # people canceled the task: it stays canceled whatever the attempt did
+        paused = task["status"] == TaskStatus.PAUSED.value
+        if status == ExecutionStatus.SUCCEEDED:
+            self._set_status(tx, task, TaskStatus.SUCCEEDED)
+            dependents = [int(r["task_id"]) for r in tx.all("task_dependents", id=task["id"])]
+            if dependents:
+                tx.run("release_waiting", ids=dumps(dependents), now=tx.now)
+            return
+        retries = int(task["retries_used"])
+        if fclass in COUNTED_FAILURES:
+            if retries >= int(task["max_retries"]):
+                self._set_status(tx, task, TaskStatus.FAILED)
+                return
+            retries += 1
+        self._set_status(tx, task, TaskStatus.PAUSED if paused else TaskStatus.PENDING, retries_used=retries)
+
+    @write
+    def append_output(self, tx: Tx, execution_id: int, worker_id: int | None, stream: str, offset: int,
+                      data: bytes, final: bool, head: int, tail: int) -> int:
+        e = self._own_execution(tx, execution_id, worker_id)
+        if e["failure_class"] == FailureClass.LOST.value or e["current_id"] != e["id"]:
+            raise Fenced(f"execution {execution_id} is no longer current", execution_id=execution_id)
+        end = offset + len(data)
+        pieces = []
+        if offset < head:
+            pieces.append((offset, data[:head - offset]))
+        rest_start = max(offset, head)
+        rest = data[rest_start - offset:]
+        if rest:
+            if len(rest) > tail:
+                rest_start, rest = end - tail, rest[-tail:]
+            pieces.append((rest_start, rest))
+        for pos, piece in pieces:
+            if piece:
+                tx.run("output_insert", execution_id=execution_id, stream_name=stream, pos=pos, size=len(piece),
+                       data=piece)
+        size = max(int(e[f"{stream}_size"]), end)
+        tx.run(f"output_size_{stream}", id=execution_id, size=size, done=1 if final else 0)
+        if size - tail > head:
+            tx.run("output_trim", execution_id=execution_id, stream_name=stream, head=head, cut=size - tail)
+        return size
+
+    # --- dispatcher -----------------------------------------------------------
+    @write
+    def expire_leases(self, tx: Tx) -> list[int]:
+        ended = []
+        for r in tx.all("leases_expired", now=tx.now):
+            task = self._task_row(tx, r["task_id"], lock=True)
+            e = tx.one("execution_lock", id=r["id"])
+            if e is None or e["status"] not in _ACTIVE_EXEC or e["lease_expires"] >= tx.now:
+                continue
+            self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.LOST, {},
+                                message="lease expired: worker silent")
+            self._event(tx, "execution.lost", f"task:{task['id']}",
+                        {"execution_id": e["id"], "worker_id": e["worker_id"]}, "dispatcher")
+            ended.append(int(e["id"]))
+        return ended
+
+    @write
+    def enforce_deadlines(self, tx: Tx, grace: float) -> list[int]:
+        ended = []
+        for r in tx.all("deadlines_passed", now=tx.now - grace):
+            task = self._task_row(tx, r["task_id"], lock=True)
+            e = tx.one("execution_lock", id=r["id"])
+            if e is None or e["status"] != ExecutionStatus.RUNNING.value:
+                continue
+            self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.TIMEOUT, {},
+                                message="run_timeout passed: ended by the server")
+            self._signal(tx, e, SignalAction.KILL)
+            self._event(tx, "execution.timeout", f"task:{task['id']}", {"execution_id": e["id"]}, "dispatcher")
+            ended.append(int(e["id"]))
+        return ended
+
+    @write
+    def release_waiting(self, tx: Tx) -> int:
+        return tx.run("release_waiting", ids=None, now=tx.now)
+
+    @write
+    def mark_offline(self, tx: Tx, offline_after: float) -> list[int]:
+        ids = [int(r["id"]) for r in tx.all("workers_silent", before=tx.now - offline_after)]
+        if ids:
+            tx.run("workers_set_offline", ids=dumps(ids), now=tx.now)
+            for i in ids:
+                self._event(tx, "worker.offline", f"worker:{i}", None, "dispatcher")
+        return ids

@@ -1,0 +1,163 @@
+-- 0001: batches, tasks and their dependencies, executions and their output,
+-- workers and their pending signals, API tokens, the audit log.
+
+CREATE TABLE batch (
+    id {id},
+    name TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL DEFAULT 'running',
+    priority INTEGER NOT NULL DEFAULT 0,
+    created {real} NOT NULL,
+    modified {real} NOT NULL
+);
+
+CREATE TABLE worker (
+    id {id},
+    name TEXT NOT NULL UNIQUE,
+    hostname TEXT,
+    status TEXT NOT NULL,
+    setting TEXT NOT NULL DEFAULT 'running',
+    batch_id {bigint} REFERENCES batch (id) ON DELETE SET NULL,
+    concurrency INTEGER NOT NULL DEFAULT 1,
+    prefetch INTEGER NOT NULL DEFAULT 0,
+    cpu {real},
+    mem {real},
+    gpu INTEGER,
+    permanent INTEGER NOT NULL DEFAULT 1,
+    provider TEXT,
+    region TEXT,
+    flavor TEXT,
+    address TEXT,
+    version TEXT,
+    last_seen {real},
+    stats TEXT,
+    created {real} NOT NULL,
+    modified {real} NOT NULL
+);
+
+CREATE TABLE task (
+    id {id},
+    batch_id {bigint} NOT NULL REFERENCES batch (id),
+    name TEXT,
+    command TEXT NOT NULL,
+    shell TEXT NOT NULL DEFAULT 'none',
+    container TEXT,
+    container_options TEXT,
+    inputs TEXT NOT NULL DEFAULT '[]',
+    resources TEXT NOT NULL DEFAULT '[]',
+    output TEXT,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    cpu {real},
+    mem {real},
+    gpu INTEGER,
+    disk {real},
+    max_retries INTEGER NOT NULL DEFAULT 0,
+    retries_used INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    download_timeout INTEGER,
+    run_timeout INTEGER,
+    use_cache INTEGER NOT NULL DEFAULT 0,
+    current_execution_id {bigint},
+    status_changed {real} NOT NULL,
+    created {real} NOT NULL,
+    modified {real} NOT NULL
+);
+
+CREATE INDEX task_pending ON task (priority DESC, id) WHERE status = 'pending';
+
+CREATE INDEX task_batch_status ON task (batch_id, status);
+
+CREATE INDEX task_status ON task (status, id);
+
+CREATE INDEX task_name ON task (name);
+
+CREATE TABLE task_dependency (
+    task_id {bigint} NOT NULL REFERENCES task (id) ON DELETE CASCADE,
+    required_id {bigint} NOT NULL REFERENCES task (id) ON DELETE CASCADE,
+    PRIMARY KEY (task_id, required_id)
+);
+
+CREATE INDEX task_dependency_required ON task_dependency (required_id);
+
+CREATE TABLE execution (
+    id {id},
+    task_id {bigint} NOT NULL REFERENCES task (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    worker_id {bigint} REFERENCES worker (id) ON DELETE SET NULL,
+    status TEXT NOT NULL,
+    failure_class TEXT,
+    return_code INTEGER,
+    lease_expires {real},
+    deadline {real},
+    assigned {real},
+    started {real},
+    finished {real},
+    command TEXT NOT NULL,
+    shell TEXT NOT NULL,
+    container TEXT,
+    container_options TEXT,
+    inputs TEXT NOT NULL,
+    resources TEXT NOT NULL,
+    output TEXT,
+    run_timeout INTEGER,
+    download_timeout INTEGER,
+    output_files TEXT NOT NULL DEFAULT '[]',
+    stdout_size {bigint} NOT NULL DEFAULT 0,
+    stderr_size {bigint} NOT NULL DEFAULT 0,
+    stdout_done INTEGER NOT NULL DEFAULT 0,
+    stderr_done INTEGER NOT NULL DEFAULT 0,
+    peak_mem {bigint},
+    cpu_time {real},
+    message TEXT,
+    created {real} NOT NULL,
+    modified {real} NOT NULL
+);
+
+CREATE INDEX execution_task ON execution (task_id, id);
+
+CREATE INDEX execution_worker_active ON execution (worker_id)
+    WHERE status IN ('assigned', 'running', 'uploading');
+
+CREATE INDEX execution_lease_active ON execution (lease_expires)
+    WHERE status IN ('assigned', 'running', 'uploading');
+
+CREATE TABLE output_chunk (
+    execution_id {bigint} NOT NULL REFERENCES execution (id) ON DELETE CASCADE,
+    stream TEXT NOT NULL,
+    pos {bigint} NOT NULL,
+    size INTEGER NOT NULL,
+    data {blob} NOT NULL,
+    PRIMARY KEY (execution_id, stream, pos)
+);
+
+CREATE TABLE signal (
+    id {id},
+    worker_id {bigint} NOT NULL REFERENCES worker (id) ON DELETE CASCADE,
+    execution_id {bigint} REFERENCES execution (id) ON DELETE CASCADE,
+    action TEXT NOT NULL,
+    created {real} NOT NULL
+);
+
+CREATE INDEX signal_worker ON signal (worker_id, id);
+
+CREATE TABLE api_token (
+    id {id},
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    worker_id {bigint} REFERENCES worker (id) ON DELETE CASCADE,
+    created {real} NOT NULL,
+    last_used {real},
+    revoked {real}
+);
+
+CREATE TABLE event (
+    id {id},
+    at {real} NOT NULL,
+    actor TEXT,
+    kind TEXT NOT NULL,
+    target TEXT,
+    detail TEXT
+);
+
+CREATE INDEX event_target ON event (target, id);

@@ -1,0 +1,62 @@
+-- PostgreSQL-only queries: row locks, SKIP LOCKED claims, catalog reads and
+-- the JSON forms of bulk inserts (one statement for thousands of rows).
+
+-- name: schema_has_versions
+SELECT COUNT(*) AS n FROM information_schema.tables
+WHERE table_schema = current_schema() AND table_name = 'schema_migration'
+
+-- name: schema_table_count
+SELECT COUNT(*) AS n FROM information_schema.tables
+WHERE table_schema = current_schema() AND table_name <> 'schema_migration'
+
+-- name: schema_columns
+SELECT table_name AS tbl, column_name AS col, data_type AS type,
+       CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END AS "notnull", column_default AS dflt
+FROM information_schema.columns WHERE table_schema = current_schema()
+
+-- name: schema_indexes
+SELECT tablename AS tbl, indexdef AS definition FROM pg_indexes WHERE schemaname = current_schema()
+
+-- name: task_lock
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id FOR UPDATE OF t
+
+-- name: execution_lock
+SELECT * FROM execution WHERE id = :id FOR UPDATE
+
+-- name: claim_pick
+SELECT t.id FROM task t
+WHERE t.status = 'pending'
+  AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
+  AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
+  AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
+  AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
+  AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
+ORDER BY t.priority DESC, t.id
+LIMIT :n
+FOR UPDATE OF t SKIP LOCKED
+
+-- name: leases_expired
+SELECT e.id, e.task_id FROM execution e
+WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
+ORDER BY e.id LIMIT 500
+FOR UPDATE OF e SKIP LOCKED
+
+-- name: reserve_ids
+SELECT nextval(pg_get_serial_sequence(:table, 'id')) AS id FROM generate_series(1, :n)
+
+-- name: task_insert_json
+INSERT INTO task (id, batch_id, name, command, shell, container, container_options, inputs, resources, output,
+                  status, priority, cpu, mem, gpu, disk, max_retries, download_timeout, run_timeout, use_cache,
+                  status_changed, created, modified)
+SELECT r.id, r.batch_id, r.name, r.command, r.shell, r.container, r.container_options, r.inputs, r.resources,
+       r.output, r.status, r.priority, r.cpu, r.mem, r.gpu, r.disk, r.max_retries, r.download_timeout,
+       r.run_timeout, r.use_cache, r.now, r.now, r.now
+FROM json_to_recordset(CAST(:rows AS json)) AS r(
+    id BIGINT, batch_id BIGINT, name TEXT, command TEXT, shell TEXT, container TEXT, container_options TEXT,
+    inputs TEXT, resources TEXT, output TEXT, status TEXT, priority INTEGER, cpu DOUBLE PRECISION,
+    mem DOUBLE PRECISION, gpu INTEGER, disk DOUBLE PRECISION, max_retries INTEGER, download_timeout INTEGER,
+    run_timeout INTEGER, use_cache INTEGER, now DOUBLE PRECISION)
+
+-- name: dependency_insert_json
+INSERT INTO task_dependency (task_id, required_id)
+SELECT r.task_id, r.required_id FROM json_to_recordset(CAST(:rows AS json)) AS r(task_id BIGINT, required_id BIGINT)

@@ -1,0 +1,346 @@
+-- Named queries shared by SQLite and PostgreSQL (see queries.py).
+-- Parameters outside a column comparison are CAST so PostgreSQL can type them.
+
+-- name: schema_version
+SELECT MAX(version) AS v FROM schema_migration
+
+-- name: schema_record
+INSERT INTO schema_migration (version, name, applied) VALUES (:version, :name, :now)
+
+-- ---------------------------------------------------------------- events
+
+-- name: event_insert
+INSERT INTO event (at, actor, kind, target, detail) VALUES (:now, :actor, :kind, :target, :detail)
+
+-- name: event_list
+SELECT * FROM event
+WHERE id > :after AND (CAST(:target AS TEXT) IS NULL OR target = :target)
+ORDER BY id LIMIT :limit
+
+-- ---------------------------------------------------------------- batches
+
+-- name: batch_id_by_name
+SELECT id FROM batch WHERE name = :name
+
+-- name: batch_by_name
+SELECT * FROM batch WHERE name = :name
+
+-- name: batch_insert
+INSERT INTO batch (name, status, priority, created, modified) VALUES (:name, :status, :priority, :now, :now)
+
+-- name: batch_list
+SELECT b.*, (SELECT COUNT(*) FROM worker w WHERE w.batch_id = b.id) AS workers
+FROM batch b WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
+
+-- name: batch_counts
+SELECT t.batch_id, t.status, COUNT(*) AS n FROM task t
+WHERE CAST(:name AS TEXT) IS NULL OR t.batch_id = (SELECT id FROM batch WHERE name = :name)
+GROUP BY t.batch_id, t.status
+
+-- name: batch_set_priority
+UPDATE batch SET priority = :priority, modified = :now WHERE name = :name
+
+-- name: batch_set_status
+UPDATE batch SET status = :status, modified = :now WHERE id = :id
+
+-- name: batch_active_executions
+SELECT e.id AS execution_id, e.worker_id, t.id AS task_id, t.status AS task_status
+FROM task t JOIN execution e ON e.id = t.current_execution_id
+WHERE t.batch_id = :batch_id AND e.status IN ('assigned', 'running', 'uploading')
+
+-- name: batch_paused_tasks
+SELECT * FROM task WHERE batch_id = :batch_id AND status = 'paused' ORDER BY id
+
+-- name: batch_active_count
+SELECT COUNT(*) AS n FROM task t JOIN execution e ON e.id = t.current_execution_id
+WHERE t.batch_id = :batch_id AND e.status IN ('assigned', 'running', 'uploading')
+
+-- name: batch_delete_tasks
+DELETE FROM task WHERE batch_id = :batch_id
+
+-- name: batch_unset_workers
+UPDATE worker SET batch_id = NULL, modified = :now WHERE batch_id = :batch_id
+
+-- name: batch_delete
+DELETE FROM batch WHERE id = :id
+
+-- ---------------------------------------------------------------- tasks
+
+-- name: task_insert
+INSERT INTO task (id, batch_id, name, command, shell, container, container_options, inputs, resources, output,
+                  status, priority, cpu, mem, gpu, disk, max_retries, download_timeout, run_timeout, use_cache,
+                  status_changed, created, modified)
+VALUES (:id, :batch_id, :name, :command, :shell, :container, :container_options, :inputs, :resources, :output,
+        :status, :priority, :cpu, :mem, :gpu, :disk, :max_retries, :download_timeout, :run_timeout, :use_cache,
+        :now, :now, :now)
+
+-- name: dependency_insert
+INSERT INTO task_dependency (task_id, required_id) VALUES (:task_id, :required_id)
+
+-- name: task_status_by_ids
+SELECT id, status FROM task WHERE id IN {{ints :ids}}
+
+-- name: dependency_list
+SELECT d.task_id, d.required_id, r.status AS required_status
+FROM task_dependency d JOIN task r ON r.id = d.required_id
+WHERE d.task_id IN {{ints :ids}}
+
+-- name: task_get
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id
+
+-- name: task_list
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.id > :after
+  AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
+  AND (CAST(:statuses AS TEXT) IS NULL OR t.status IN {{strs :statuses}})
+  AND (CAST(:name AS TEXT) IS NULL OR t.name = :name)
+  AND (CAST(:ids AS TEXT) IS NULL OR t.id IN {{ints :ids}})
+ORDER BY t.id
+LIMIT :limit
+
+-- name: task_counts
+SELECT status, COUNT(*) AS n FROM task
+WHERE CAST(:batch_id AS BIGINT) IS NULL OR batch_id = :batch_id
+GROUP BY status
+
+-- name: task_set_status
+UPDATE task SET status = :status, status_changed = :now, modified = :now, retries_used = :retries_used
+WHERE id = :id
+
+-- name: tasks_set_status
+UPDATE task SET status = :status, status_changed = :now, modified = :now WHERE id IN {{ints :ids}}
+
+-- name: task_unmet_count
+SELECT COUNT(*) AS n FROM task_dependency d JOIN task r ON r.id = d.required_id
+WHERE d.task_id = :id AND r.status <> 'succeeded'
+
+-- name: task_update
+UPDATE task SET batch_id = :batch_id, name = :name, command = :command, shell = :shell, container = :container,
+    container_options = :container_options, inputs = :inputs, resources = :resources, output = :output,
+    priority = :priority, cpu = :cpu, mem = :mem, gpu = :gpu, disk = :disk, max_retries = :max_retries,
+    download_timeout = :download_timeout, run_timeout = :run_timeout, use_cache = :use_cache, modified = :now
+WHERE id = :id
+
+-- name: task_dependents
+SELECT task_id FROM task_dependency WHERE required_id = :id
+
+-- name: task_unfinished_dependents
+SELECT d.task_id FROM task_dependency d JOIN task t ON t.id = d.task_id
+WHERE d.required_id = :id AND t.status NOT IN ('succeeded', 'failed', 'canceled')
+ORDER BY d.task_id
+
+-- name: task_delete
+DELETE FROM task WHERE id = :id
+
+-- name: release_waiting
+UPDATE task SET status = 'pending', status_changed = :now, modified = :now
+WHERE status = 'waiting'
+  AND (CAST(:ids AS TEXT) IS NULL OR id IN {{ints :ids}})
+  AND NOT EXISTS (SELECT 1 FROM task_dependency d JOIN task r ON r.id = d.required_id
+                  WHERE d.task_id = task.id AND r.status <> 'succeeded')
+
+-- ---------------------------------------------------------------- executions
+
+-- name: execution_get
+SELECT e.*, w.name AS worker_name, t.current_execution_id AS current_id
+FROM execution e JOIN task t ON t.id = e.task_id LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.id = :id
+
+-- name: execution_list
+SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.task_id = :task_id ORDER BY e.id DESC
+
+-- name: execution_phase
+UPDATE execution SET status = :status, started = COALESCE(started, :now), deadline = :deadline, modified = :now
+WHERE id = :id
+
+-- name: execution_end
+UPDATE execution SET status = :status, failure_class = :failure_class, return_code = :return_code,
+    output_files = :output_files, peak_mem = :peak_mem, cpu_time = :cpu_time, message = :message,
+    started = COALESCE(started, :now), finished = :now, lease_expires = NULL, modified = :now
+WHERE id = :id
+
+-- name: executions_current
+SELECT e.id FROM execution e JOIN task t ON t.current_execution_id = e.id
+WHERE e.id IN {{ints :ids}} AND e.worker_id = :worker_id AND e.status IN ('assigned', 'running', 'uploading')
+
+-- name: lease_renew
+UPDATE execution SET lease_expires = :lease_expires
+WHERE worker_id = :worker_id AND id IN {{ints :ids}} AND status IN ('assigned', 'running', 'uploading')
+
+-- name: deadlines_passed
+SELECT id, task_id FROM execution
+WHERE status = 'running' AND deadline IS NOT NULL AND deadline < :now
+ORDER BY id LIMIT 500
+
+-- ---------------------------------------------------------------- output
+
+-- name: output_insert
+INSERT INTO output_chunk (execution_id, stream, pos, size, data) VALUES (:execution_id, :stream_name, :pos, :size, :data)
+ON CONFLICT DO NOTHING
+
+-- name: output_size_stdout
+UPDATE execution SET stdout_size = :size, stdout_done = CASE WHEN stdout_done = 1 THEN 1 ELSE :done END
+WHERE id = :id
+
+-- name: output_size_stderr
+UPDATE execution SET stderr_size = :size, stderr_done = CASE WHEN stderr_done = 1 THEN 1 ELSE :done END
+WHERE id = :id
+
+-- name: output_trim
+DELETE FROM output_chunk
+WHERE execution_id = :execution_id AND stream = :stream_name AND pos >= :head AND pos + size <= :cut
+
+-- name: output_read
+SELECT pos, data FROM output_chunk
+WHERE execution_id = :execution_id AND stream = :stream_name AND pos + size > :offset
+ORDER BY pos
+
+-- ---------------------------------------------------------------- signals
+
+-- name: signal_insert
+INSERT INTO signal (worker_id, execution_id, action, created) VALUES (:worker_id, :execution_id, :action, :now)
+
+-- name: signal_list
+SELECT id, execution_id, action FROM signal WHERE worker_id = :worker_id ORDER BY id
+
+-- name: signal_ack
+DELETE FROM signal WHERE worker_id = :worker_id AND id IN {{ints :ids}}
+
+-- ---------------------------------------------------------------- workers
+
+-- name: worker_get
+SELECT w.*, b.name AS batch,
+       (SELECT COUNT(*) FROM execution e WHERE e.worker_id = w.id
+          AND e.status IN ('assigned', 'running', 'uploading')) AS active
+FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
+
+-- name: worker_by_name
+SELECT * FROM worker WHERE name = :name
+
+-- name: worker_list
+SELECT w.*, b.name AS batch,
+       (SELECT COUNT(*) FROM execution e WHERE e.worker_id = w.id
+          AND e.status IN ('assigned', 'running', 'uploading')) AS active
+FROM worker w LEFT JOIN batch b ON b.id = w.batch_id
+WHERE CAST(:batch_id AS BIGINT) IS NULL OR w.batch_id = :batch_id
+ORDER BY w.id
+
+-- name: worker_insert
+INSERT INTO worker (name, hostname, status, setting, batch_id, concurrency, prefetch, cpu, mem, gpu, version,
+                    last_seen, created, modified)
+VALUES (:name, :hostname, :status, :setting, :batch_id, :concurrency, :prefetch, :cpu, :mem, :gpu, :version,
+        :now, :now, :now)
+
+-- name: worker_reattach
+UPDATE worker SET hostname = :hostname, cpu = :cpu, mem = :mem, gpu = :gpu, version = :version,
+    status = setting, last_seen = :now, modified = :now
+WHERE id = :id
+
+-- name: worker_update
+UPDATE worker SET concurrency = :concurrency, prefetch = :prefetch, batch_id = :batch_id, setting = :setting,
+    status = :status, modified = :now
+WHERE id = :id
+
+-- name: worker_seen
+UPDATE worker SET last_seen = :now,
+    status = CASE WHEN status IN ('starting', 'offline', 'lost') THEN setting ELSE status END
+WHERE id = :id
+
+-- name: worker_heartbeat
+UPDATE worker SET last_seen = :now, stats = :stats, status = :status WHERE id = :id
+
+-- name: worker_active_executions
+SELECT * FROM execution WHERE worker_id = :worker_id AND status IN ('assigned', 'running', 'uploading')
+
+-- name: worker_delete
+DELETE FROM worker WHERE id = :id
+
+-- name: workers_silent
+SELECT id FROM worker
+WHERE last_seen < :before AND status IN ('starting', 'running', 'paused', 'draining')
+
+-- name: workers_set_offline
+UPDATE worker SET status = 'offline', modified = :now WHERE id IN {{ints :ids}}
+
+-- ---------------------------------------------------------------- claim
+
+-- name: claim_probe
+SELECT t.id FROM task t
+WHERE t.status = 'pending'
+  AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
+  AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
+  AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
+  AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
+  AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
+LIMIT 1
+
+-- name: claim_mark
+UPDATE task SET status = 'assigned', attempts = attempts + 1, status_changed = :now, modified = :now
+WHERE id IN {{ints :ids}}
+
+-- name: claim_executions
+INSERT INTO execution (task_id, attempt, worker_id, status, lease_expires, assigned, command, shell, container,
+                       container_options, inputs, resources, output, run_timeout, download_timeout, created,
+                       modified)
+SELECT id, attempts, CAST(:worker_id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
+       CAST(:now AS DOUBLE PRECISION), command, shell, container, container_options, inputs, resources, output,
+       run_timeout, download_timeout, CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION)
+FROM task WHERE id IN {{ints :ids}}
+ORDER BY id
+
+-- name: claim_link
+UPDATE task SET current_execution_id = (SELECT MAX(e.id) FROM execution e WHERE e.task_id = task.id)
+WHERE id IN {{ints :ids}}
+
+-- name: claim_result
+SELECT e.*, t.name AS task_name, b.name AS batch, t.cpu AS cpu_request, w.name AS worker_name
+FROM task t JOIN execution e ON e.id = t.current_execution_id JOIN batch b ON b.id = t.batch_id
+LEFT JOIN worker w ON w.id = e.worker_id
+WHERE t.id IN {{ints :ids}}
+ORDER BY t.priority DESC, t.id
+
+-- ---------------------------------------------------------------- tokens
+
+-- name: token_id_by_name
+SELECT id FROM api_token WHERE name = :name
+
+-- name: token_insert
+INSERT INTO api_token (name, role, hash, worker_id, created) VALUES (:name, :role, :hash, :worker_id, :now)
+
+-- name: token_by_id
+SELECT id, name, role, worker_id, created, last_used, revoked FROM api_token WHERE id = :id
+
+-- name: token_by_name
+SELECT id, name, role, worker_id, created, last_used, revoked FROM api_token WHERE name = :name
+
+-- name: token_by_hash
+SELECT id, name, role, worker_id, revoked FROM api_token WHERE hash = :hash
+
+-- name: token_list
+SELECT id, name, role, worker_id, created, last_used, revoked FROM api_token ORDER BY id
+
+-- name: token_revoke
+UPDATE api_token SET revoked = :now WHERE id = :id
+
+-- name: token_revoke_worker
+UPDATE api_token SET revoked = :now WHERE worker_id = :worker_id AND revoked IS NULL
+
+-- name: token_touch
+UPDATE api_token SET last_used = :now WHERE id = :id
+
+-- name: token_people_count
+SELECT COUNT(*) AS n FROM api_token WHERE role IN ('admin', 'user') AND revoked IS NULL
+
+-- ---------------------------------------------------------------- dispatcher lock
+
+-- name: lock_insert
+INSERT INTO dispatcher_lock (name, holder, expires) VALUES (:name, :holder, :expires)
+ON CONFLICT DO NOTHING
+
+-- name: lock_take
+UPDATE dispatcher_lock SET holder = :holder, expires = :expires
+WHERE name = :name AND (holder = :holder OR expires <= :now)
+
+-- name: lock_delete
+DELETE FROM dispatcher_lock WHERE name = :name AND holder = :holder

@@ -1,0 +1,43 @@
+-- SQLite-only queries. Writes run inside BEGIN IMMEDIATE, so plain SELECTs
+-- already hold the write lock where PostgreSQL needs FOR UPDATE.
+
+-- name: schema_has_versions
+SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'schema_migration'
+
+-- name: schema_table_count
+SELECT COUNT(*) AS n FROM sqlite_master
+WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> 'schema_migration'
+
+-- name: schema_columns
+SELECT m.name AS tbl, p.name AS col, p.type AS type, p."notnull" AS "notnull", p.dflt_value AS dflt
+FROM sqlite_master m JOIN pragma_table_info(m.name) p
+WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'
+
+-- name: schema_indexes
+SELECT tbl_name AS tbl, sql AS definition FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL
+
+-- name: task_lock
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id
+
+-- name: execution_lock
+SELECT * FROM execution WHERE id = :id
+
+-- name: claim_pick
+SELECT t.id FROM task t
+WHERE t.status = 'pending'
+  AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
+  AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
+  AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
+  AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
+  AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
+ORDER BY t.priority DESC, t.id
+LIMIT :n
+
+-- name: leases_expired
+SELECT e.id, e.task_id FROM execution e
+WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
+ORDER BY e.id LIMIT 500
+
+-- name: sequence_value
+SELECT MAX(v) AS v FROM (SELECT seq AS v FROM sqlite_sequence WHERE name = :table
+                         UNION ALL SELECT 0)

@@ -1,0 +1,119 @@
+"""SQLite backend (sqlite-utils over the stdlib sqlite3 driver).
+
+One connection per thread, WAL journal so readers never block the writer, a
+busy timeout so writers queue instead of failing, and BEGIN IMMEDIATE for
+write transactions so a transaction never has to upgrade its lock midway.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from ..errors import Conflict, MissingDependency, StoreUnavailable
+from .protocol import ProtocolStore
+from .queries import split_statements
+from .sqlstore import Tx
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SqliteTx(Tx):
+    def __init__(self, conn: sqlite3.Connection, sql: Mapping[str, str], now: float) -> None:
+        super().__init__(sql, now)
+        self.conn = conn
+
+    def _execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        cur = self.conn.execute(self.sql[name], params)
+        rows = cur.fetchall()
+        if cur.description is None:
+            return [], cur.rowcount
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in rows], cur.rowcount
+
+    def insert(self, name: str, /, **params: Any) -> int:
+        cur = self.conn.execute(self.sql[name], params)
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.conn.executemany(self.sql[name], rows)
+
+    def reserve_ids(self, table: str, n: int) -> list[int]:
+        # Safe because write transactions hold SQLite's single write lock.
+        top = int(self.value("sequence_value", table=table) or 0)
+        return list(range(top + 1, top + n + 1))
+
+    def script(self, text: str) -> None:
+        for stmt in split_statements(text):
+            self.conn.execute(stmt)
+
+
+class SqliteStore(ProtocolStore):
+    dialect = "sqlite"
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
+        try:
+            import sqlite_utils
+        except ImportError:
+            raise MissingDependency("the server needs sqlite-utils: pip install sqlite-utils "
+                                    "(it is bundled in scitq.pyz)") from None
+        self._sqlite_utils = sqlite_utils
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise StoreUnavailable(f"cannot open SQLite database {path}: {parent} is not a directory")
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                       check_same_thread=False)
+                db = self._sqlite_utils.Database(conn, execute_plugins=False)
+                db.enable_wal()
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from None
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"SQLite database {self.path} is unavailable: {e}") from None
+        try:
+            yield SqliteTx(conn, self.sql, self.clock())
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as e:
+            conn.execute("ROLLBACK")
+            raise Conflict(f"the change conflicts with existing data: {e}") from None
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._conns:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._conns.clear()
+        self._local = threading.local()

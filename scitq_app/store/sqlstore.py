@@ -1,0 +1,385 @@
+"""What both SQL backends share: transactions over named queries, the schema
+and its migrations, batches, tokens and events. Tasks live in `tasks.py`,
+workers and the worker protocol in `protocol.py`; backends in `sqlite.py`
+and `postgres.py` only supply connections and dialect details.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import secrets
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+
+from ..errors import Conflict, Invalid, NotFound
+from ..models import ApiToken, Batch, BatchStatus, Event, Identity, Role, SignalAction, TaskStatus
+from . import queries
+from .contract import Store
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_BATCH = "Default"
+TOKEN_PREFIX = "scitq_"
+LAST_USED_EVERY = 60.0  # seconds between two last_used writes for one token
+
+
+def hash_secret(secret: str) -> str:
+    # Tokens are 256-bit random strings: a fast hash is enough, no salt needed.
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class Tx:
+    """One open transaction. Backends implement `_execute`, `insert` and `many`."""
+
+    def __init__(self, sql: Mapping[str, str], now: float) -> None:
+        self.sql = sql
+        self.now = now
+
+    def _execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        raise NotImplementedError
+
+    def all(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
+        return self._execute(name, params)[0]
+
+    def one(self, name: str, /, **params: Any) -> dict[str, Any] | None:
+        rows = self._execute(name, params)[0]
+        return rows[0] if rows else None
+
+    def value(self, name: str, /, **params: Any) -> Any:
+        row = self.one(name, **params)
+        return None if row is None else next(iter(row.values()))
+
+    def run(self, name: str, /, **params: Any) -> int:
+        """Execute; return the number of rows changed."""
+        return self._execute(name, params)[1]
+
+    def insert(self, name: str, /, **params: Any) -> int:
+        """Execute an INSERT of one row; return its new id."""
+        raise NotImplementedError
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute one statement per row, as fast as the backend allows."""
+        raise NotImplementedError
+
+    def reserve_ids(self, table: str, n: int) -> list[int]:
+        """n fresh ids for explicit inserts into `table` (task or execution)."""
+        raise NotImplementedError
+
+    def script(self, text: str) -> None:
+        """Run DDL statements."""
+        raise NotImplementedError
+
+
+def write(fn: F) -> F:
+    """Run the method in a write transaction, passing it the Tx after self."""
+    @functools.wraps(fn)
+    def wrapper(self: "SqlStore", *args: Any, **kwargs: Any) -> Any:
+        return self._run(lambda tx: fn(self, tx, *args, **kwargs), write=True)
+    return wrapper  # type: ignore[return-value]
+
+
+def read(fn: F) -> F:
+    """Run the method in a read-only transaction, passing it the Tx after self."""
+    @functools.wraps(fn)
+    def wrapper(self: "SqlStore", *args: Any, **kwargs: Any) -> Any:
+        return self._run(lambda tx: fn(self, tx, *args, **kwargs), write=False)
+    return wrapper  # type: ignore[return-value]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class SqlStore(Store):
+    """Shared implementation; subclasses provide `_transaction` and `_retryable`."""
+
+    dialect = "sql"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.sql = queries.load(self.dialect)
+        self._token_cache: dict[str, tuple[float, Identity | None]] = {}
+        self._last_used: dict[str, float] = {}
+
+    # --- transactions -------------------------------------------------------
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return False
+
+    def _run(self, fn: Callable[[Tx], Any], write: bool) -> Any:
+        for attempt in range(8):
+            try:
+                with self._transaction(write) as tx:
+                    return fn(tx)
+            except Exception as exc:
+                if attempt < 7 and self._retryable(exc):
+                    # Deadlocks and serialization failures are normal under load: retry
+                    # the whole transaction after a short, growing pause.
+                    time.sleep(0.005 * (2 ** attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    # --- schema -------------------------------------------------------------
+    def _migrations(self) -> list[tuple[int, str]]:
+        out = []
+        for fname in queries.list_resources("sql", "migrations"):
+            if fname.endswith(".sql"):
+                out.append((int(fname.split("_", 1)[0]), fname[:-4]))
+        return sorted(out)
+
+    def _current_version(self, tx: Tx) -> int:
+        if not tx.value("schema_has_versions"):
+            return 0
+        return int(tx.value("schema_version") or 0)
+
+    @read
+    def schema_status(self, tx: Tx) -> dict[str, Any]:
+        current = self._current_version(tx)
+        migrations = self._migrations()
+        return {"current": current, "latest": migrations[-1][0] if migrations else 0,
+                "pending": [name for v, name in migrations if v > current], "dialect": self.dialect}
+
+    def init_schema(self) -> int:
+        def do(tx: Tx) -> int:
+            if self._current_version(tx) or tx.value("schema_table_count"):
+                raise Conflict("the database already has tables: use `db upgrade` or an empty database")
+            tx.script(queries.ddl(queries.read_resource("sql", "schema.sql"), self.dialect))
+            tx.script(queries.ddl(queries.read_resource("sql", "versions.sql"), self.dialect))
+            for version, name in self._migrations():
+                tx.run("schema_record", version=version, name=name, now=tx.now)
+            self._ensure_default(tx)
+            return self._migrations()[-1][0]
+        return self._run(do, write=True)
+
+    def upgrade_schema(self) -> list[str]:
+        applied = []
+        for version, name in self._migrations():
+            def step(tx: Tx, version: int = version, name: str = name) -> bool:
+                if self._current_version(tx) >= version:
+                    return False
+                tx.script(queries.ddl(queries.read_resource("sql", "versions.sql"), self.dialect))
+                tx.script(queries.ddl(queries.read_resource("sql", "migrations", name + ".sql"), self.dialect))
+                tx.run("schema_record", version=version, name=name, now=tx.now)
+                self._ensure_default(tx)
+                return True
+            if self._run(step, write=True):
+                log.info("applied migration %s", name, extra={"action": "migrate"})
+                applied.append(name)
+        return applied
+
+    @read
+    def describe_schema(self, tx: Tx) -> dict[str, Any]:
+        tables: dict[str, Any] = {}
+        for row in tx.all("schema_columns"):
+            t = tables.setdefault(row["tbl"], {"columns": [], "indexes": []})
+            t["columns"].append((row["col"], str(row["type"]).upper(), bool(row["notnull"]),
+                                 None if row["dflt"] is None else str(row["dflt"])))
+        for row in tx.all("schema_indexes"):
+            if row["tbl"] in tables:
+                tables[row["tbl"]]["indexes"].append(" ".join(str(row["definition"]).split()))
+        for t in tables.values():
+            t["columns"].sort()
+            t["indexes"].sort()
+        return tables
+
+    def _ensure_default(self, tx: Tx) -> None:
+        if tx.value("batch_id_by_name", name=DEFAULT_BATCH) is None:
+            tx.insert("batch_insert", name=DEFAULT_BATCH, status=BatchStatus.RUNNING.value, priority=0,
+                      now=tx.now)
+
+    # --- events -------------------------------------------------------------
+    def _event(self, tx: Tx, kind: str, target: str | None, detail: Mapping[str, Any] | None,
+               actor: str | None) -> None:
+        tx.run("event_insert", now=tx.now, actor=actor, kind=kind, target=target,
+               detail=dumps(detail) if detail else None)
+
+    @write
+    def record_event(self, tx: Tx, kind: str, target: str | None, detail: Mapping[str, Any] | None = None,
+                     actor: str | None = None) -> None:
+        self._event(tx, kind, target, detail, actor)
+
+    @read
+    def list_events(self, tx: Tx, target: str | None = None, after: int = 0, limit: int = 100) -> list[Event]:
+        return [Event.from_row(r) for r in tx.all("event_list", target=target, after=after, limit=limit)]
+
+    # --- batches ------------------------------------------------------------
+    def _batch_row(self, tx: Tx, name: str) -> dict[str, Any]:
+        row = tx.one("batch_by_name", name=name)
+        if row is None:
+            raise NotFound(f"no batch named {name!r}", batch=name)
+        return row
+
+    def _batch_id(self, tx: Tx, name: str, create: bool = False) -> int:
+        bid = tx.value("batch_id_by_name", name=name)
+        if bid is None:
+            if not create:
+                raise NotFound(f"no batch named {name!r}", batch=name)
+            bid = tx.insert("batch_insert", name=name, status=BatchStatus.RUNNING.value, priority=0,
+                            now=tx.now)
+        return int(bid)
+
+    def _batches(self, tx: Tx, name: str | None) -> list[Batch]:
+        rows = tx.all("batch_list", name=name)
+        counts: dict[int, dict[str, int]] = {}
+        for r in tx.all("batch_counts", name=name):
+            counts.setdefault(r["batch_id"], {})[r["status"]] = int(r["n"])
+        return [Batch.from_row(r, counts=counts.get(r["id"], {}), workers=int(r["workers"])) for r in rows]
+
+    @write
+    def create_batch(self, tx: Tx, name: str, priority: int = 0, actor: str | None = None) -> Batch:
+        if tx.value("batch_id_by_name", name=name) is not None:
+            raise Conflict(f"batch {name!r} already exists", batch=name)
+        tx.insert("batch_insert", name=name, status=BatchStatus.RUNNING.value, priority=priority, now=tx.now)
+        self._event(tx, "batch.create", f"batch:{name}", {"priority": priority}, actor)
+        return self._batches(tx, name)[0]
+
+    @read
+    def get_batch(self, tx: Tx, name: str) -> Batch:
+        self._batch_row(tx, name)
+        return self._batches(tx, name)[0]
+
+    @read
+    def list_batches(self, tx: Tx) -> list[Batch]:
+        return self._batches(tx, None)
+
+    @write
+    def update_batch(self, tx: Tx, name: str, priority: int, actor: str | None = None) -> Batch:
+        self._batch_row(tx, name)
+        tx.run("batch_set_priority", name=name, priority=priority, now=tx.now)
+        self._event(tx, "batch.update", f"batch:{name}", {"priority": priority}, actor)
+        return self._batches(tx, name)[0]
+
+    @write
+    def set_batch_status(self, tx: Tx, name: str, status: str, signal: str | None = None,
+                         actor: str | None = None) -> Batch:
+        status = BatchStatus(status).value
+        row = self._batch_row(tx, name)
+        bid = row["id"]
+        tx.run("batch_set_status", id=bid, status=status, now=tx.now)
+        signal = None if signal in (None, "none") else SignalAction(signal).value
+        if status == BatchStatus.RUNNING.value:
+            # `go`: resume everything the batch holds paused.
+            self._resume_batch_tasks(tx, bid)
+        elif signal is not None:
+            self._signal_batch(tx, bid, signal)
+        self._event(tx, f"batch.{ {'running': 'go', 'paused': 'pause', 'stopped': 'stop'}[status] }",
+                    f"batch:{name}", {"signal": signal} if signal else None, actor)
+        return self._batches(tx, name)[0]
+
+    def _signal_batch(self, tx: Tx, batch_id: int, action: str) -> None:
+        rows = tx.all("batch_active_executions", batch_id=batch_id)
+        for r in rows:
+            tx.run("signal_insert", worker_id=r["worker_id"], execution_id=r["execution_id"],
+                   action=action, now=tx.now)
+        if action == SignalAction.PAUSE.value:
+            self._set_tasks_status(tx, [r["task_id"] for r in rows if r["task_status"] != "uploading"],
+                                   TaskStatus.PAUSED)
+
+    def _resume_batch_tasks(self, tx: Tx, batch_id: int) -> None:
+        for r in tx.all("batch_paused_tasks", batch_id=batch_id):
+            self._resume(tx, r)
+
+    @write
+    def delete_batch(self, tx: Tx, name: str, actor: str | None = None) -> int:
+        bid = self._batch_row(tx, name)["id"]
+        active = tx.value("batch_active_count", batch_id=bid)
+        if active:
+            raise Conflict(f"batch {name!r} has {active} executing task(s): stop it first", batch=name)
+        n = tx.run("batch_delete_tasks", batch_id=bid)
+        if name != DEFAULT_BATCH:
+            tx.run("batch_unset_workers", batch_id=bid, now=tx.now)
+            tx.run("batch_delete", id=bid)
+        self._event(tx, "batch.delete", f"batch:{name}", {"tasks": n}, actor)
+        return n
+
+    # implemented in tasks.py
+    def _resume(self, tx: Tx, task_row: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _set_tasks_status(self, tx: Tx, ids: Sequence[int], status: TaskStatus) -> None:
+        raise NotImplementedError
+
+    # --- tokens -------------------------------------------------------------
+    def _new_token(self, tx: Tx, name: str, role: str, worker_id: int | None) -> tuple[ApiToken, str]:
+        role = Role(role).value
+        if tx.value("token_id_by_name", name=name) is not None:
+            raise Conflict(f"a token named {name!r} already exists", token=name)
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        tid = tx.insert("token_insert", name=name, role=role, hash=hash_secret(secret), worker_id=worker_id,
+                        now=tx.now)
+        return ApiToken.from_row(tx.one("token_by_id", id=tid) or {}), secret
+
+    @write
+    def create_token(self, tx: Tx, name: str, role: str, worker_id: int | None = None,
+                     actor: str | None = None) -> tuple[ApiToken, str]:
+        if role == Role.WORKER.value and worker_id is None:
+            raise Invalid("worker tokens are issued by worker registration", field="role")
+        token, secret = self._new_token(tx, name, role, worker_id)
+        self._event(tx, "token.create", f"token:{name}", {"role": role}, actor)
+        return token, secret
+
+    @read
+    def list_tokens(self, tx: Tx) -> list[ApiToken]:
+        return [ApiToken.from_row(r) for r in tx.all("token_list")]
+
+    @write
+    def revoke_token(self, tx: Tx, name: str, actor: str | None = None) -> ApiToken:
+        row = tx.one("token_by_name", name=name)
+        if row is None:
+            raise NotFound(f"no token named {name!r}", token=name)
+        if row["revoked"] is None:
+            tx.run("token_revoke", id=row["id"], now=tx.now)
+            self._event(tx, "token.revoke", f"token:{name}", None, actor)
+        self._token_cache.clear()
+        return ApiToken.from_row(tx.one("token_by_id", id=row["id"]) or {})
+
+    def authenticate(self, secret: str) -> Identity | None:
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            return None
+        now = self.clock()
+        h = hash_secret(secret)
+        cached = self._token_cache.get(h)
+        # A short cache keeps 2,000 heart-beating workers from costing a query each;
+        # revocation through this store clears it, elsewhere it lapses within 2 s.
+        if cached is not None and now - cached[0] < 2.0:
+            return cached[1]
+
+        def do(tx: Tx) -> Identity | None:
+            row = tx.one("token_by_hash", hash=h)
+            if row is None or row["revoked"] is not None:
+                return None
+            if now - self._last_used.get(h, 0.0) > LAST_USED_EVERY:
+                self._last_used[h] = now
+                tx.run("token_touch", id=row["id"], now=now)
+            return Identity(row["name"], Role(row["role"]), row["worker_id"])
+        ident = self._run(do, write=now - self._last_used.get(h, 0.0) > LAST_USED_EVERY)
+        if len(self._token_cache) > 10_000:
+            self._token_cache.clear()
+        self._token_cache[h] = (now, ident)
+        return ident
+
+    @read
+    def has_people_tokens(self, tx: Tx) -> bool:
+        return bool(tx.value("token_people_count"))
+
+    # --- dispatcher lock ----------------------------------------------------
+    @write
+    def acquire_lock(self, tx: Tx, name: str, holder: str, ttl: float) -> bool:
+        # Both statements are atomic on their own: the insert loses quietly to a
+        # concurrent one, and the update only takes a lock that is ours or expired.
+        if tx.run("lock_insert", name=name, holder=holder, expires=tx.now + ttl):
+            return True
+        return tx.run("lock_take", name=name, holder=holder, expires=tx.now + ttl, now=tx.now) > 0
+
+    @write
+    def release_lock(self, tx: Tx, name: str, holder: str) -> None:
+        tx.run("lock_delete", name=name, holder=holder)

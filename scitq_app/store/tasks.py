@@ -1,0 +1,323 @@
+"""Tasks, their dependencies, executions and output, as people see them."""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+from ..errors import Conflict, Invalid, NotFound
+from ..models import (ACTIVE_EXECUTION_STATUSES, FINAL_TASK_STATUSES, TASK_ANYTIME_FIELDS,
+                      TASK_DEFINITION_FIELDS, TASK_EDITABLE_STATUSES, Execution, OutputSlice, SignalAction,
+                      Task, TaskStatus, check_task_transition, unique)
+from .sqlstore import DEFAULT_BATCH, SqlStore, Tx, dumps, read, write
+
+_ACTIVE_EXEC = {s.value for s in ACTIVE_EXECUTION_STATUSES}
+_FINAL = {s.value for s in FINAL_TASK_STATUSES}
+_BLOCKING = {TaskStatus.FAILED.value, TaskStatus.CANCELED.value}
+
+
+def task_row(task_id: int, batch_id: int, spec: Mapping[str, Any], status: str, now: float) -> dict[str, Any]:
+    """The task table's columns for a validated spec."""
+    return {
+        "id": task_id, "batch_id": batch_id, "name": spec.get("name"), "command": spec["command"],
+        "shell": spec.get("shell") or "none", "container": spec.get("container"),
+        "container_options": spec.get("container_options"), "inputs": dumps(list(spec.get("inputs") or [])),
+        "resources": dumps(list(spec.get("resources") or [])), "output": spec.get("output"),
+        "status": status, "priority": int(spec.get("priority") or 0), "cpu": spec.get("cpu"),
+        "mem": spec.get("mem"), "gpu": spec.get("gpu"), "disk": spec.get("disk"),
+        "max_retries": int(spec.get("max_retries") or 0), "download_timeout": spec.get("download_timeout"),
+        "run_timeout": spec.get("run_timeout"), "use_cache": 1 if spec.get("use_cache") else 0, "now": now,
+    }
+
+
+def _find_cycle(edges: dict[int, list[int]]) -> list[int] | None:
+    """Return one cycle of the graph {node: [nodes it requires]}, or None."""
+    state: dict[int, int] = {}
+    for start in edges:
+        if state.get(start):
+            continue
+        stack = [(start, iter(edges.get(start, ())))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif not state.get(nxt):
+                state[nxt] = 1
+                stack.append((nxt, iter(edges.get(nxt, ()))))
+                path.append(nxt)
+    return None
+
+
+class TaskStore(SqlStore):
+    """Tasks: submission, listing, edits, relaunch, signals, executions, output."""
+
+    # --- creation -----------------------------------------------------------
+    @write
+    def create_tasks(self, tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None = None) -> list[int]:
+        if not specs:
+            return []
+        batch_ids = {name: self._batch_id(tx, name, create=True)
+                     for name in unique(s.get("batch") or DEFAULT_BATCH for s in specs)}
+        refs: dict[str, int] = {}
+        for i, s in enumerate(specs):
+            ref = s.get("ref")
+            if ref:
+                if ref in refs:
+                    raise Invalid(f"ref {ref!r} is used by tasks {refs[ref]} and {i}", field=f"tasks[{i}].ref")
+                refs[ref] = i
+        wanted = unique(r for s in specs for r in (s.get("requires") or []) if isinstance(r, int))
+        known: dict[int, str] = {}
+        for chunk_start in range(0, len(wanted), 5000):
+            chunk = wanted[chunk_start:chunk_start + 5000]
+            for row in tx.all("task_status_by_ids", ids=dumps(chunk)):
+                known[int(row["id"])] = row["status"]
+        ref_edges: dict[int, list[int]] = {}
+        for i, s in enumerate(specs):
+            for r in s.get("requires") or []:
+                where = f"tasks[{i}].requires" if len(specs) > 1 else "requires"
+                if isinstance(r, str):
+                    if r not in refs:
+                        raise Invalid(f"no task with ref {r!r} in this request", field=where)
+                    ref_edges.setdefault(i, []).append(refs[r])
+                elif r not in known:
+                    raise Invalid(f"no task {r}", field=where)
+        cycle = _find_cycle(ref_edges)
+        if cycle:
+            raise Invalid("requirements form a cycle: " + " -> ".join(f"tasks[{i}]" for i in cycle),
+                          field="requires")
+        ids = tx.reserve_ids("task", len(specs))
+        rows, deps = [], []
+        for i, s in enumerate(specs):
+            required = [r if isinstance(r, int) else ids[refs[r]] for r in (s.get("requires") or [])]
+            required = unique(required)
+            ready = all(isinstance(r, int) and known.get(r) == TaskStatus.SUCCEEDED.value
+                        for r in (s.get("requires") or []))
+            if s.get("status") == TaskStatus.PAUSED.value:
+                status = TaskStatus.PAUSED.value
+            else:
+                status = TaskStatus.PENDING.value if ready else TaskStatus.WAITING.value
+            rows.append(task_row(ids[i], batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now))
+            deps.extend({"task_id": ids[i], "required_id": r} for r in required)
+        tx.many("task_insert", rows)
+        if deps:
+            tx.many("dependency_insert", deps)
+        detail: dict[str, Any] = {"count": len(ids), "first": ids[0], "last": ids[-1]}
+        self._event(tx, "task.create", f"batch:{','.join(batch_ids)}"[:200], detail, actor)
+        return ids
+
+    # --- reading ------------------------------------------------------------
+    def _with_deps(self, tx: Tx, rows: list[dict[str, Any]]) -> list[Task]:
+        if not rows:
+            return []
+        requires: dict[int, list[int]] = {}
+        blocked: set[int] = set()
+        for d in tx.all("dependency_list", ids=dumps([r["id"] for r in rows])):
+            requires.setdefault(d["task_id"], []).append(int(d["required_id"]))
+            if d["required_status"] in _BLOCKING:
+                blocked.add(d["task_id"])
+        return [Task.from_row(r, requires=tuple(sorted(requires.get(r["id"], ()))),
+                              blocked=r["status"] == TaskStatus.WAITING.value and r["id"] in blocked)
+                for r in rows]
+
+    def _task_row(self, tx: Tx, task_id: int, lock: bool = False) -> dict[str, Any]:
+        row = tx.one("task_lock" if lock else "task_get", id=task_id)
+        if row is None:
+            raise NotFound(f"no task {task_id}", task_id=task_id)
+        return row
+
+    def _task(self, tx: Tx, task_id: int) -> Task:
+        return self._with_deps(tx, [self._task_row(tx, task_id)])[0]
+
+    @read
+    def get_task(self, tx: Tx, task_id: int) -> Task:
+        return self._task(tx, task_id)
+
+    @read
+    def list_tasks(self, tx: Tx, *, batch: str | None = None, statuses: Sequence[str] | None = None,
+                   name: str | None = None, ids: Sequence[int] | None = None, after: int = 0,
+                   limit: int = 100) -> list[Task]:
+        batch_id = self._batch_id(tx, batch) if batch is not None else None
+        rows = tx.all("task_list", batch_id=batch_id, statuses=dumps(list(statuses)) if statuses else None,
+                      name=name, ids=dumps(list(ids)) if ids is not None else None, after=after,
+                      limit=limit)
+        return self._with_deps(tx, rows)
+
+    @read
+    def count_tasks(self, tx: Tx, batch: str | None = None) -> dict[str, int]:
+        batch_id = self._batch_id(tx, batch) if batch is not None else None
+        return {r["status"]: int(r["n"]) for r in tx.all("task_counts", batch_id=batch_id)}
+
+    # --- changes ------------------------------------------------------------
+    def _set_status(self, tx: Tx, row: Mapping[str, Any], status: TaskStatus, **extra: Any) -> None:
+        check_task_transition(row["id"], row["status"], status)
+        tx.run("task_set_status", id=row["id"], status=status.value, now=tx.now,
+               retries_used=extra.get("retries_used", row["retries_used"]))
+
+    def _set_tasks_status(self, tx: Tx, ids: Sequence[int], status: TaskStatus) -> None:
+        if ids:
+            tx.run("tasks_set_status", ids=dumps(list(ids)), status=status.value, now=tx.now)
+
+    def _queued_status(self, tx: Tx, task_id: int) -> TaskStatus:
+        """pending if every requirement succeeded, else waiting."""
+        unmet = tx.value("task_unmet_count", id=task_id)
+        return TaskStatus.WAITING if unmet else TaskStatus.PENDING
+
+    def _active_execution(self, tx: Tx, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        if row["current_execution_id"] is None:
+            return None
+        e = tx.one("execution_get", id=row["current_execution_id"])
+        return e if e is not None and e["status"] in _ACTIVE_EXEC else None
+
+    def _signal(self, tx: Tx, execution: Mapping[str, Any], action: SignalAction) -> None:
+        if execution["worker_id"] is not None:
+            tx.run("signal_insert", worker_id=execution["worker_id"], execution_id=execution["id"],
+                   action=action.value, now=tx.now)
+
+    def _resume(self, tx: Tx, row: Mapping[str, Any]) -> None:
+        """Un-pause a task: back to its execution's phase (and SIGCONT), or queued."""
+        if row["status"] != TaskStatus.PAUSED.value:
+            return
+        e = self._active_execution(tx, row)
+        if e is not None:
+            self._set_status(tx, row, TaskStatus(e["status"]))
+            self._signal(tx, e, SignalAction.RESUME)
+        else:
+            self._set_status(tx, row, self._queued_status(tx, row["id"]))
+
+    @write
+    def update_task(self, tx: Tx, task_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Task:
+        row = dict(self._task_row(tx, task_id, lock=True))
+        unknown = set(changes) - TASK_DEFINITION_FIELDS - TASK_ANYTIME_FIELDS
+        if unknown:
+            raise Invalid(f"cannot be changed", field=sorted(unknown)[0])
+        definition = sorted(set(changes) & TASK_DEFINITION_FIELDS)
+        if definition and row["status"] not in {s.value for s in TASK_EDITABLE_STATUSES}:
+            raise Conflict(f"task {task_id} is {row['status']}: {', '.join(definition)} can only change while "
+                           "no worker holds it (pause or stop it first)", task_id=task_id, status=row["status"])
+        if row["status"] == TaskStatus.PAUSED.value and definition and self._active_execution(tx, row):
+            raise Conflict(f"task {task_id} is paused while executing: stop it before changing "
+                           f"{', '.join(definition)}", task_id=task_id, status=row["status"])
+        new = dict(row)
+        for k, v in changes.items():
+            if k == "batch":
+                new["batch_id"] = self._batch_id(tx, v, create=True)
+            elif k in ("inputs", "resources"):
+                new[k] = dumps(list(v))
+            elif k == "use_cache":
+                new[k] = 1 if v else 0
+            else:
+                new[k] = v
+        tx.run("task_update", now=tx.now, **{k: new[k] for k in (
+            "id", "batch_id", "name", "command", "shell", "container", "container_options", "inputs",
+            "resources", "output", "priority", "cpu", "mem", "gpu", "disk", "max_retries", "download_timeout",
+            "run_timeout", "use_cache")})
+        self._event(tx, "task.update", f"task:{task_id}", {"fields": sorted(changes)}, actor)
+        return self._task(tx, task_id)
+
+    @write
+    def relaunch_task(self, tx: Tx, task_id: int, actor: str | None = None) -> Task:
+        row = self._task_row(tx, task_id, lock=True)
+        status = row["status"]
+        if status == TaskStatus.PAUSED.value and self._active_execution(tx, row):
+            raise Conflict(f"task {task_id} is paused while executing: resume or stop it", task_id=task_id,
+                           status=status)
+        if status not in _FINAL and status != TaskStatus.PAUSED.value:
+            raise Conflict(f"task {task_id} is {status}: only a finished or paused task can be relaunched",
+                           task_id=task_id, status=status)
+        self._set_status(tx, row, self._queued_status(tx, task_id), retries_used=0)
+        self._event(tx, "task.relaunch", f"task:{task_id}", {"from": status}, actor)
+        return self._task(tx, task_id)
+
+    @write
+    def delete_task(self, tx: Tx, task_id: int, actor: str | None = None) -> None:
+        row = self._task_row(tx, task_id, lock=True)
+        if self._active_execution(tx, row):
+            raise Conflict(f"task {task_id} is executing: stop it first", task_id=task_id, status=row["status"])
+        dependents = [int(r["task_id"]) for r in tx.all("task_unfinished_dependents", id=task_id)]
+        if dependents:
+            shown = ", ".join(map(str, dependents[:10])) + (" ..." if len(dependents) > 10 else "")
+            raise Conflict(f"task {task_id} is required by unfinished task(s) {shown}: delete those first",
+                           task_id=task_id, dependents=dependents[:100])
+        tx.run("task_delete", id=task_id)
+        self._event(tx, "task.delete", f"task:{task_id}", {"status": row["status"]}, actor)
+
+    @write
+    def signal_task(self, tx: Tx, task_id: int, action: str, actor: str | None = None) -> Task:
+        row = self._task_row(tx, task_id, lock=True)
+        status = row["status"]
+        execution = self._active_execution(tx, row)
+        if status in _FINAL:
+            raise Conflict(f"task {task_id} is already {status}", task_id=task_id, status=status)
+        if action == "pause":
+            if status == TaskStatus.UPLOADING.value:
+                raise Conflict(f"task {task_id} is uploading its results and cannot be paused", task_id=task_id,
+                               status=status)
+            if status != TaskStatus.PAUSED.value:
+                self._set_status(tx, row, TaskStatus.PAUSED)
+                if execution is not None:
+                    self._signal(tx, execution, SignalAction.PAUSE)
+        elif action == "resume":
+            self._resume(tx, row)
+        elif action in ("stop", "kill"):
+            self._set_status(tx, row, TaskStatus.CANCELED)
+            if execution is not None:
+                self._signal(tx, execution, SignalAction.TERM if action == "stop" else SignalAction.KILL)
+        else:
+            raise Invalid(f"unknown action {action!r}", field="action")
+        self._event(tx, f"task.{action}", f"task:{task_id}", {"from": status}, actor)
+        return self._task(tx, task_id)
+
+    # --- executions and output ---------------------------------------------
+    @read
+    def list_executions(self, tx: Tx, task_id: int) -> list[Execution]:
+        self._task_row(tx, task_id)
+        return [Execution.from_row(r) for r in tx.all("execution_list", task_id=task_id)]
+
+    @read
+    def get_execution(self, tx: Tx, execution_id: int) -> Execution:
+        row = tx.one("execution_get", id=execution_id)
+        if row is None:
+            raise NotFound(f"no execution {execution_id}", execution_id=execution_id)
+        return Execution.from_row(row)
+
+    @read
+    def read_output(self, tx: Tx, execution_id: int, stream: str, offset: int = 0,
+                    limit: int = 1 << 20) -> OutputSlice:
+        e = tx.one("execution_get", id=execution_id)
+        if e is None:
+            raise NotFound(f"no execution {execution_id}", execution_id=execution_id)
+        size = int(e[f"{stream}_size"])
+        if offset < 0:
+            offset = max(0, size + offset)
+        done = bool(e[f"{stream}_done"]) or e["status"] not in _ACTIVE_EXEC
+        pieces: list[bytes] = []
+        cuts: list[tuple[int, int]] = []
+        pos = offset
+        taken = 0
+        for c in tx.all("output_read", execution_id=execution_id, stream_name=stream, offset=offset):
+            start, data = int(c["pos"]), bytes(c["data"])
+            if start + len(data) <= pos:
+                continue
+            if start > pos:
+                cuts.append((pos, start))
+                pos = start
+            piece = data[pos - start:pos - start + (limit - taken)]
+            pieces.append(piece)
+            pos += len(piece)
+            taken += len(piece)
+            if taken >= limit:
+                break
+        if taken < limit and pos < size and done:
+            # The end of the stream that was never stored (cut by the worker's cap).
+            cuts.append((pos, size))
+            pos = size
+        return OutputSlice(execution_id, stream, offset, pos, b"".join(pieces), tuple(cuts), size,
+                           done and pos >= size)
+
+

@@ -1,0 +1,107 @@
+"""Real scitq processes for tests: a server (and workers) as subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from .postgres import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def scitq_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCITQ_")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["SCITQ_CONFIG"] = os.devnull  # never read the machine's /etc/scitq.conf
+    env.update(extra)
+    return env
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+class ServerProcess:
+    """`python -m scitq_app server` on a free port."""
+
+    def __init__(self, database: str, workdir: str, *, port: int | None = None, listen: str = "127.0.0.1",
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.database = database
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.listen = listen
+        self.extra_env = env or {}
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(workdir, f"server-{self.port}.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.listen}:{self.port}"
+
+    def start(self, wait: bool = True) -> "ServerProcess":
+        env = scitq_env(SCITQ_SERVER_DATABASE=self.database, SCITQ_SERVER_PORT=str(self.port),
+                        SCITQ_SERVER_LISTEN=self.listen, **self.extra_env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "scitq_app", "server", *self.args], cwd=self.workdir,
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            wait_http(self.url + "/api/v1/health", proc=self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+def api(url: str, method: str, path: str, body: Any = None, token: str | None = None,
+        raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """A bare HTTP call (for tests that must see status codes and headers as sent)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url + path, data=data, method=method)
+    if body is not None and raw is None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read()
+            return r.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:
+            return e.code, text.decode("utf-8", "replace")
