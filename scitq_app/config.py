@@ -64,6 +64,8 @@ OPTIONS: dict[tuple[str, str], Option] = {
     ("worker", "heartbeat"): _o(5.0, "float", "seconds between heartbeats", minimum=0.1),
     ("worker", "engine"): _o("none", "choice", "container engine",
                              choices=("none", "docker", "podman", "apptainer", "singularity")),
+    ("worker", "on_stop"): _o("finish", "choice", "on SIGTERM: let running tasks finish, or hand them back",
+                              choices=("finish", "handback")),
     ("worker", "cpu"): _o(0, "int", "cores offered (0: all of this host's)", minimum=0),
     ("worker", "mem"): _o(0.0, "float", "memory offered in GiB (0: all of this host's)", minimum=0),
     ("client", "server"): _o("http://127.0.0.1:5000", "str", "URL of the scitq server (env SCITQ_SERVER too)"),

@@ -7,7 +7,7 @@ the first bad field. Types are strict: `"4"` is not an int, `1` is not a bool.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from . import uris
@@ -194,7 +194,8 @@ SPECS: dict[str, dict[str, Field]] = {
         "ref": _f("str", "a key other tasks of the same bulk request can list in requires"),
         "status": _f("enum", "pending (default) or paused", choices=("pending", "paused")),
     },
-    "task_update": {k: v for k, v in _TASK_FIELDS.items()},
+    # an edit names only the fields it changes: none is required, none defaults
+    "task_update": {k: replace(v, required=False, default=None) for k, v in _TASK_FIELDS.items()},
     "task_bulk": {"tasks": _f("list", "tasks to create, all or none", required=True, maximum=MAX_BULK,
                               item="task_create")},
     "task_signal": {"action": _f("enum", "pause, resume, stop (SIGTERM then SIGKILL) or kill", required=True,
@@ -231,6 +232,7 @@ SPECS: dict[str, dict[str, Field]] = {
     "heartbeat": {
         "stats": _f("dict", "load, cpu, mem, disk, net, versions"),
         "executions": _f("ints", "ids of the executions the worker still holds", minimum=1),
+        "acks": _f("ints", "ids of the signals the worker has applied", minimum=1),
     },
     "report": {
         "phase": _f("enum", "running, uploading, succeeded or failed", required=True,

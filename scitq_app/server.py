@@ -233,7 +233,8 @@ class Api:
     def register(self, ident: Identity, body: dict, **_: Any) -> dict:
         worker, token = self.store.register_worker(body, actor=ident.name)
         return {"worker": worker.to_dict(), "token": token, "lease": self.lease,
-                "heartbeat": min(self.config.worker.heartbeat, self.lease / 3)}
+                "heartbeat": min(self.config.worker.heartbeat, self.lease / 3),
+                "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail}
 
     def claim(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         self._own_worker(ident, id)
@@ -338,7 +339,8 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
         def endpoint(**url_args: Any) -> Any:
             request = bottle.request
             try:
-                ident = api.identify(request.get_header("Authorization"))
+                # raw (latin-1) header: a non-UTF-8 value is just an unknown token, not an error
+                ident = api.identify(request.environ.get("HTTP_AUTHORIZATION"))
                 if route.roles:
                     if ident is None:
                         raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
@@ -346,11 +348,13 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
                         raise Forbidden(f"a {ident.role.value} token may not {route.method} {route.path}")
                 kwargs: dict[str, Any] = dict(url_args)
                 if route.query:
-                    kwargs["query"] = parse_query(route, dict(request.query.decode("utf-8").items()))
+                    kwargs["query"] = parse_query(route, _query_params(request))
                 elif request.query_string:
-                    parse_query(route, dict(request.query.decode("utf-8").items()))
+                    parse_query(route, _query_params(request))
                 if route.body:
-                    kwargs["body"] = validate(route.body, _read_json(request, max_body, bool(route.body)))
+                    # PATCH changes only the fields given: nothing required, no defaults filled in.
+                    kwargs["body"] = validate(route.body, _read_json(request, max_body, bool(route.body)),
+                                              partial=route.method == "PATCH")
                 result = handler(ident or ANONYMOUS, **kwargs)
                 return _json_response(bottle, route.status, result)
             except ScitqError as e:
@@ -388,6 +392,13 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
     return app
 
 
+def _query_params(request: Any) -> dict[str, str]:
+    try:
+        return dict(request.query.decode("utf-8").items())
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not valid UTF-8") from None
+
+
 def _read_json(request: Any, max_body: int, required: bool) -> Any:
     length = request.content_length
     if length > max_body:
@@ -408,6 +419,29 @@ def _read_json(request: Any, max_body: int, required: bool) -> Any:
         raise BadRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
+
+
+def _json_error_channel() -> type:
+    """waitress's channel, answering the errors waitress raises itself (body over
+    max_body, bad chunking, oversized headers) in JSON like every other error."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self) -> None:
+            e = self.request.error
+            kind = {400: BadRequest.kind, 431: BadRequest.kind, 413: TooLarge.kind}.get(e.code, "http")
+            body = json.dumps({"error": kind, "detail": f"{e.reason}: {e.body}"}).encode("utf-8")
+            self.status = f"{e.code} {e.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonErrorChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return JsonErrorChannel
 
 
 def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
@@ -434,6 +468,7 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
                                     threads=config.server.threads, max_request_body_size=config.server.max_body,
                                     channel_timeout=120, connection_limit=4000, clear_untrusted_proxy_headers=True,
                                     asyncore_use_poll=True, ident="scitq")
+    server.channel_class = _json_error_channel()  # type: ignore[union-attr]
     url = f"http://{config.server.listen}:{server.effective_port}"  # type: ignore[union-attr]
     log.info("scitq %s serving on %s (%s)", __version__, url, store.dialect, extra={"action": "serve"})
     if ready:

@@ -1,0 +1,167 @@
+"""Running a command: locally in its own process group (here) or in a
+container engine (`containers.py`), behind one contract.
+
+A `Runner` starts a `Process` from a `RunSpec`; the process exposes its
+stdout/stderr pipes, takes signals (pause, resume, term, kill) and reports
+how it ended (`Outcome`: return code, peak memory, CPU time, OOM kill).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Mapping
+
+from .errors import ScitqError
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run and where. `dirs` maps input/output/resource/tmp to host paths."""
+
+    command: str
+    shell: str                     # none | sh | bash
+    dirs: Mapping[str, str]
+    cpu: int = 1
+    container: str | None = None
+    container_options: str | None = None
+    name: str = "scitq"            # container name / log label
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        """The command as argv: split like a shell would when no shell is asked for."""
+        if self.shell in ("sh", "bash"):
+            return [self.shell, "-c", self.command]
+        try:
+            argv = shlex.split(self.command)
+        except ValueError as e:
+            raise ScitqError(f"cannot split the command into arguments ({e}); use shell sh") from None
+        if not argv:
+            raise ScitqError("the command is empty")
+        return argv
+
+
+@dataclass
+class Outcome:
+    return_code: int
+    peak_mem: int | None = None      # bytes
+    cpu_time: float | None = None    # seconds
+    oom: bool = False
+    signal: int | None = None        # the signal that ended it, if any
+
+
+class Process:
+    """A started command. Subclasses implement the signal and wait mechanics."""
+
+    stdout: IO[bytes]
+    stderr: IO[bytes]
+    pid: int | None = None
+
+    def send(self, action: str) -> None:
+        """pause | resume | term | kill."""
+        raise NotImplementedError
+
+    def wait(self) -> Outcome:
+        """Block until the command ended; return its outcome."""
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+
+class Runner:
+    """Starts processes. `name` is what the worker reports (none, docker, podman, apptainer)."""
+
+    name = "abstract"
+
+    def start(self, spec: RunSpec) -> Process:
+        raise NotImplementedError
+
+
+class LocalProcess(Process):
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.stdout = popen.stdout  # type: ignore[assignment]
+        self.stderr = popen.stderr  # type: ignore[assignment]
+        self._outcome: Outcome | None = None
+        self._lock = threading.Lock()
+
+    def send(self, action: str) -> None:
+        sig = {"pause": signal.SIGSTOP, "resume": signal.SIGCONT, "term": signal.SIGTERM,
+               "kill": signal.SIGKILL}[action]
+        try:
+            os.killpg(self.pid, sig)  # type: ignore[arg-type]
+            if action == "term":
+                # A stopped process group would not see SIGTERM until continued.
+                os.killpg(self.pid, signal.SIGCONT)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+
+    def alive(self) -> bool:
+        return self._outcome is None and self.popen.poll() is None
+
+    def wait(self) -> Outcome:
+        with self._lock:
+            if self._outcome is None:
+                # wait4 gives the child's own resource usage (peak RSS, CPU time).
+                _, status, usage = os.wait4(self.pid, 0)  # type: ignore[arg-type]
+                self.popen.returncode = os.waitstatus_to_exitcode(status)
+                sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+                code = 128 + sig if sig else os.WEXITSTATUS(status)
+                self._outcome = Outcome(code, peak_mem=usage.ru_maxrss * 1024,
+                                        cpu_time=usage.ru_utime + usage.ru_stime, signal=sig)
+                # The group may have members left (background jobs of a shell): end them.
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                except (ProcessLookupError, PermissionError):
+                    pass
+            return self._outcome
+
+
+class LocalRunner(Runner):
+    """Runs commands on the host, exporting INPUT OUTPUT RESOURCE TEMP CPU."""
+
+    name = "none"
+
+    def start(self, spec: RunSpec) -> Process:
+        env = dict(os.environ)
+        for k in list(env):
+            if k.startswith("SCITQ_"):
+                del env[k]  # the worker's own secrets never reach tasks
+        env.update({"INPUT": spec.dirs["input"], "OUTPUT": spec.dirs["output"], "RESOURCE": spec.dirs["resource"],
+                    "TEMP": spec.dirs["tmp"], "TMPDIR": spec.dirs["tmp"], "CPU": str(spec.cpu)})
+        env.update(spec.extra_env)
+        try:
+            popen = subprocess.Popen(spec.argv(), cwd=spec.dirs["tmp"], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True, close_fds=True)
+        except FileNotFoundError as e:
+            raise ScitqError(f"command not found: {e.filename}") from None
+        except PermissionError as e:
+            raise ScitqError(f"cannot execute {e.filename}: permission denied") from None
+        except OSError as e:
+            raise ScitqError(f"cannot start the command: {e.strerror or e}") from None
+        return LocalProcess(popen)
+
+
+def kill_group(pid: int) -> bool:
+    """SIGKILL a leftover process group (after a worker restart); True if it existed."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)

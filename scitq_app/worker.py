@@ -1,0 +1,405 @@
+"""The worker agent: `scitq.pyz worker run`.
+
+It registers with the server, then loops: claim executions for its free
+slots (long-polling when idle), run each in a `Job` thread, heartbeat every
+few seconds (stats in; settings, signals and fenced executions out; leases
+renewed), and deliver reports and output through the `Outbox`, which keeps
+them on disk while the server is away. It talks to the server only through
+`client.Server`, never to the database.
+
+Stopping: the first SIGTERM stops claiming, hands back executions that have
+not started and lets the others finish (or hands them back too with
+`[worker] on_stop = handback`); the second kills them and reports them
+canceled. Either way what is owed to the server stays in the journal and is
+delivered now or at the next start.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from . import __version__
+from .client import Server
+from .config import Config
+from .errors import ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, Unauthorized
+from .job import Job, Slots, Stager
+from .machine import Machine
+from .outbox import Outbox, StreamShipper
+from .runner import LocalRunner, Runner, kill_group, wait_gone
+
+log = logging.getLogger(__name__)
+
+CLAIM_WAIT = 5.0
+CLEAN_EVERY = 30.0
+DISK_PRESSURE = 90.0  # % used on the work dir's disk before old failed work dirs are removed
+
+
+class Worker:
+    """One worker agent. Dependencies (client, runner, stager, clock) are passed in for tests."""
+
+    def __init__(self, config: Config, *, client: Server | None = None, runner: Runner | None = None,
+                 stager: Stager | None = None, clock: Callable[[], float] = time.monotonic,
+                 say: Callable[[str], None] | None = None) -> None:
+        w = config.worker
+        self.config = config
+        self.name = w.name or socket.gethostname()
+        self.root = os.path.abspath(w.workdir)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            probe = os.path.join(self.root, ".write-test")
+            open(probe, "w").close()
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"worker work dir {self.root} is not usable ({e.strerror or e}): set "
+                              "[worker] workdir or --workdir to a writable directory") from None
+        self.state_dir = os.path.join(self.root, ".scitq")
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.client = client or Server(config.server_url(), None, timeout=config.client.timeout)
+        self.register_token = w.token or config.client.token or None
+        self.runner = runner or LocalRunner()
+        self.stager = stager or Stager()
+        self.clock = clock
+        self.say = say or (lambda text: log.info("%s", text))
+        self.machine = Machine(self.root)
+        self.outbox = Outbox(os.path.join(self.state_dir, "outbox"), on_refused=self._refused)
+        self.worker_id: int | None = None
+        self.settings: dict[str, Any] = {"concurrency": w.concurrency, "prefetch": w.prefetch, "status": w.status,
+                                         "batch": w.batch or None}
+        self.heartbeat_every = w.heartbeat
+        self.head, self.tail = 256 * 1024, 768 * 1024
+        self.slots = Slots(w.concurrency)
+        self.jobs: dict[int, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._acks: list[int] = []
+        self.stopping = 0            # 0 running, 1 warm stop, 2 cold stop
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._need_register = threading.Event()
+        self._abandon = threading.Event()   # stop trying to deliver: the rest waits on disk
+        self._last_clean = 0.0
+
+    # --- registration -----------------------------------------------------------
+    def _state_path(self) -> str:
+        return os.path.join(self.state_dir, "state.json")
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            with open(self._state_path(), encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        path = self._state_path()
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(path + ".tmp", path)
+
+    def register(self) -> None:
+        """Re-attach with the saved worker token, or register anew. Retries while the server is away."""
+        delay = 1.0
+        while self.stopping < 2:
+            try:
+                self._register_once()
+                self._need_register.clear()
+                return
+            except ServerUnreachable as e:
+                self.say(f"scitq worker: {e.message}; retrying in {delay:.0f} s")
+                if self._done.wait(delay):
+                    return
+                delay = min(delay * 2, 30.0)
+
+    def _register_once(self) -> None:
+        state = self._load_state()
+        if state.get("server") == self.client.url and state.get("name") == self.name and state.get("token"):
+            self.client.token = state["token"]
+            self.worker_id = int(state["worker_id"])
+            try:
+                self._heartbeat()
+                self.say(f"scitq worker {self.name}: re-attached as worker {self.worker_id}")
+                return
+            except (Unauthorized, NotFound, Forbidden):
+                pass
+        self.client.token = self.register_token
+        try:
+            reply = self.client.register(
+                name=self.name, hostname=self.machine.hostname, concurrency=self.settings["concurrency"],
+                prefetch=self.settings["prefetch"], batch=self.settings["batch"], status=self.settings["status"]
+                if self.settings["status"] in ("running", "paused") else "running",
+                cpu=float(self.config.worker.cpu or self.machine.cpu_count),
+                mem=float(self.config.worker.mem or round((self.machine.mem_total or 0) / 2**30, 1)) or None,
+                version=__version__)
+        except (Unauthorized, Forbidden) as e:
+            raise ConfigError(f"the server refused to register this worker: {e.message} (give an admin token "
+                              "in [worker] token or SCITQ_WORKER_TOKEN)") from None
+        self.worker_id = int(reply["worker"]["id"])
+        self.client.token = reply["token"]
+        self.head = int(reply.get("output_head", self.head))
+        self.tail = int(reply.get("output_tail", self.tail))
+        self.heartbeat_every = min(self.heartbeat_every, float(reply.get("heartbeat", self.heartbeat_every)))
+        self._apply_settings(reply["worker"])
+        self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
+                          "token": reply["token"], "head": self.head, "tail": self.tail})
+        self.say(f"scitq worker {self.name}: registered as worker {self.worker_id} on {self.client.url}")
+
+    # --- heartbeat ----------------------------------------------------------------
+    def _held(self) -> list[int]:
+        with self._jobs_lock:
+            held = set(self.jobs)
+        return sorted(held | self.outbox.executions_with_pending())
+
+    def _heartbeat(self) -> None:
+        acks, self._acks = self._acks, []
+        try:
+            reply = self.client.heartbeat(self.worker_id, self.machine.stats() | {"version": __version__,
+                                          "runner": self.runner.name, "slots_used": self.slots.used},
+                                          self._held(), acks)
+        except BaseException:
+            self._acks = acks + self._acks
+            raise
+        self._apply_settings(reply["settings"])
+        for s in reply.get("signals", []):
+            self._handle_signal(s)
+            self._acks.append(int(s["id"]))
+        for eid in reply.get("fenced", []):
+            job = self.jobs.get(int(eid))
+            if job is not None:
+                log.warning("execution %s was given to another worker: stopping it", eid)
+                job.fence()
+
+    def _apply_settings(self, s: dict[str, Any]) -> None:
+        changed = {k: s[k] for k in ("concurrency", "prefetch", "status", "batch")
+                   if k in s and s[k] != self.settings.get(k)}
+        if not changed:
+            return
+        self.settings.update(changed)
+        self.slots.set_limit(int(self.settings["concurrency"]))
+        log.info("settings now %s", self.settings, extra={"action": "settings"})
+        self._wake.set()
+
+    def _handle_signal(self, s: dict[str, Any]) -> None:
+        if s.get("execution_id") is not None:
+            job = self.jobs.get(int(s["execution_id"]))
+            if job is not None:
+                job.signal(s["action"])
+        elif s["action"] == "clean":
+            self.clean(everything=True)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._done.wait(self.heartbeat_every):
+            if self.worker_id is None or self._need_register.is_set():
+                continue
+            try:
+                self._heartbeat()
+            except ServerUnreachable as e:
+                log.warning("heartbeat: %s", e.message)
+            except (Unauthorized, NotFound):
+                self._need_register.set()
+                self._wake.set()
+            except ScitqError as e:
+                log.warning("heartbeat refused: %s", e.message)
+
+    # --- delivery -----------------------------------------------------------------
+    def _refused(self, execution_id: int, result: dict) -> None:
+        job = self.jobs.get(execution_id)
+        if job is not None and result.get("status") == 409:
+            job.fence()
+
+    def _send(self, items: list[dict]) -> list[dict]:
+        return self.client.outbox(self.worker_id, items)
+
+    def _sender_loop(self) -> None:
+        delay = 0.5
+        while True:
+            if self._done.is_set() and (self.outbox.idle() or self._abandon.is_set()):
+                return
+            if self.worker_id is None or self._need_register.is_set():
+                time.sleep(0.2)
+                continue
+            try:
+                sent = self.outbox.flush(self._send)
+                delay = 0.5
+            except ServerUnreachable as e:
+                log.warning("delivery: %s; retrying in %.0f s", e.message, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
+                continue
+            except (Unauthorized, NotFound):
+                self._need_register.set()
+                self._wake.set()
+                time.sleep(0.5)
+                continue
+            except ScitqError as e:
+                log.warning("delivery refused: %s", e.message)
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
+                continue
+            if not sent:
+                self.outbox.wait(0.5)
+
+    # --- executions -----------------------------------------------------------------
+    def _cpu_per_slot(self) -> int:
+        return max(1, (self.config.worker.cpu or self.machine.cpu_count) // max(1, int(self.settings["concurrency"])))
+
+    def _start(self, execution: dict) -> None:
+        job = Job(execution, root=self.root, runner=self.runner, stager=self.stager, outbox=self.outbox,
+                  slots=self.slots, cpu_per_slot=self._cpu_per_slot, head=self.head, tail=self.tail,
+                  on_done=self._finished)
+        with self._jobs_lock:
+            self.jobs[job.id] = job
+        if self.stopping:
+            job.hand_back()
+        job.thread.start()
+
+    def _finished(self, job: Job) -> None:
+        with self._jobs_lock:
+            self.jobs.pop(job.id, None)
+        self._wake.set()
+
+    def recover(self) -> None:
+        """After a restart: end what a previous run of this worker left running, and report it lost once."""
+        for name in sorted(os.listdir(self.root)):
+            d = os.path.join(self.root, name)
+            if not name.startswith("exec-") or os.path.exists(os.path.join(d, "done")):
+                continue
+            try:
+                with open(os.path.join(d, "execution.json"), encoding="utf-8") as f:
+                    execution = json.load(f)
+            except (OSError, ValueError):
+                continue
+            pid_path = os.path.join(d, "pid")
+            if os.path.exists(pid_path):
+                with open(pid_path, encoding="ascii") as f:
+                    pid = int(f.read().strip() or 0)
+                if pid and kill_group(pid):
+                    wait_gone(pid)
+            eid = int(execution["id"])
+            for stream in ("stdout", "stderr"):
+                path = os.path.join(d, f"{stream}.log")
+                if os.path.exists(path):
+                    shipper = StreamShipper(eid, stream, path, self.head, self.tail)
+                    shipper.finish()
+                    self.outbox.add_stream(shipper)
+            self.outbox.report(eid, {"phase": "failed", "failure_class": "lost",
+                                     "message": "the worker restarted while this execution ran"})
+            open(os.path.join(d, "done"), "w").close()
+            self.say(f"scitq worker: execution {eid} was interrupted by a restart; reported lost")
+
+    def clean(self, everything: bool = False) -> None:
+        """Remove the work dirs of finished executions whose logs are delivered: succeeded ones
+        always, failed ones on `clean` or under disk pressure (oldest first)."""
+        pending = self.outbox.executions_with_pending()
+        try:
+            usage = shutil.disk_usage(self.root)
+            pressure = 100.0 * usage.used / usage.total > DISK_PRESSURE
+        except OSError:
+            pressure = False
+        dirs = []
+        for name in os.listdir(self.root):
+            d = os.path.join(self.root, name)
+            if name.startswith("exec-") and os.path.exists(os.path.join(d, "done")):
+                try:
+                    eid = int(name[5:])
+                except ValueError:
+                    continue
+                if eid not in pending:
+                    dirs.append((os.path.getmtime(d), d))
+        for _, d in sorted(dirs):
+            if everything or pressure or os.path.exists(os.path.join(d, "succeeded")):
+                shutil.rmtree(d, ignore_errors=True)
+
+    # --- the loop ---------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """First call: warm stop. Second: cold stop."""
+        self.stopping = min(self.stopping + 1, 2)
+        with self._jobs_lock:
+            jobs = list(self.jobs.values())
+        handback = self.config.worker.on_stop == "handback"
+        for job in jobs:
+            job.hand_back(force=self.stopping == 2 or handback)
+        self._wake.set()
+        self.slots.wake()
+
+    def run(self, once: bool = False) -> int:
+        """Run until stopped (or, with `once`, one claim round run to completion)."""
+        self.recover()
+        self.register()
+        heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        sender = threading.Thread(target=self._sender_loop, name="sender", daemon=True)
+        heart.start()
+        sender.start()
+        delay = 0.5
+        try:
+            while not (self.stopping and not self.jobs):
+                if self._need_register.is_set():
+                    self.register()
+                if self.settings["status"] == "draining" and not self.jobs:
+                    self.say(f"scitq worker {self.name}: drained, exiting")
+                    break
+                if self.clock() - self._last_clean > CLEAN_EVERY:
+                    self._last_clean = self.clock()
+                    self.clean()
+                free = int(self.settings["concurrency"]) + int(self.settings["prefetch"]) - len(self.jobs)
+                if self.stopping or self.settings["status"] != "running" or free <= 0 or self.worker_id is None:
+                    if once and not self.jobs:
+                        break
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                try:
+                    executions = self.client.claim(self.worker_id, free, wait=0 if once else CLAIM_WAIT)
+                    delay = 0.5
+                except ServerUnreachable as e:
+                    self.say(f"scitq worker: {e.message}; retrying in {delay:.0f} s")
+                    self._wake.wait(delay)
+                    delay = min(delay * 2, 15.0)
+                    continue
+                except (Unauthorized, NotFound):
+                    self._need_register.set()
+                    continue
+                for e in executions:
+                    self._start(e)
+                if once:
+                    self._wait_jobs()
+                    break
+        finally:
+            self._wait_jobs()
+            self._done.set()
+            self.outbox.wake()
+            sender.join(timeout=30 if self.stopping < 2 else 10)
+            self._abandon.set()
+            left = len(self.outbox.journal)
+            if left:
+                self.say(f"scitq worker: {left} report(s) kept on disk for the next start")
+        return 0
+
+    def _wait_jobs(self) -> None:
+        while True:
+            with self._jobs_lock:
+                jobs = list(self.jobs.values())
+            if not jobs:
+                return
+            for job in jobs:
+                job.thread.join(timeout=0.5)
+
+
+def run_worker(config: Config, once: bool = False, log: Callable[[str], None] | None = None) -> int:
+    """The `worker run` role: build the worker, wire SIGTERM/SIGINT, run it."""
+    import signal
+    worker = Worker(config, say=log)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        worker.request_stop()
+        worker.say("scitq worker: stopping after the running tasks (signal again to kill them)"
+                   if worker.stopping == 1 else "scitq worker: killing the running tasks")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return worker.run(once=once)
