@@ -15,11 +15,14 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import queue
 import socket
 import ssl
+import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+import uuid
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import __version__
@@ -32,11 +35,15 @@ class Server:
     """A connection to a scitq server. Thread-safe: one keep-alive HTTP
     connection per thread.
 
-    `retry_reads` (seconds, 0 = never) keeps retrying GETs while the server is
-    unreachable, so a script survives a server restart."""
+    `resilient=True` makes a script survive server outages: reads are retried
+    until the server answers again (for up to `outage` seconds), and writes go
+    through one background queue, in order, retried the same way; they then
+    return `Pending` results that block when first used. Submissions carry an
+    idempotency key, so a retried submit never creates tasks twice."""
 
     def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, timeout: float = 30.0,
-                 retry_reads: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 resilient: bool = False, outage: float = 86400.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         parts = urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ServerUnreachable(f"server URL must look like http://HOST:PORT, not {url!r}")
@@ -47,9 +54,11 @@ class Server:
         self._base = parts.path.rstrip("/")
         self.token = token or None
         self.timeout = timeout
-        self.retry_reads = retry_reads
+        self.resilient = resilient
+        self.outage = outage
         self._sleep = sleep
         self._local = threading.local()
+        self._writes: queue.Queue | None = None
 
     # --- transport ------------------------------------------------------------
     def _conn(self) -> http.client.HTTPConnection:
@@ -70,21 +79,66 @@ class Server:
             self._local.conn = None
 
     def close(self) -> None:
+        """Close this thread's connection."""
         self._drop()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
-        """One API call; returns the decoded JSON reply or raises ScitqError."""
-        deadline = time.monotonic() + self.retry_reads if method == "GET" and self.retry_reads else None
+        """One API call; returns the decoded JSON reply or raises ScitqError.
+
+        In resilient mode, reads are retried through outages and writes are
+        queued (see the class docstring)."""
+        if self.resilient and method != "GET":
+            return self._enqueue(method, path, body, timeout)
+        return self._retrying(method, path, body, query, timeout, retry=self.resilient)
+
+    def _retrying(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None,
+                  timeout: float | None, retry: bool) -> Any:
+        deadline = time.monotonic() + self.outage
         delay = 0.5
         while True:
             try:
                 return self._once(method, path, body, query, timeout)
-            except ServerUnreachable:
-                if deadline is None or time.monotonic() > deadline:
+            except ServerUnreachable as e:
+                # A request that may have reached the server is only repeated when
+                # repeating it is harmless: reads, and submissions (idempotency key).
+                safe = method == "GET" or not e.data.get("sent", True) or \
+                    (isinstance(body, dict) and "key" in body)
+                if not retry or not safe or time.monotonic() > deadline:
                     raise
                 self._sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _enqueue(self, method: str, path: str, body: Any, timeout: float | None) -> "Pending":
+        if self._writes is None:
+            self._writes = queue.Queue()
+            threading.Thread(target=self._writer, name="scitq-writes", daemon=True).start()
+        pending = Pending(f"{method} {path}")
+        self._writes.put((pending, method, path, body, timeout))
+        return pending
+
+    def _writer(self) -> None:
+        assert self._writes is not None
+        while True:
+            pending, method, path, body, timeout = self._writes.get()
+            try:
+                pending._set(self._retrying(method, path, body, None, timeout, retry=True))
+            except BaseException as e:  # delivered to whoever reads the result
+                pending._fail(e)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every queued write has been sent (resilient mode)."""
+        if self._writes is None:
+            return
+        done = Pending("drain")
+        self._writes.put((done, "GET", "/health", None, None))
+        done.result(timeout)
 
     def _once(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None,
               timeout: float | None) -> Any:
@@ -118,12 +172,16 @@ class Server:
                 self._drop()
                 # A kept-alive connection the server closed meanwhile: retry once on a new one.
                 if attempt == 2:
-                    raise ServerUnreachable(f"scitq server at {self.url} closed the connection: {e}") from None
+                    raise ServerUnreachable(f"scitq server at {self.url} closed the connection: {e}",
+                                            sent=True) from None
             except (OSError, http.client.HTTPException) as e:
                 self._drop()
                 reason = "timed out" if isinstance(e, (socket.timeout, TimeoutError)) else \
                     (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-                raise ServerUnreachable(f"cannot reach the scitq server at {self.url}: {reason}") from None
+                # Refused or unresolvable: the request surely never reached the server.
+                sent = not isinstance(e, (ConnectionRefusedError, socket.gaierror))
+                raise ServerUnreachable(f"cannot reach the scitq server at {self.url}: {reason}",
+                                        sent=sent) from None
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
@@ -151,17 +209,17 @@ class Server:
         return self.request("DELETE", path)
 
     # --- tasks ------------------------------------------------------------------
-    def submit(self, command: str, **fields: Any) -> dict:
-        """Submit one task; returns it (with its id)."""
-        return self.post("/tasks", {"command": command, **fields})
+    def submit(self, command: str, **fields: Any) -> Any:
+        """Submit one task; returns {"ids": [id], "count": 1} (a `Pending` in resilient mode)."""
+        return self.post("/tasks/bulk", {"tasks": [{"command": command, **fields}], "key": uuid.uuid4().hex},
+                         timeout=max(self.timeout, 60))
 
     def submit_many(self, tasks: Sequence[Mapping[str, Any]], chunk: int = 10_000) -> list[int]:
-        """Submit many tasks; returns their ids. Each chunk is all-or-nothing."""
-        ids: list[int] = []
-        for start in range(0, len(tasks), chunk):
-            ids.extend(self.post("/tasks/bulk", {"tasks": list(tasks[start:start + chunk])},
-                                 timeout=max(self.timeout, 120))["ids"])
-        return ids
+        """Submit many tasks; returns their ids. Each chunk is all-or-nothing and
+        carries an idempotency key, so retries never duplicate tasks."""
+        replies = [self.post("/tasks/bulk", {"tasks": list(tasks[start:start + chunk]), "key": uuid.uuid4().hex},
+                             timeout=max(self.timeout, 120)) for start in range(0, len(tasks), chunk)]
+        return [i for reply in replies for i in reply["ids"]]
 
     def tasks(self, batch: str | None = None, status: str | Sequence[str] | None = None, name: str | None = None,
               ids: Sequence[int] | None = None, after: int = 0, page: int = 1000,
@@ -290,3 +348,86 @@ class Server:
 
     def health(self) -> dict:
         return self.get("/health")
+
+    # --- waiting ---------------------------------------------------------------------
+    def join(self, task_ids: Iterable[int], retry: int = 0, interval: float = 2.0,
+             progress: TextIO | None = sys.stderr, timeout: float | None = None) -> dict[str, int]:
+        """Wait until every task is finished; relaunch failed ones up to `retry`
+        times each. Prints a progress line on `progress` (None for silence).
+        Returns the final counts by status."""
+        ids = sorted({int(i) for i in task_ids})
+        relaunched: dict[int, int] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        final = ("succeeded", "failed", "canceled")
+        while True:
+            statuses: dict[int, str] = {}
+            for start in range(0, len(ids), 1000):
+                for t in self._retrying("GET", "/tasks", None, {"ids": ids[start:start + 1000], "limit": 1000},
+                                        None, retry=True)["tasks"]:
+                    statuses[t["id"]] = t["status"]
+            for tid, status in statuses.items():
+                if status == "failed" and relaunched.get(tid, 0) < retry:
+                    relaunched[tid] = relaunched.get(tid, 0) + 1
+                    self._retrying("POST", f"/tasks/{tid}/relaunch", {}, None, None, retry=True)
+                    statuses[tid] = "pending"
+            counts: dict[str, int] = {}
+            for status in statuses.values():
+                counts[status] = counts.get(status, 0) + 1
+            done = sum(counts.get(s, 0) for s in final)
+            if progress is not None:
+                parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                progress.write(f"\r{done}/{len(ids)} finished ({parts})\x1b[K")
+                progress.flush()
+            if done == len(statuses) == len(ids) or (len(statuses) < len(ids) and done == len(statuses)):
+                if progress is not None:
+                    progress.write("\n")
+                return counts
+            if deadline is not None and time.monotonic() > deadline:
+                if progress is not None:
+                    progress.write("\n")
+                raise TimeoutError(f"{len(ids) - done} task(s) still unfinished")
+            self._sleep(interval)
+
+
+class Pending:
+    """The result of a write queued in resilient mode: blocks when first used."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._event = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _set(self, value: Any) -> None:
+        self._value = value
+        self._event.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The server's reply (raises what the request raised)."""
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"{self.what} is still queued")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.result()[key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.result().get(key, default)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.result())
+
+    def __len__(self) -> int:
+        return len(self.result())
+
+    def __repr__(self) -> str:
+        return f"<Pending {self.what}: {'done' if self.done() else 'queued'}>"

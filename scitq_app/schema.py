@@ -16,6 +16,8 @@ from .models import (FailureClass, Shell, SignalAction, Stream, TaskStatus, Work
                      SETTABLE_WORKER_STATUSES, values_of)
 
 MAX_TEXT = 1_000_000
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+INT32_MAX = 2 ** 31 - 1  # INTEGER columns (timeouts, return codes, GPUs) are 32-bit in PostgreSQL
 MAX_BULK = 100_000
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -61,6 +63,13 @@ def _tname(v: Any) -> str:
 def _number(name: str, f: Field, v: Any, integer: bool) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, float) if not integer else int):
         raise _err(name, f"must be {'an integer' if integer else 'a number'}, not {_tname(v)}")
+    if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+        if integer:  # the databases store 64-bit integers at most
+            raise _err(name, "is out of range (a 64-bit integer)")
+        try:
+            v = float(v)
+        except OverflowError:
+            raise _err(name, "must be a finite number") from None
     if not integer and v != v or v in (float("inf"), float("-inf")):
         raise _err(name, "must be a finite number")
     if f.minimum is not None and v < f.minimum:
@@ -181,9 +190,10 @@ _TASK_FIELDS: dict[str, Field] = {
     "gpu": _f("int", "GPUs needed", nullable=True, minimum=0, maximum=64),
     "disk": _f("number", "disk needed, GiB", nullable=True, minimum=0),
     "max_retries": _f("int", "failed attempts retried automatically", minimum=0, maximum=1000),
-    "download_timeout": _f("int", "seconds allowed to stage inputs", nullable=True, minimum=1),
+    "download_timeout": _f("int", "seconds allowed to stage inputs", nullable=True, minimum=1,
+                           maximum=INT32_MAX),
     "run_timeout": _f("int", "seconds allowed to run; then killed and failed as 'timeout'",
-                      nullable=True, minimum=1),
+                      nullable=True, minimum=1, maximum=INT32_MAX),
     "use_cache": _f("bool", "reuse an identical succeeded execution"),
 }
 
@@ -197,7 +207,9 @@ SPECS: dict[str, dict[str, Field]] = {
     # an edit names only the fields it changes: none is required, none defaults
     "task_update": {k: replace(v, required=False, default=None) for k, v in _TASK_FIELDS.items()},
     "task_bulk": {"tasks": _f("list", "tasks to create, all or none", required=True, maximum=MAX_BULK,
-                              item="task_create")},
+                              item="task_create"),
+                  "key": _f("str", "idempotency key: a retried request with the same key creates nothing "
+                                   "and returns the same ids", nullable=True)},
     "task_signal": {"action": _f("enum", "pause, resume, stop (SIGTERM then SIGKILL) or kill", required=True,
                                  choices=("pause", "resume", "stop", "kill"))},
     "batch_create": {"name": _f("name", "batch name", required=True),
@@ -222,7 +234,7 @@ SPECS: dict[str, dict[str, Field]] = {
         "status": _f("enum", "status at start", choices=("running", "paused")),
         "cpu": _f("number", "cores", nullable=True, minimum=0),
         "mem": _f("number", "memory GiB", nullable=True, minimum=0),
-        "gpu": _f("int", "GPUs", nullable=True, minimum=0),
+        "gpu": _f("int", "GPUs", nullable=True, minimum=0, maximum=INT32_MAX),
         "version": _f("str", "worker software version", nullable=True),
     },
     "claim": {
@@ -237,7 +249,7 @@ SPECS: dict[str, dict[str, Field]] = {
     "report": {
         "phase": _f("enum", "running, uploading, succeeded or failed", required=True,
                     choices=("running", "uploading", "succeeded", "failed")),
-        "return_code": _f("int", "exit code", nullable=True, minimum=-2**31, maximum=2**31),
+        "return_code": _f("int", "exit code", nullable=True, minimum=-2**31, maximum=INT32_MAX),
         "failure_class": _f("enum", "why it failed", nullable=True, choices=tuple(values_of(FailureClass))),
         "output_files": _f("strs", "files uploaded"),
         "peak_mem": _f("int", "peak memory, bytes", nullable=True, minimum=0),
@@ -246,7 +258,7 @@ SPECS: dict[str, dict[str, Field]] = {
     },
     "output": {
         "stream": _f("enum", "stdout or stderr", required=True, choices=tuple(values_of(Stream))),
-        "offset": _f("int", "byte offset of data in the stream", required=True, minimum=0),
+        "offset": _f("int", "byte offset of data in the stream", required=True, minimum=0, maximum=2 ** 62),
         "data": _f("str", "base64 of the bytes", required=True),
         "final": _f("bool", "this is the end of the stream"),
     },

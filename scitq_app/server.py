@@ -134,7 +134,10 @@ class Api:
         return self.store.get_task(task_id).to_dict()
 
     def create_tasks(self, ident: Identity, body: dict, **_: Any) -> dict:
-        ids = self.store.create_tasks(body["tasks"], actor=ident.name)
+        key = body.get("key")
+        if key is not None and not 8 <= len(key) <= 100:
+            raise Invalid("must be 8 to 100 characters", field="key")
+        ids = self.store.create_tasks(body["tasks"], actor=ident.name, key=key)
         self.notifier.notify()
         return {"ids": ids, "count": len(ids)}
 
@@ -329,7 +332,9 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
     except ImportError:
         raise MissingDependency("the server needs bottle: pip install bottle (bundled in scitq.pyz)") from None
     api = Api(store, config, notifier or Notifier(), clock)
-    app = bottle.Bottle(catchall=False, autojson=False)
+    app = bottle.Bottle()  # (the catchall/autojson keywords are deprecated in bottle 0.13)
+    app.config["catchall"] = False
+    app.config["json.enable"] = False
     app.config["scitq.api"] = api
     max_body = config.server.max_body
 
@@ -346,6 +351,11 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
                         raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
                     if ident.role.value not in route.roles:
                         raise Forbidden(f"a {ident.role.value} token may not {route.method} {route.path}")
+                for key, value in url_args.items():  # values no object can have (and SQL would choke on)
+                    if isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63:
+                        raise NotFound(f"no object with {key} {value} (ids are 64-bit integers)")
+                    if isinstance(value, str) and "\x00" in value:
+                        raise NotFound(f"no object with a NUL byte in its {key}")
                 kwargs: dict[str, Any] = dict(url_args)
                 if route.query:
                     kwargs["query"] = parse_query(route, _query_params(request))
@@ -417,6 +427,8 @@ def _read_json(request: Any, max_body: int, required: bool) -> Any:
         raise BadRequest("the body is not UTF-8") from None
     except json.JSONDecodeError as e:
         raise BadRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python converts
+        raise BadRequest(f"malformed JSON: {e}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
 

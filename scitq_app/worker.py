@@ -114,7 +114,7 @@ class Worker:
                 self.say(f"scitq worker: {e.message}; retrying in {delay:.0f} s")
                 if self._done.wait(delay):
                     return
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
 
     def _register_once(self) -> None:
         state = self._load_state()
@@ -229,7 +229,7 @@ class Worker:
             except ServerUnreachable as e:
                 log.warning("delivery: %s; retrying in %.0f s", e.message, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 15.0)
+                delay = min(delay * 2, 5.0)
                 continue
             except (Unauthorized, NotFound):
                 self._need_register.set()
@@ -239,7 +239,7 @@ class Worker:
             except ScitqError as e:
                 log.warning("delivery refused: %s", e.message)
                 time.sleep(delay)
-                delay = min(delay * 2, 15.0)
+                delay = min(delay * 2, 5.0)
                 continue
             if not sent:
                 self.outbox.wait(0.5)
@@ -359,7 +359,7 @@ class Worker:
                 except ServerUnreachable as e:
                     self.say(f"scitq worker: {e.message}; retrying in {delay:.0f} s")
                     self._wake.wait(delay)
-                    delay = min(delay * 2, 15.0)
+                    delay = min(delay * 2, 5.0)
                     continue
                 except (Unauthorized, NotFound):
                     self._need_register.set()

@@ -66,9 +66,8 @@ def _pg_run(dsn: str, sql: str) -> None:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path, pg_admin_dsn) -> Iterator[str]:
-    """An empty database URL of the requested backend (parametrize `backend`)."""
-    backend = getattr(request, "param", None) or request.getfixturevalue("backend")
+def database_url(backend: str, tmp_path, pg_admin_dsn) -> Iterator[str]:
+    """An empty database URL of the backend under test."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path}/scitq.db"
         return

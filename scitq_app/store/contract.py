@@ -75,8 +75,12 @@ class Store:
         raise NotImplementedError
 
     # --- tasks --------------------------------------------------------------
-    def create_tasks(self, specs: Sequence[Mapping[str, Any]], actor: str | None = None) -> list[int]:
+    def create_tasks(self, specs: Sequence[Mapping[str, Any]], actor: str | None = None,
+                     key: str | None = None) -> list[int]:
         """Create tasks (validated dicts, see schema 'task_create'); return their ids in order.
+
+        `key` makes the call idempotent: if tasks were already created with this
+        key, their ids are returned and nothing is created.
 
         All or nothing. Missing batches are created. `requires` lists task ids, or
         the `ref` of another task in the same call; a task with unmet

@@ -124,8 +124,10 @@ class ProtocolStore(TaskStore):
     @read
     def has_claimable(self, tx: Tx, worker_id: int) -> bool:
         w = tx.one("worker_get", id=worker_id)
-        if w is None or w["setting"] != WorkerStatus.RUNNING.value:
+        if w is None or w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
             return False
+        if int(w["concurrency"]) + int(w["prefetch"]) <= int(w["active"]):
+            return False  # full: claim would return nothing (and a long poll would spin)
         return tx.one("claim_probe", batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"], gpu=w["gpu"]) is not None
 
     # --- heartbeat ------------------------------------------------------------
@@ -164,11 +166,12 @@ class ProtocolStore(TaskStore):
     def report(self, tx: Tx, execution_id: int, worker_id: int | None, body: Mapping[str, Any]) -> Execution:
         e = self._own_execution(tx, execution_id, worker_id)
         task = self._task_row(tx, e["task_id"], lock=True)
-        e = tx.one("execution_lock", id=execution_id) or e
+        e = {**e, **(tx.one("execution_lock", id=execution_id) or {})}  # keeps worker_name for the reply
         phase, current = body["phase"], e["status"]
         if current not in _ACTIVE_EXEC:
-            if phase == current and e["failure_class"] != FailureClass.LOST.value:
-                return Execution.from_row(e)  # a replayed final report
+            if e["failure_class"] != FailureClass.LOST.value and (
+                    phase == current or _PHASE_ORDER[phase] < _PHASE_ORDER[current]):
+                return Execution.from_row(e)  # a replayed final report, or a late one of a phase passed
             raise Fenced(f"execution {execution_id} was already ended ({current}"
                          f"{'/' + e['failure_class'] if e['failure_class'] else ''}) by the server",
                          execution_id=execution_id, status=current)
@@ -237,7 +240,15 @@ class ProtocolStore(TaskStore):
         size = max(int(e[f"{stream}_size"]), end)
         tx.run(f"output_size_{stream}", id=execution_id, size=size, done=1 if final else 0)
         if size - tail > head:
-            tx.run("output_trim", execution_id=execution_id, stream_name=stream, head=head, cut=size - tail)
+            cut = size - tail
+            tx.run("output_trim", execution_id=execution_id, stream_name=stream, head=head, cut=cut)
+            # A chunk across the cut keeps only its bytes after it: never more than `tail` are kept.
+            for c in tx.all("output_across_cut", execution_id=execution_id, stream_name=stream, head=head,
+                            cut=cut):
+                piece = bytes(c["data"])[cut - int(c["pos"]):]
+                tx.run("output_delete_chunk", execution_id=execution_id, stream_name=stream, pos=c["pos"])
+                tx.run("output_insert", execution_id=execution_id, stream_name=stream, pos=cut, size=len(piece),
+                       data=piece)
         return size
 
     # --- dispatcher -----------------------------------------------------------

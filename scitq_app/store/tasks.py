@@ -15,7 +15,8 @@ _FINAL = {s.value for s in FINAL_TASK_STATUSES}
 _BLOCKING = {TaskStatus.FAILED.value, TaskStatus.CANCELED.value}
 
 
-def task_row(task_id: int, batch_id: int, spec: Mapping[str, Any], status: str, now: float) -> dict[str, Any]:
+def task_row(task_id: int, batch_id: int, spec: Mapping[str, Any], status: str, now: float,
+             key: str | None = None) -> dict[str, Any]:
     """The task table's columns for a validated spec."""
     return {
         "id": task_id, "batch_id": batch_id, "name": spec.get("name"), "command": spec["command"],
@@ -26,6 +27,7 @@ def task_row(task_id: int, batch_id: int, spec: Mapping[str, Any], status: str, 
         "mem": spec.get("mem"), "gpu": spec.get("gpu"), "disk": spec.get("disk"),
         "max_retries": int(spec.get("max_retries") or 0), "download_timeout": spec.get("download_timeout"),
         "run_timeout": spec.get("run_timeout"), "use_cache": 1 if spec.get("use_cache") else 0, "now": now,
+        "submit_key": key,
     }
 
 
@@ -59,9 +61,14 @@ class TaskStore(SqlStore):
 
     # --- creation -----------------------------------------------------------
     @write
-    def create_tasks(self, tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None = None) -> list[int]:
+    def create_tasks(self, tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None = None,
+                     key: str | None = None) -> list[int]:
         if not specs:
             return []
+        if key is not None and not tx.run("submission_insert", key=key, now=tx.now):
+            # A retried submission: the tasks exist already (a concurrent first try
+            # holding the key made this insert wait for its commit).
+            return [int(r["id"]) for r in tx.all("task_ids_by_key", key=key)]
         batch_ids = {name: self._batch_id(tx, name, create=True)
                      for name in unique(s.get("batch") or DEFAULT_BATCH for s in specs)}
         refs: dict[str, int] = {}
@@ -102,7 +109,7 @@ class TaskStore(SqlStore):
                 status = TaskStatus.PAUSED.value
             else:
                 status = TaskStatus.PENDING.value if ready else TaskStatus.WAITING.value
-            rows.append(task_row(ids[i], batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now))
+            rows.append(task_row(ids[i], batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now, key))
             deps.extend({"task_id": ids[i], "required_id": r} for r in required)
         tx.many("task_insert", rows)
         if deps:

@@ -105,3 +105,97 @@ def api(url: str, method: str, path: str, body: Any = None, token: str | None = 
             return e.code, json.loads(text)
         except ValueError:
             return e.code, text.decode("utf-8", "replace")
+
+
+class WorkerProcess:
+    """`python -m scitq_app worker run` as a real subprocess."""
+
+    def __init__(self, server_url: str, workdir: str, name: str, *, concurrency: int = 1, prefetch: int = 0,
+                 heartbeat: float = 0.5, token: str | None = None, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
+        self.server_url = server_url
+        self.workdir = workdir
+        self.name = name
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.heartbeat = heartbeat
+        self.token = token
+        self.extra_env = env or {}
+        self.prefix = prefix or []   # e.g. ["nsenter", "--net=/run/netns/x"]
+        self.proc: subprocess.Popen | None = None
+        os.makedirs(workdir, exist_ok=True)
+        self.log_path = os.path.join(workdir, "worker.log")
+
+    def start(self) -> "WorkerProcess":
+        env = scitq_env(SCITQ_WORKER_SERVER=self.server_url, SCITQ_WORKER_WORKDIR=self.workdir,
+                        SCITQ_WORKER_NAME=self.name, SCITQ_WORKER_CONCURRENCY=str(self.concurrency),
+                        SCITQ_WORKER_PREFETCH=str(self.prefetch), SCITQ_WORKER_HEARTBEAT=str(self.heartbeat),
+                        **({"SCITQ_WORKER_TOKEN": self.token} if self.token else {}), **self.extra_env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.prefix + [sys.executable, "-m", "scitq_app", "worker", "run"],
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc:
+            self._log.close()
+        kill_leftovers(self.workdir)
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+def kill_leftovers(workdir: str) -> None:
+    """Kill the process groups a SIGKILLed worker left behind (their pid files are in its work dir)."""
+    if not os.path.isdir(workdir):
+        return
+    for name in os.listdir(workdir):
+        pid_file = os.path.join(workdir, name, "pid")
+        if name.startswith("exec-") and os.path.exists(pid_file):
+            try:
+                os.killpg(int(read_text(pid_file).strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
+                pass
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; return it, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

@@ -47,15 +47,15 @@ SELECT nextval(pg_get_serial_sequence(:table, 'id')) AS id FROM generate_series(
 -- name: task_insert_json
 INSERT INTO task (id, batch_id, name, command, shell, container, container_options, inputs, resources, output,
                   status, priority, cpu, mem, gpu, disk, max_retries, download_timeout, run_timeout, use_cache,
-                  status_changed, created, modified)
+                  status_changed, created, modified, submit_key)
 SELECT r.id, r.batch_id, r.name, r.command, r.shell, r.container, r.container_options, r.inputs, r.resources,
        r.output, r.status, r.priority, r.cpu, r.mem, r.gpu, r.disk, r.max_retries, r.download_timeout,
-       r.run_timeout, r.use_cache, r.now, r.now, r.now
+       r.run_timeout, r.use_cache, r.now, r.now, r.now, r.submit_key
 FROM json_to_recordset(CAST(:rows AS json)) AS r(
     id BIGINT, batch_id BIGINT, name TEXT, command TEXT, shell TEXT, container TEXT, container_options TEXT,
     inputs TEXT, resources TEXT, output TEXT, status TEXT, priority INTEGER, cpu DOUBLE PRECISION,
     mem DOUBLE PRECISION, gpu INTEGER, disk DOUBLE PRECISION, max_retries INTEGER, download_timeout INTEGER,
-    run_timeout INTEGER, use_cache INTEGER, now DOUBLE PRECISION)
+    run_timeout INTEGER, use_cache INTEGER, now DOUBLE PRECISION, submit_key TEXT)
 
 -- name: dependency_insert_json
 INSERT INTO task_dependency (task_id, required_id)

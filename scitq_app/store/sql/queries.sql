@@ -69,13 +69,19 @@ DELETE FROM batch WHERE id = :id
 -- name: task_insert
 INSERT INTO task (id, batch_id, name, command, shell, container, container_options, inputs, resources, output,
                   status, priority, cpu, mem, gpu, disk, max_retries, download_timeout, run_timeout, use_cache,
-                  status_changed, created, modified)
+                  status_changed, created, modified, submit_key)
 VALUES (:id, :batch_id, :name, :command, :shell, :container, :container_options, :inputs, :resources, :output,
         :status, :priority, :cpu, :mem, :gpu, :disk, :max_retries, :download_timeout, :run_timeout, :use_cache,
-        :now, :now, :now)
+        :now, :now, :now, :submit_key)
 
 -- name: dependency_insert
 INSERT INTO task_dependency (task_id, required_id) VALUES (:task_id, :required_id)
+
+-- name: submission_insert
+INSERT INTO submission (key, created) VALUES (:key, :now) ON CONFLICT DO NOTHING
+
+-- name: task_ids_by_key
+SELECT id FROM task WHERE submit_key = :key ORDER BY id
 
 -- name: task_status_by_ids
 SELECT id, status FROM task WHERE id IN {{ints :ids}}
@@ -190,6 +196,14 @@ WHERE id = :id
 -- name: output_trim
 DELETE FROM output_chunk
 WHERE execution_id = :execution_id AND stream = :stream_name AND pos >= :head AND pos + size <= :cut
+
+-- name: output_across_cut
+SELECT pos, data FROM output_chunk
+WHERE execution_id = :execution_id AND stream = :stream_name AND pos >= :head AND pos < :cut
+  AND pos + size > :cut
+
+-- name: output_delete_chunk
+DELETE FROM output_chunk WHERE execution_id = :execution_id AND stream = :stream_name AND pos = :pos
 
 -- name: output_read
 SELECT pos, data FROM output_chunk

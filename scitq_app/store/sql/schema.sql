@@ -60,7 +60,8 @@ CREATE TABLE task (
     current_execution_id {bigint},
     status_changed {real} NOT NULL,
     created {real} NOT NULL,
-    modified {real} NOT NULL
+    modified {real} NOT NULL,
+    submit_key TEXT
 );
 
 CREATE INDEX task_pending ON task (priority DESC, id) WHERE status = 'pending';
@@ -70,6 +71,8 @@ CREATE INDEX task_batch_status ON task (batch_id, status);
 CREATE INDEX task_status ON task (status, id);
 
 CREATE INDEX task_name ON task (name);
+
+CREATE INDEX task_submit_key ON task (submit_key) WHERE submit_key IS NOT NULL;
 
 CREATE TABLE task_dependency (
     task_id {bigint} NOT NULL REFERENCES task (id) ON DELETE CASCADE,
@@ -166,4 +169,9 @@ CREATE TABLE dispatcher_lock (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires {real} NOT NULL
+);
+
+CREATE TABLE submission (
+    key TEXT PRIMARY KEY,
+    created {real} NOT NULL
 );
