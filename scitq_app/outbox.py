@@ -207,7 +207,7 @@ class Outbox:
     403) are dropped and their execution ids passed to `on_refused`."""
 
     def __init__(self, directory: str, on_refused: Callable[[int, dict], None] | None = None,
-                 batch_bytes: int = 4 * 1024 * 1024) -> None:
+                 batch_bytes: int = 1024 * 1024) -> None:
         self.journal = Journal(os.path.join(directory, "journal"))
         self.on_refused = on_refused or (lambda execution_id, result: None)
         self.batch_bytes = batch_bytes

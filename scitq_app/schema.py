@@ -19,8 +19,11 @@ MAX_TEXT = 1_000_000
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 INT32_MAX = 2 ** 31 - 1  # INTEGER columns (timeouts, return codes, GPUs) are 32-bit in PostgreSQL
 MAX_BULK = 100_000
+MAX_B64 = (16 << 20) * 4 // 3 + 4
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# JSON can carry lone UTF-16 surrogates (as \udXXX escapes): no database can store them as text
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ def _check_text(name: str, v: Any, *, empty_ok: bool, limit: int = MAX_TEXT, mul
         raise _err(name, f"is longer than {limit} characters")
     if _CONTROL.search(v) or (not multiline and ("\n" in v or "\r" in v)):
         raise _err(name, "contains a control character")
+    if _SURROGATE.search(v):
+        raise _err(name, "is not valid Unicode (it holds a lone surrogate)")
+    return v
+
+
+def _no_surrogates(name: str, v: Any) -> Any:
+    for i, x in enumerate(v if isinstance(v, list) else [v]):
+        if isinstance(x, str) and _SURROGATE.search(x):
+            raise _err(f"{name}[{i}]" if isinstance(v, list) else name, "is not valid Unicode (it holds a lone "
+                       "surrogate)")
     return v
 
 
@@ -95,6 +108,12 @@ def check_value(name: str, f: Field, v: Any) -> Any:
         if not NAME_RE.match(v):
             raise _err(name, f"{v!r} is not a valid name (letters, digits, _ . : @ + -; at most 200)")
         return v
+    if k == "b64":
+        if not isinstance(v, str):
+            raise _err(name, f"must be a base64 string, not {_tname(v)}")
+        if len(v) > MAX_B64:
+            raise _err(name, f"is longer than {MAX_B64} characters")
+        return v
     if k == "int":
         return _number(name, f, v, True)
     if k == "number":
@@ -108,11 +127,11 @@ def check_value(name: str, f: Field, v: Any) -> Any:
             raise _err(name, f"must be one of {', '.join(f.choices)}, not {v!r}")
         return v
     if k == "uris":
-        return [u.raw for u in uris.parse_list(v, name)]
+        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name)]
     if k == "resources":
-        return [u.raw for u in uris.parse_list(v, name, allow_actions=True)]
+        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name, allow_actions=True)]
     if k == "output":
-        return uris.parse_output(v, name).raw
+        return uris.parse_output(_no_surrogates(name, v), name).raw
     if k == "ints":
         if not isinstance(v, list):
             raise _err(name, f"must be an array of integers, not {_tname(v)}")
@@ -259,7 +278,7 @@ SPECS: dict[str, dict[str, Field]] = {
     "output": {
         "stream": _f("enum", "stdout or stderr", required=True, choices=tuple(values_of(Stream))),
         "offset": _f("int", "byte offset of data in the stream", required=True, minimum=0, maximum=2 ** 62),
-        "data": _f("str", "base64 of the bytes", required=True),
+        "data": _f("b64", "base64 of the bytes (at most 16 MiB decoded)", required=True),
         "final": _f("bool", "this is the end of the stream"),
     },
     "outbox_item": {
@@ -295,6 +314,7 @@ def json_schema(kind: str) -> dict[str, Any]:
 
 _SIMPLE: dict[str, Callable[[Field], dict]] = {
     "str": lambda f: {"type": "string"},
+    "b64": lambda f: {"type": "string", "format": "byte"},
     "text": lambda f: {"type": "string", "minLength": 1},
     "name": lambda f: {"type": "string", "pattern": NAME_RE.pattern},
     "int": lambda f: {"type": "integer"},

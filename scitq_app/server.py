@@ -422,7 +422,7 @@ def _read_json(request: Any, max_body: int, required: bool) -> Any:
     if ctype != "application/json":
         raise UnsupportedMediaType(f"the body must be application/json, not {ctype or 'untyped'}")
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw)
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8") from None
     except json.JSONDecodeError as e:
@@ -456,6 +456,20 @@ def _json_error_channel() -> type:
     return JsonErrorChannel
 
 
+def limit_malloc_arenas() -> None:
+    """Keep glibc from giving each of waitress's threads its own malloc arena.
+
+    With one arena per thread, the transient buffers of large requests (output
+    chunks, bulk submissions) stay resident in every arena they passed through:
+    the server's memory then grows with its thread count instead of staying flat."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
           ready: Callable[[str], None] | None = None) -> None:
     """Run the API on waitress until interrupted, with the dispatcher thread unless disabled."""
@@ -467,6 +481,7 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
     except ImportError:
         raise MissingDependency("the server needs waitress: pip install waitress (bundled in scitq.pyz)") \
             from None
+    limit_malloc_arenas()
     notifier = Notifier()
     app = make_app(store, config, notifier=notifier)
     stop = threading.Event()

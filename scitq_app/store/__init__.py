@@ -20,7 +20,7 @@ def open_store(url: str, clock: Callable[[], float] = time.time, pool_size: int 
         path = url[len("sqlite:///"):]
         if not path:
             raise ConfigError("sqlite URL needs a path: sqlite:///scitq.db or sqlite:////var/lib/scitq/scitq.db")
-        return SqliteStore(path, clock=clock)
+        return SqliteStore(path, clock=clock, pool_size=min(pool_size, 8))
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
         return PostgresStore(url, clock=clock, pool_size=pool_size)

@@ -1,12 +1,15 @@
 """SQLite backend (sqlite-utils over the stdlib sqlite3 driver).
 
-One connection per thread, WAL journal so readers never block the writer, a
-busy timeout so writers queue instead of failing, and BEGIN IMMEDIATE for
-write transactions so a transaction never has to upgrade its lock midway.
+A small pool of connections shared by all threads (a connection per thread
+would give each of the server's many threads its own page cache), WAL
+journal so readers never block the writer, a busy timeout so writers queue
+instead of failing, and BEGIN IMMEDIATE for write transactions so a
+transaction never has to upgrade its lock midway.
 """
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -54,7 +57,7 @@ class SqliteTx(Tx):
 class SqliteStore(ProtocolStore):
     dialect = "sqlite"
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, clock: Callable[[], float] = time.time, pool_size: int = 8) -> None:
         super().__init__(clock)
         try:
             import sqlite_utils
@@ -63,47 +66,62 @@ class SqliteStore(ProtocolStore):
                                     "(it is bundled in scitq.pyz)") from None
         self._sqlite_utils = sqlite_utils
         self.path = path
-        self._local = threading.local()
+        self._pool: queue.LifoQueue = queue.LifoQueue()
+        self._size = pool_size
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise StoreUnavailable(f"cannot open SQLite database {path}: {parent} is not a directory")
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                       check_same_thread=False)
-                db = self._sqlite_utils.Database(conn, execute_plugins=False)
-                db.enable_wal()
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA synchronous = NORMAL")
-            except sqlite3.Error as e:
-                raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from None
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            db = self._sqlite_utils.Database(conn, execute_plugins=False)
+            db.enable_wal()
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from None
         return conn
+
+    def _acquire(self) -> sqlite3.Connection:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            grow = len(self._conns) < self._size
+            if grow:
+                conn = self._connect()
+                self._conns.append(conn)
+                return conn
+        try:
+            return self._pool.get(timeout=BUSY_TIMEOUT_MS / 1000)
+        except queue.Empty:
+            raise StoreUnavailable(f"no SQLite connection free for {BUSY_TIMEOUT_MS // 1000} s") from None
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
-        conn = self._connection()
+        conn = self._acquire()
         try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.OperationalError as e:
-            raise StoreUnavailable(f"SQLite database {self.path} is unavailable: {e}") from None
-        try:
-            yield SqliteTx(conn, self.sql, self.clock())
-            conn.execute("COMMIT")
-        except sqlite3.IntegrityError as e:
-            conn.execute("ROLLBACK")
-            raise Conflict(f"the change conflicts with existing data: {e}") from None
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"SQLite database {self.path} is unavailable: {e}") from None
+            try:
+                yield SqliteTx(conn, self.sql, self.clock())
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError as e:
+                conn.execute("ROLLBACK")
+                raise Conflict(f"the change conflicts with existing data: {e}") from None
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._pool.put(conn)
 
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
@@ -116,4 +134,4 @@ class SqliteStore(ProtocolStore):
                 except sqlite3.Error:
                     pass
             self._conns.clear()
-        self._local = threading.local()
+        self._pool = queue.LifoQueue()
