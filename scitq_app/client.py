@@ -58,6 +58,8 @@ class Server:
         self.outage = outage
         self._sleep = sleep
         self._local = threading.local()
+        self._conns: set[http.client.HTTPConnection] = set()
+        self._conns_lock = threading.Lock()
         self._writes: queue.Queue | None = None
 
     # --- transport ------------------------------------------------------------
@@ -70,6 +72,8 @@ class Server:
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
             self._local.conn = conn
+            with self._conns_lock:
+                self._conns.add(conn)
         return conn
 
     def _drop(self) -> None:
@@ -77,10 +81,16 @@ class Server:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._conns_lock:
+                self._conns.discard(conn)
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        self._drop()
+        """Close the connections of every thread that used this client."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
 
     def __enter__(self) -> "Server":
         return self

@@ -8,6 +8,7 @@ The result is validated once and frozen; an unknown key or a bad value is a
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,7 +48,6 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                  minimum=0),
     ("server", "output_head"): _o(256 * 1024, "int", "bytes kept from the start of each output stream", minimum=0),
     ("server", "output_tail"): _o(768 * 1024, "int", "bytes kept from the end of each output stream", minimum=1024),
-    ("server", "url"): _o("", "str", "URL workers use to reach this server (default http://listen:port)"),
     ("dispatcher", "interval"): _o(1.0, "float", "seconds between two rounds of the dispatcher loops", minimum=0.05),
     ("dispatcher", "lease"): _o(30.0, "float", "execution lease: seconds a worker has to renew it", minimum=1),
     ("dispatcher", "offline_after"): _o(60.0, "float", "seconds without heartbeat before a worker is offline",
@@ -95,6 +95,8 @@ def _convert(section: str, key: str, raw: Any, origin: str) -> Any:
             value: Any = int(str(raw).strip())
         elif opt.kind == "float":
             value = float(str(raw).strip())
+            if not math.isfinite(value):  # float() accepts "nan" and "inf"; no option means them
+                raise ValueError
         elif opt.kind == "bool":
             if isinstance(raw, bool):
                 value = raw

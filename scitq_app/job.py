@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .errors import ScitqError
 from .outbox import Outbox, StreamShipper
-from .runner import Outcome, Process, RunSpec, Runner
+from .runner import Outcome, Process, RunSpec, Runner, StartError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class Job:
         self.resumed = threading.Event()
         self.resumed.set()
         self.stop_reason: str | None = None  # term | kill | timeout | fenced | canceled
+        self.start_error: StartError | None = None
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
@@ -204,7 +205,9 @@ class Job:
         finally:
             self.slots.release()
         if outcome is None:
-            return self._finish(stdout, stderr, None, "app", "the command could not start")
+            err = self.start_error
+            return self._finish(stdout, stderr, None, err.failure_class if err else "app",
+                                err.message if err else "the command could not start")
         return self._finish(stdout, stderr, outcome, self._failure_class(outcome), None)
 
     def _execute(self, stdout: StreamShipper, stderr: StreamShipper) -> Outcome | None:
@@ -217,7 +220,8 @@ class Job:
                 return Outcome(-1)
             try:
                 self.process = self.runner.start(spec)
-            except ScitqError as err:
+            except StartError as err:
+                self.start_error = err
                 self._note(stderr.path, f"scitq: {err.message}\n")
                 return None
             self.started = True

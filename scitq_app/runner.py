@@ -18,6 +18,16 @@ from typing import IO, Mapping
 
 from .errors import ScitqError
 
+class StartError(ScitqError):
+    """The command could not start."""
+
+    kind = "start"
+
+    def __init__(self, message: str, failure_class: str = "app") -> None:
+        super().__init__(message)
+        self.failure_class = failure_class  # app: the task's fault; infra: the worker's
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What to run and where. `dirs` maps input/output/resource/tmp to host paths."""
@@ -38,9 +48,9 @@ class RunSpec:
         try:
             argv = shlex.split(self.command)
         except ValueError as e:
-            raise ScitqError(f"cannot split the command into arguments ({e}); use shell sh") from None
+            raise StartError(f"cannot split the command into arguments ({e}); use shell sh") from None
         if not argv:
-            raise ScitqError("the command is empty")
+            raise StartError("the command is empty")
         return argv
 
 
@@ -128,6 +138,9 @@ class LocalRunner(Runner):
     name = "none"
 
     def start(self, spec: RunSpec) -> Process:
+        if spec.container:
+            raise StartError(f"this worker has no container engine for image {spec.container!r} "
+                             "(set [worker] engine)", "infra")
         env = dict(os.environ)
         for k in list(env):
             if k.startswith("SCITQ_"):
@@ -140,11 +153,11 @@ class LocalRunner(Runner):
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True, close_fds=True)
         except FileNotFoundError as e:
-            raise ScitqError(f"command not found: {e.filename}") from None
+            raise StartError(f"command not found: {e.filename}") from None
         except PermissionError as e:
-            raise ScitqError(f"cannot execute {e.filename}: permission denied") from None
+            raise StartError(f"cannot execute {e.filename}: permission denied") from None
         except OSError as e:
-            raise ScitqError(f"cannot start the command: {e.strerror or e}") from None
+            raise StartError(f"cannot start the command: {e.strerror or e}") from None
         return LocalProcess(popen)
 
 

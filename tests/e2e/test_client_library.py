@@ -1,0 +1,78 @@
+"""The Python library against real processes: join, retries, and writes queued through an outage."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+
+from scitq_app.client import Pending, Server
+from scitq_app.errors import ServerUnreachable
+from tests.support.cluster import Cluster
+
+
+@pytest.fixture
+def cluster(database_url, tmp_path):
+    c = Cluster(database_url, str(tmp_path)).start()
+    try:
+        yield c
+    except BaseException:
+        print(c.diagnostics())
+        raise
+    finally:
+        c.stop()
+
+
+def test_join_waits_for_every_task_relaunches_failures_and_prints_progress(cluster, tmp_path):
+    marker = tmp_path / "once"
+    ids = cluster.client.submit_many(
+        [{"command": "echo fine"} for _ in range(5)]
+        + [{"command": f"test -e {marker} || {{ touch {marker}; exit 1; }}", "shell": "sh"}])
+    cluster.worker("joiner", concurrency=3)
+    progress = io.StringIO()
+    counts = cluster.client.join(ids, retry=1, interval=0.2, progress=progress, timeout=60)
+    assert counts == {"succeeded": 6}
+    assert "6/6 finished" in progress.getvalue()
+    assert len(cluster.client.executions(ids[-1])) == 2, "the failed task was relaunched once"
+
+
+def test_join_gives_up_relaunching_after_the_retry_budget(cluster):
+    tid = cluster.client.submit("exit 4", shell="sh")["ids"][0]
+    cluster.worker("hopeless")
+    counts = cluster.client.join([tid], retry=2, interval=0.2, progress=None, timeout=60)
+    assert counts == {"failed": 1}
+    assert len(cluster.client.executions(tid)) == 3
+
+
+def test_resilient_client_queues_writes_in_order_through_a_server_restart(cluster):
+    client = Server(cluster.server.url, resilient=True, timeout=5)
+    try:
+        first = client.submit("echo before", batch="queued")
+        assert first["ids"], "the server was up: the write went through"
+        cluster.server.stop()
+        with Server(cluster.server.url) as plain, pytest.raises(ServerUnreachable):
+            plain.batches()   # a plain client fails at once
+        pending = [client.submit(f"echo during-{i}", batch="queued") for i in range(3)]
+        assert all(isinstance(p, Pending) for p in pending)
+        time.sleep(1.0)
+        assert not any(p.done() for p in pending), "nothing can be written while the server is down"
+        reader = threading.Thread(target=lambda: client.batches())  # reads wait for the server too
+        reader.start()
+        cluster.server.start()
+        ids = [p["ids"][0] for p in pending]
+        reader.join(30)
+        assert not reader.is_alive()
+        assert ids == sorted(ids), "queued writes were applied in order"
+        tasks = list(client.tasks(batch="queued"))
+        assert [t["command"] for t in tasks] == ["echo before", "echo during-0", "echo during-1", "echo during-2"]
+    finally:
+        client.close()
+
+
+def test_a_retried_bulk_submission_with_the_same_key_creates_nothing_twice(cluster):
+    body = {"tasks": [{"command": "true", "batch": "idem"}] * 3, "key": "retry-key-0001"}
+    first = cluster.client.post("/tasks/bulk", body)
+    again = cluster.client.post("/tasks/bulk", body)
+    assert first["ids"] == again["ids"]
+    assert cluster.client.counts("idem") == {"pending": 3}
