@@ -61,9 +61,12 @@ def parse_query(route: Route, params: dict[str, str]) -> dict[str, Any]:
             except ValueError:
                 raise Invalid(f"must be {'comma-separated integers' if q.kind == 'csv_int' else 'an integer'}, "
                               f"not {raw!r}", field=key) from None
+            # ids and offsets are 64-bit in the databases: that is the range when none is given
+            low = -2 ** 63 if q.minimum is None else q.minimum
+            high = 2 ** 63 - 1 if q.maximum is None else q.maximum
             for v in vals:
-                if (q.minimum is not None and v < q.minimum) or (q.maximum is not None and v > q.maximum):
-                    raise Invalid(f"must be between {q.minimum} and {q.maximum}", field=key)
+                if v < low or v > high:
+                    raise Invalid(f"must be between {low} and {high}", field=key)
             out[key] = vals if q.kind == "csv_int" else vals[0] if vals else None
         elif q.kind == "csv":
             vals = [x.strip() for x in raw.split(",") if x.strip()]

@@ -114,6 +114,7 @@ class Job:
         self.resumed.set()
         self.stop_reason: str | None = None  # term | kill | timeout | fenced | canceled
         self.start_error: StartError | None = None
+        self.outcome = "failed"
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
@@ -175,14 +176,18 @@ class Job:
             self._report("failed", failure_class="infra", message=f"worker error: {type(e).__name__}: {e}")
         finally:
             try:
-                self._mark("done")
+                # "done" holds the outcome: the worker removes succeeded work dirs once delivered.
+                self._mark("done", self.outcome)
             except OSError:
                 pass
             self.on_done(self)
 
     def _run(self) -> None:
-        for d in self.dirs.values():
-            os.makedirs(d, exist_ok=True)
+        for d in (self.dir, *self.dirs.values()):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                pass
         self._mark("execution.json", json.dumps(self.execution))
         stdout = StreamShipper(self.id, "stdout", os.path.join(self.dir, "stdout.log"), self.head, self.tail)
         stderr = StreamShipper(self.id, "stderr", os.path.join(self.dir, "stderr.log"), self.head, self.tail)
@@ -298,8 +303,7 @@ class Job:
             self._report("failed", failure_class=failure, **fields)
         self.outbox.wake()
         if failure is None and self.stop_reason is None:
-            # Removed by the worker once its logs are delivered; failed ones are kept for inspection.
-            self._mark("succeeded")
+            self.outcome = "succeeded"  # removed once its logs are delivered; failed ones are kept
 
 
 def _copy(pipe: Any, path: str, outbox: Outbox) -> None:

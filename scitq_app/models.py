@@ -9,7 +9,7 @@ Every status change of a task or an execution is checked here, in
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Iterable
@@ -194,11 +194,18 @@ class Record:
     _lists: tuple[str, ...] = ()
     _dicts: tuple[str, ...] = ()
     _bools: tuple[str, ...] = ()
+    _names_cache: dict[type, tuple[str, ...]] = {}
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        names = Record._names_cache.get(cls)
+        if names is None:
+            names = Record._names_cache[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        return names
 
     @classmethod
     def from_row(cls, row: dict[str, Any], **extra: Any):
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        values = {k: v for k, v in row.items() if k in names}
+        values = {k: row[k] for k in cls._names() if k in row}
         values.update(extra)
         for k in cls._lists:
             if k in values:
@@ -212,11 +219,15 @@ class Record:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)  # type: ignore[call-overload]
+        # Not dataclasses.asdict: it deep-copies every value, and listing pages
+        # of thousands of tasks made it the slowest part of the API.
+        d = {k: getattr(self, k) for k in self._names()}
         for k in self._times:
             d[k] = iso(d[k])
         for k in self._lists:
             d[k] = list(d[k])
+        for k in self._dicts:
+            d[k] = dict(d[k])
         for k, v in d.items():
             if isinstance(v, Enum):
                 d[k] = v.value

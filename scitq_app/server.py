@@ -270,8 +270,10 @@ class Api:
     def report(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         worker_id = ident.worker_id if ident.role == Role.WORKER else None
         execution = self.store.report(id, worker_id, body)
-        if execution.status == "failed":
-            self.notifier.notify()  # the task may be pending again
+        if execution.status in ("succeeded", "failed"):
+            # A slot is free on that worker (its claim may be waiting on it), and a
+            # failed task may be pending again.
+            self.notifier.notify()
         return execution.to_dict()
 
     def append_output(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:

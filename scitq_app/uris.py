@@ -130,3 +130,26 @@ def parse_output(value: object, field: str = "output", remotes: Iterable[str] | 
     if not uri.folder:
         uri = Uri(uri.raw + "/", uri.scheme, uri.path + "/")
     return uri
+
+
+_SECTION = re.compile(r"^\s*\[([^\]\r\n]+)\]\s*$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=\s*(.*?)\s*$")
+
+
+def rclone_remotes(text: str) -> dict[str, str]:
+    """The remotes an rclone config defines: name -> backend type ("" when unset).
+
+    Reads only section headers and `type =` lines, so it never needs (or keeps)
+    a secret. An encrypted rclone config defines no readable remote."""
+    remotes: dict[str, str] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        m = _SECTION.match(line)
+        if m:
+            current = m.group(1).strip()
+            remotes.setdefault(current, "")
+            continue
+        k = _KEY.match(line)
+        if current is not None and k and k.group(1).lower() == "type":
+            remotes[current] = k.group(2)
+    return remotes

@@ -312,7 +312,7 @@ class Worker:
                 if eid not in pending:
                     dirs.append((os.path.getmtime(d), d))
         for _, d in sorted(dirs):
-            if everything or pressure or os.path.exists(os.path.join(d, "succeeded")):
+            if everything or pressure or _read_marker(os.path.join(d, "done")) == "succeeded":
                 shutil.rmtree(d, ignore_errors=True)
 
     # --- the loop ---------------------------------------------------------------------
@@ -388,6 +388,14 @@ class Worker:
                 return
             for job in jobs:
                 job.thread.join(timeout=0.5)
+
+
+def _read_marker(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def run_worker(config: Config, once: bool = False, log: Callable[[str], None] | None = None) -> int:

@@ -1,7 +1,6 @@
 """Commands run on the server host: server, dispatcher, db, token, config."""
 from __future__ import annotations
 
-import re
 import signal
 from typing import Any
 
@@ -205,7 +204,12 @@ def _mask(key: tuple[str, str], value: Any) -> Any:
     if not OPTIONS[key].secret or not value:
         return value
     if isinstance(value, str) and "://" in value:
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
+        # USER:PASSWORD@HOST: the password may be empty-usered or hold '@' or '/' (up to the last '@')
+        scheme, _, rest = value.partition("://")
+        userinfo, at, hostpart = rest.rpartition("@")
+        if at and ":" in userinfo and not userinfo.startswith("/"):
+            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+        return value
     return "***"
 
 

@@ -71,7 +71,8 @@ class Store:
 
     def delete_batch(self, name: str, actor: str | None = None) -> int:
         """Delete a batch's tasks (and the batch itself unless it is Default); return
-        the number of tasks deleted. Conflict while any of its tasks is executing."""
+        the number of tasks deleted. Conflict while any of its tasks is executing or
+        is required by an unfinished task of another batch."""
         raise NotImplementedError
 
     # --- tasks --------------------------------------------------------------
@@ -109,7 +110,8 @@ class Store:
 
     def relaunch_task(self, task_id: int, actor: str | None = None) -> Task:
         """Send a finished (succeeded, failed, canceled) or paused task back to
-        pending (waiting if its requirements are unmet), with a fresh retry budget."""
+        pending (waiting if its requirements are unmet), with a fresh retry budget.
+        Conflict while a paused or canceled task's attempt has not ended yet."""
         raise NotImplementedError
 
     def delete_task(self, task_id: int, actor: str | None = None) -> None:

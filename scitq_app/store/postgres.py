@@ -32,28 +32,39 @@ class PgTx(Tx):
     def __init__(self, con: Any, sql: Mapping[str, str], now: float) -> None:
         super().__init__(sql, now)
         self.con = con
+        # Named queries are prepared once per connection: a run is then one round
+        # trip (bind + execute) instead of three (parse, describe, execute).
+        self.prepared: dict[str, Any] = con.__dict__.setdefault("scitq_prepared", {})
+
+    def _statement(self, name: str, suffix: str = "") -> Any:
+        key = name + suffix
+        ps = self.prepared.get(key)
+        if ps is None:
+            ps = self.prepared[key] = self.con.prepare(self.sql[name] + suffix)
+        return ps
 
     def _execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
-        rows = self.con.run(self.sql[name], **params)
-        cols = self.con.columns
-        count = self.con.row_count
+        ps = self._statement(name)
+        rows = ps.run(**params)
+        context = ps._context  # pg8000 keeps the last result's metadata there
+        count = context.row_count if context.row_count is not None and context.row_count >= 0 else 0
+        cols = context.columns
         if not cols:
-            return [], count if count is not None else 0
+            return [], count
         names = [c["name"] for c in cols]
-        return [dict(zip(names, r)) for r in rows or []], count if count is not None else 0
+        return [dict(zip(names, r)) for r in rows or []], count
 
     def insert(self, name: str, /, **params: Any) -> int:
-        rows = self.con.run(self.sql[name] + " RETURNING id", **params)
+        rows = self._statement(name, " RETURNING id").run(**params)
         return int(rows[0][0])
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        bulk = self.sql.get(name + "_json")
-        if bulk is not None:
+        if name + "_json" in self.sql:
             for start in range(0, len(rows), 20_000):
-                self.con.run(bulk, rows=json.dumps(list(rows[start:start + 20_000])))
+                self._execute(name + "_json", {"rows": json.dumps(list(rows[start:start + 20_000]))})
             return
         for r in rows:
-            self.con.run(self.sql[name], **r)
+            self._execute(name, r)
 
     def reserve_ids(self, table: str, n: int) -> list[int]:
         return sorted(int(r["id"]) for r in self.all("reserve_ids", table=table, n=n))
@@ -101,7 +112,11 @@ class PostgresStore(ProtocolStore):
 
     def _connect(self) -> Any:
         try:
-            return self._pg.Connection(timeout=30, application_name="scitq", **self._args)
+            con = self._pg.Connection(timeout=30, application_name="scitq", **self._args)
+            # Prepared statements, but planned for each run's values: our optional
+            # filters ("x IS NULL OR col = x") need the values to pick an index.
+            con.run("SET plan_cache_mode = force_custom_plan")
+            return con
         except (self._pg.InterfaceError, OSError) as e:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {self._where}: {e}") from None
         except self._pg.DatabaseError as e:
@@ -163,7 +178,7 @@ class PostgresStore(ProtocolStore):
             healthy = False
             raise StoreUnavailable(f"lost the PostgreSQL connection to {self._where}: {e}") from None
         except self._pg.DatabaseError as e:
-            if _code(e) == "23505":
+            if _code(e) in ("23505", "23503"):  # unique / foreign key: a concurrent change won
                 raise Conflict(f"the change conflicts with existing data: {_message(e)}") from None
             raise
         finally:

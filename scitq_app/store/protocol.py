@@ -12,6 +12,7 @@ from .sqlstore import Tx, dumps, read, write
 from .tasks import TaskStore
 
 _ACTIVE_EXEC = {s.value for s in ACTIVE_EXECUTION_STATUSES}
+UNCOUNTED_ATTEMPTS_LIMIT = 25
 _PHASE_ORDER = {"assigned": 0, "running": 1, "uploading": 2, "succeeded": 3, "failed": 3}
 _ONLINE = {WorkerStatus.STARTING.value, WorkerStatus.RUNNING.value, WorkerStatus.PAUSED.value,
            WorkerStatus.DRAINING.value}
@@ -62,7 +63,8 @@ class ProtocolStore(TaskStore):
             task = self._task_row(tx, e["task_id"], lock=True)
             self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.LOST, {},
                                 message="worker deleted")
-        tx.run("worker_delete", id=worker_id)
+        tx.run("worker_delete", id=worker_id)  # its tokens go with it (ON DELETE CASCADE)
+        self._token_cache.clear()
         self._event(tx, "worker.delete", f"worker:{row['name']}", None, actor)
 
     @write
@@ -164,9 +166,14 @@ class ProtocolStore(TaskStore):
 
     @write
     def report(self, tx: Tx, execution_id: int, worker_id: int | None, body: Mapping[str, Any]) -> Execution:
-        e = self._own_execution(tx, execution_id, worker_id)
-        task = self._task_row(tx, e["task_id"], lock=True)
-        e = {**e, **(tx.one("execution_lock", id=execution_id) or {})}  # keeps worker_name for the reply
+        # Two queries lock the task, then the execution (always in that order: see
+        # signal_task), and no more reads follow: reports are the hottest write path.
+        task = tx.one("task_lock_by_execution", id=execution_id)
+        e = tx.one("execution_lock", id=execution_id) if task is not None else None
+        if task is None or e is None:
+            raise NotFound(f"no execution {execution_id}", execution_id=execution_id)
+        if worker_id is not None and e["worker_id"] != worker_id:
+            raise Forbidden(f"execution {execution_id} belongs to another worker", execution_id=execution_id)
         phase, current = body["phase"], e["status"]
         if current not in _ACTIVE_EXEC:
             if e["failure_class"] != FailureClass.LOST.value and (
@@ -186,12 +193,18 @@ class ProtocolStore(TaskStore):
             tx.run("execution_phase", id=execution_id, status=phase, now=tx.now, deadline=deadline)
             if task["status"] not in (TaskStatus.PAUSED.value, TaskStatus.CANCELED.value):
                 self._set_status(tx, task, TaskStatus(phase))
-        else:
-            fclass = None
-            if phase == ExecutionStatus.FAILED.value:
-                fclass = FailureClass(body.get("failure_class") or FailureClass.APP.value)
-            self._end_execution(tx, task, e, ExecutionStatus(phase), fclass, body)
-        return Execution.from_row(tx.one("execution_get", id=execution_id) or {})
+            return Execution.from_row({**e, "status": phase, "started": e["started"] or tx.now,
+                                       "deadline": deadline, "modified": tx.now})
+        fclass = None
+        if phase == ExecutionStatus.FAILED.value:
+            fclass = FailureClass(body.get("failure_class") or FailureClass.APP.value)
+        self._end_execution(tx, task, e, ExecutionStatus(phase), fclass, body)
+        return Execution.from_row({**e, "status": phase, "failure_class": fclass.value if fclass else None,
+                                   "return_code": body.get("return_code"),
+                                   "output_files": list(body.get("output_files") or []),
+                                   "peak_mem": body.get("peak_mem"), "cpu_time": body.get("cpu_time"),
+                                   "started": e["started"] or tx.now, "finished": tx.now, "lease_expires": None,
+                                   "modified": tx.now})
 
     def _end_execution(self, tx: Tx, task: Mapping[str, Any], e: Mapping[str, Any], status: ExecutionStatus,
                        fclass: FailureClass | None, body: Mapping[str, Any], message: str | None = None) -> None:
@@ -215,6 +228,11 @@ class ProtocolStore(TaskStore):
                 self._set_status(tx, task, TaskStatus.FAILED)
                 return
             retries += 1
+        elif int(task["attempts"]) - retries >= UNCOUNTED_ATTEMPTS_LIMIT:
+            # Lost, evicted or canceled attempts spend no retry, but a task that keeps
+            # killing its worker must not loop forever.
+            self._set_status(tx, task, TaskStatus.FAILED)
+            return
         self._set_status(tx, task, TaskStatus.PAUSED if paused else TaskStatus.PENDING, retries_used=retries)
 
     @write

@@ -294,6 +294,12 @@ class SqlStore(Store):
         active = tx.value("batch_active_count", batch_id=bid)
         if active:
             raise Conflict(f"batch {name!r} has {active} executing task(s): stop it first", batch=name)
+        # Like delete_task: deleting a requirement would silently release its dependents.
+        dependents = [int(r["task_id"]) for r in tx.all("batch_outside_dependents", batch_id=bid)]
+        if dependents:
+            shown = ", ".join(map(str, dependents[:10])) + (" ..." if len(dependents) > 10 else "")
+            raise Conflict(f"unfinished task(s) {shown} of other batches require tasks of batch {name!r}: "
+                           "delete or stop those first", batch=name, dependents=dependents)
         n = tx.run("batch_delete_tasks", batch_id=bid)
         if name != DEFAULT_BATCH:
             tx.run("batch_unset_workers", batch_id=bid, now=tx.now)
@@ -323,6 +329,8 @@ class SqlStore(Store):
                      actor: str | None = None) -> tuple[ApiToken, str]:
         if role == Role.WORKER.value and worker_id is None:
             raise Invalid("worker tokens are issued by worker registration", field="role")
+        if worker_id is not None and tx.one("worker_get", id=worker_id) is None:
+            raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
         token, secret = self._new_token(tx, name, role, worker_id)
         self._event(tx, "token.create", f"token:{name}", {"role": role}, actor)
         return token, secret

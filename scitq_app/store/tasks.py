@@ -234,6 +234,10 @@ class TaskStore(SqlStore):
         if status == TaskStatus.PAUSED.value and self._active_execution(tx, row):
             raise Conflict(f"task {task_id} is paused while executing: resume or stop it", task_id=task_id,
                            status=status)
+        if status == TaskStatus.CANCELED.value and self._active_execution(tx, row):
+            # Its attempt is still current: relaunched now, its late report would land on the new one.
+            raise Conflict(f"task {task_id} is canceled but its attempt has not ended yet: relaunch it once "
+                           "the worker has stopped it", task_id=task_id, status=status)
         if status not in _FINAL and status != TaskStatus.PAUSED.value:
             raise Conflict(f"task {task_id} is {status}: only a finished or paused task can be relaunched",
                            task_id=task_id, status=status)

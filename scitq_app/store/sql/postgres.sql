@@ -20,8 +20,13 @@ SELECT tablename AS tbl, indexdef AS definition FROM pg_indexes WHERE schemaname
 -- name: task_lock
 SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id FOR UPDATE OF t
 
+-- name: task_lock_by_execution
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.id = (SELECT task_id FROM execution WHERE id = :id) FOR UPDATE OF t
+
 -- name: execution_lock
-SELECT * FROM execution WHERE id = :id FOR UPDATE
+SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.id = :id FOR UPDATE OF e
 
 -- name: claim_pick
 SELECT t.id FROM task t
@@ -36,10 +41,10 @@ LIMIT :n
 FOR UPDATE OF t SKIP LOCKED
 
 -- name: leases_expired
-SELECT e.id, e.task_id FROM execution e
+SELECT e.id, e.task_id FROM execution e JOIN task t ON t.id = e.task_id
 WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
 ORDER BY e.id LIMIT 500
-FOR UPDATE OF e SKIP LOCKED
+FOR UPDATE OF t SKIP LOCKED
 
 -- name: reserve_ids
 SELECT nextval(pg_get_serial_sequence(:table, 'id')) AS id FROM generate_series(1, :n)

@@ -55,6 +55,12 @@ SELECT * FROM task WHERE batch_id = :batch_id AND status = 'paused' ORDER BY id
 SELECT COUNT(*) AS n FROM task t JOIN execution e ON e.id = t.current_execution_id
 WHERE t.batch_id = :batch_id AND e.status IN ('assigned', 'running', 'uploading')
 
+-- name: batch_outside_dependents
+SELECT DISTINCT d.task_id FROM task_dependency d
+JOIN task r ON r.id = d.required_id JOIN task t ON t.id = d.task_id
+WHERE r.batch_id = :batch_id AND t.batch_id <> :batch_id AND t.status NOT IN ('succeeded', 'failed', 'canceled')
+ORDER BY d.task_id LIMIT 100
+
 -- name: batch_delete_tasks
 DELETE FROM task WHERE batch_id = :batch_id
 

@@ -19,8 +19,13 @@ SELECT tbl_name AS tbl, sql AS definition FROM sqlite_master WHERE type = 'index
 -- name: task_lock
 SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id
 
+-- name: task_lock_by_execution
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.id = (SELECT task_id FROM execution WHERE id = :id)
+
 -- name: execution_lock
-SELECT * FROM execution WHERE id = :id
+SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.id = :id
 
 -- name: claim_pick
 SELECT t.id FROM task t

@@ -1,0 +1,197 @@
+"""install.sh and the systemd units, checked without changing the machine.
+
+install.sh only ever runs here with --dry-run (or fails on its arguments before acting);
+each dry-run test also checks that nothing it would write appeared.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scitq_app.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTALL = ROOT / "install.sh"
+UNITS = ROOT / "systemd"
+PYZ_DEST = "/usr/local/lib/scitq/scitq.pyz"
+TOUCHED = ["/etc/scitq.conf", "/usr/local/lib/scitq", "/usr/local/bin/scitq", "/var/lib/scitq",
+           "/etc/systemd/system/scitq-server.service", "/etc/systemd/system/scitq-worker.service"]
+
+
+def install(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def snapshot() -> dict[str, bool]:
+    return {p: os.path.lexists(p) for p in TOUCHED}
+
+
+@pytest.fixture
+def fake_pyz(tmp_path: Path) -> Path:
+    path = tmp_path / "scitq.pyz"
+    path.write_bytes(b"#!/usr/bin/env python3\n")
+    return path
+
+
+def written_config(stdout: str) -> str | None:
+    """The /etc/scitq.conf a dry run would write (None when the file already exists)."""
+    lines = stdout.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("[dry-run] write /etc/scitq.conf"):
+            body = []
+            for text in lines[i + 1:]:
+                if not text.startswith("    "):
+                    break
+                body.append(text[4:])
+            return "\n".join(body) + "\n"
+    assert "keeping the existing /etc/scitq.conf" in stdout
+    return None
+
+
+def assert_valid_config(text: str, tmp_path: Path) -> None:
+    """scitq itself accepts the file (unknown keys are fatal at start)."""
+    path = tmp_path / "scitq.conf"
+    path.write_text(text)
+    load_config(str(path), env={})
+
+
+def test_bash_syntax() -> None:
+    done = subprocess.run(["bash", "-n", str(INSTALL)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_shellcheck() -> None:
+    done = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_help() -> None:
+    done = install("--help")
+    assert done.returncode == 0
+    assert "Usage: install.sh server|worker" in done.stdout
+
+
+def test_dry_run_server(fake_pyz: Path, tmp_path: Path) -> None:
+    before = snapshot()
+    done = install("--dry-run", "server", "--pyz", str(fake_pyz))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert snapshot() == before
+    assert not [ln for ln in out.splitlines() if ln.startswith("+ ")], "a dry run executed something"
+    assert "python3-paramiko" in out  # installed, or reported as already there
+    assert "[dry-run] useradd --system" in out or "user scitq exists" in out
+    assert "[dry-run] install -d -m 0750 -o scitq -g scitq /var/lib/scitq" in out
+    assert f"[dry-run] install -m 0755 -o root -g root {fake_pyz} {PYZ_DEST}.new" in out
+    assert f"[dry-run] ln -sfn {PYZ_DEST} /usr/local/bin/scitq" in out
+    for unit in ("scitq-server.service", "scitq-dispatcher.service", "scitq.target"):
+        assert f"{UNITS / unit} /etc/systemd/system/{unit}" in out
+    assert "scitq-worker.service" not in out
+    assert f"[dry-run] runuser -u scitq -- env -C /var/lib/scitq /usr/bin/python3 {PYZ_DEST} db upgrade" in out
+    config = written_config(out)
+    if config is not None:
+        assert "[dry-run] write /etc/scitq.conf (mode 600, owner scitq:scitq)" in out
+        assert "database = sqlite:////var/lib/scitq/scitq.db" in config
+        assert_valid_config(config, tmp_path)
+
+
+def test_dry_run_worker(fake_pyz: Path, tmp_path: Path) -> None:
+    before = snapshot()
+    done = install("worker", "--dry-run", "--pyz", str(fake_pyz), "--server-url", "http://127.0.0.1:5000/",
+                   "--token", "s3cret-t0ken")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert snapshot() == before
+    assert not [ln for ln in out.splitlines() if ln.startswith("+ ")], "a dry run executed something"
+    assert "paramiko" not in out
+    assert "s3cret-t0ken" not in out + done.stderr  # secrets are masked even in a dry run
+    assert "/var/lib/scitq/work" in out
+    assert f"{UNITS / 'scitq-worker.service'} /etc/systemd/system/scitq-worker.service" in out
+    assert "scitq-server.service" not in out and "db upgrade" not in out
+    config = written_config(out)
+    if config is not None:
+        assert "[dry-run] write /etc/scitq.conf (mode 600, owner root:root)" in out
+        assert "[worker]\nserver = http://127.0.0.1:5000\ntoken = ********\n" in config
+        assert_valid_config(config, tmp_path)
+
+
+def test_dry_run_without_a_pyz_warns_but_shows_the_plan() -> None:
+    done = install("--dry-run", "server")
+    assert done.returncode == 0, done.stderr
+    assert PYZ_DEST in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "missing role"),
+    (["frobnicate"], "unknown role 'frobnicate': expected server or worker"),
+    (["server", "--bogus"], "unknown option '--bogus'"),
+    (["server", "worker"], "give one role"),
+    (["server", "--token", "x", "--dry-run"], "--token is for the worker role"),
+    (["server", "--server-url", "http://h:5000", "--dry-run"], "--server-url is for the worker role"),
+    (["worker", "--pyz"], "--pyz needs a value"),
+    (["server", "--dry-run", "--pyz", "/nonexistent/scitq.pyz"], "--pyz: no such file"),
+    (["worker", "--dry-run", "--server-url", "ftp://host"], "--server-url must look like http://HOST:PORT"),
+    (["worker", "--dry-run", "--server-url", "http://h:5000", "--token", "a b"], "--token contains"),
+])
+def test_bad_arguments_fail_with_one_line(args: list[str], message: str) -> None:
+    done = install(*args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install.sh: error: ") and message in lines[0], done.stderr
+
+
+# --- systemd units ----------------------------------------------------------------------------------
+
+def read_unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    parser.read_string((UNITS / name).read_text(), source=name)
+    return parser
+
+
+@pytest.mark.parametrize("name, exec_start, user", [
+    ("scitq-server.service", f"/usr/bin/python3 {PYZ_DEST} server --no-dispatcher", "scitq"),
+    ("scitq-dispatcher.service", f"/usr/bin/python3 {PYZ_DEST} dispatcher", "scitq"),
+    ("scitq-worker.service", f"/usr/bin/python3 {PYZ_DEST} worker run", "root"),
+])
+def test_service_units(name: str, exec_start: str, user: str) -> None:
+    unit = read_unit(name)
+    service = unit["Service"]
+    assert service["ExecStart"] == exec_start
+    assert service["User"] == user
+    assert service["WorkingDirectory"] == "/var/lib/scitq"
+    assert service["Restart"] == "on-failure"
+    assert "EnvironmentFile" not in service  # scitq reads /etc/scitq.conf itself
+    expected_target = "multi-user.target" if name == "scitq-worker.service" else "scitq.target"
+    assert unit["Install"]["WantedBy"] == expected_target
+    if name != "scitq-worker.service":
+        assert unit["Unit"]["PartOf"] == "scitq.target"
+
+
+def test_target_groups_server_and_dispatcher() -> None:
+    unit = read_unit("scitq.target")
+    assert unit["Unit"]["Wants"].split() == ["scitq-server.service", "scitq-dispatcher.service"]
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_commands_in_units_exist() -> None:
+    """Each ExecStart names a real scitq command (its --help works)."""
+    from scitq_app.cli import run
+    for name in ("scitq-server.service", "scitq-dispatcher.service", "scitq-worker.service"):
+        argv = read_unit(name)["Service"]["ExecStart"].split()[2:]
+        assert run([*argv, "--help"], env={}) == 0, name
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify() -> None:
+    units = [str(UNITS / n) for n in ("scitq-server.service", "scitq-dispatcher.service",
+                                      "scitq-worker.service", "scitq.target")]
+    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,160 @@
+"""Authentication and roles over real HTTP: open mode on loopback, tokens made
+by the CLI, admin/user/worker permissions, revocation, and the refusal to
+listen on a non-loopback address without a token."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import assert_error, cli, prepare_database, unique, wait_for
+from tests.support.postgres import free_port
+from tests.support.processes import ServerProcess, api, scitq_env
+
+
+def test_open_mode_on_loopback_without_tokens(servers):
+    srv = servers.start("sqlite", tokens=())
+    assert srv.call("GET", "/tasks", token=None)[0] == 200
+    code, task = srv.call("POST", "/tasks", {"command": "echo open"}, token=None)
+    assert code == 201 and task["command"] == "echo open"
+    assert srv.call("GET", "/tokens", token=None) == (200, {"tokens": []})
+    # a token that is given must still be valid
+    assert_error(srv.call("GET", "/tasks", token="scitq_nope"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_token_created_with_the_cli_ends_open_mode(backend, servers):
+    srv = servers.start(backend, tokens=())
+    assert srv.call("GET", "/tasks", token=None)[0] == 200
+    r = cli("token", "create", "--role", "admin", "x", env={"SCITQ_SERVER_DATABASE": srv.database})
+    assert r.code == 0, r
+    secret = r.out.strip()
+    assert secret.startswith("scitq_") and len(r.out.splitlines()) == 1
+    assert secret not in r.err
+    # the server notices the new token (it caches the answer for at most a couple of seconds)
+    wait_for(lambda: srv.call("GET", "/tasks", token=None)[0] == 401, 10, 0.05, "open mode to end")
+    assert_error(srv.call("GET", "/tasks", token=None), 401, "unauthorized")
+    assert_error(srv.call("POST", "/tasks", {"command": "x"}, token=None), 401, "unauthorized")
+    assert srv.call("GET", "/tasks", token=secret)[0] == 200
+    assert srv.call("GET", "/health", token=None)[0] == 200  # liveness stays public
+
+
+def test_user_token_may_steer_tasks_but_not_manage_tokens_or_register_workers(servers):
+    srv = servers.start("sqlite")
+    user = srv.ok("POST", "/tokens", {"name": unique("u"), "role": "user"})
+    assert user["token"]["role"] == "user" and "secret" in user and "hash" not in user["token"]
+    u = user["secret"]
+    batch = unique("ub")
+    t = srv.ok("POST", "/tasks", {"command": "x", "batch": batch}, token=u)
+    srv.ok("GET", f"/tasks/{t['id']}", token=u)
+    srv.ok("PATCH", f"/tasks/{t['id']}", {"priority": 2}, token=u)
+    srv.ok("POST", f"/batches/{batch}/pause", {}, token=u)
+    srv.ok("GET", "/workers", token=u)
+    srv.ok("GET", "/events", token=u)
+    for method, path, body in (("GET", "/tokens", None), ("POST", "/tokens", {"name": unique("t"), "role": "user"}),
+                               ("DELETE", "/tokens/admin", None),
+                               ("POST", "/workers/register", {"name": unique("w")})):
+        assert_error(srv.call(method, path, body, token=u), 403, "forbidden")
+    # the admin can do all of it
+    srv.ok("GET", "/tokens")
+    srv.register()
+    names = [t["name"] for t in srv.ok("GET", "/tokens")["tokens"]]
+    assert user["token"]["name"] in names and "admin" in names
+    assert all("hash" not in t and "secret" not in t for t in srv.ok("GET", "/tokens")["tokens"])
+
+
+def test_revoked_token_is_401(servers):
+    srv = servers.start("sqlite")
+    # revoked through the API: refused at once
+    name = unique("u")
+    secret = srv.ok("POST", "/tokens", {"name": name, "role": "user"})["secret"]
+    assert srv.call("GET", "/tasks", token=secret)[0] == 200
+    revoked = srv.ok("DELETE", f"/tokens/{name}")["token"]
+    assert revoked["revoked"]
+    assert_error(srv.call("GET", "/tasks", token=secret), 401, "unauthorized")
+    # revoked with the CLI on the server host: refused within the server's token cache period
+    name2 = unique("u")
+    secret2 = srv.ok("POST", "/tokens", {"name": name2, "role": "admin"})["secret"]
+    assert srv.call("GET", "/tokens", token=secret2)[0] == 200
+    r = cli("token", "revoke", name2, env={"SCITQ_SERVER_DATABASE": srv.database})
+    assert r.code == 0, r
+    wait_for(lambda: srv.call("GET", "/tokens", token=secret2)[0] == 401, 10, 0.05, "the revocation")
+    assert_error(srv.call("GET", "/tasks", token=secret2), 401, "unauthorized")
+    srv.ok("GET", "/tokens")  # the others still work
+
+
+def test_worker_tokens_reach_only_the_protocol_of_their_own_worker(servers):
+    srv = servers.start("sqlite")
+    batch1, batch2 = unique("wb"), unique("wb")
+    w1, t1 = srv.register(batch=batch1)
+    w2, t2 = srv.register(batch=batch2)
+    srv.ok("POST", "/tasks", {"command": "x", "batch": batch1})
+    srv.ok("POST", "/tasks", {"command": "x", "batch": batch2})
+    e1 = srv.ok("POST", f"/workers/{w1}/claim", {"slots": 1}, token=t1)["executions"][0]["id"]
+    e2 = srv.ok("POST", f"/workers/{w2}/claim", {"slots": 1}, token=t2)["executions"][0]["id"]
+    # its own: claim, heartbeat, report, output, outbox
+    srv.ok("POST", f"/workers/{w1}/heartbeat", {"executions": [e1]}, token=t1)
+    srv.ok("POST", f"/executions/{e1}/report", {"phase": "running"}, token=t1)
+    srv.ok("POST", f"/executions/{e1}/output", {"stream": "stdout", "offset": 0, "data": "aGk="}, token=t1)
+    srv.ok("POST", f"/workers/{w1}/outbox", {"items": []}, token=t1)
+    # the other worker's: refused
+    for method, path, body in (("POST", f"/workers/{w2}/claim", {"slots": 1}),
+                               ("POST", f"/workers/{w2}/heartbeat", {}),
+                               ("POST", f"/workers/{w2}/outbox", {"items": []}),
+                               ("POST", f"/executions/{e2}/report", {"phase": "running"}),
+                               ("POST", f"/executions/{e2}/output", {"stream": "stdout", "offset": 0, "data": ""})):
+        assert_error(srv.call(method, path, body, token=t1), 403, "forbidden")
+    # people's routes and registration: refused
+    for method, path, body in (("GET", "/tasks", None), ("GET", f"/executions/{e1}", None),
+                               ("GET", f"/executions/{e1}/output", None), ("PATCH", f"/workers/{w1}",
+                                                                           {"concurrency": 50}),
+                               ("DELETE", f"/workers/{w2}", None), ("POST", "/workers/register", {"name": "x"}),
+                               ("GET", "/tokens", None), ("POST", "/batches", {"name": unique("x")})):
+        assert_error(srv.call(method, path, body, token=t1), 403, "forbidden")
+    assert srv.ok("GET", f"/executions/{e2}")["status"] == "assigned"
+    assert srv.ok("GET", f"/workers/{w1}")["concurrency"] == 1
+    # re-registering the same worker name issues a new token and retires the old one
+    w1b, t1b = srv.register(srv.ok("GET", f"/workers/{w1}")["name"], batch=batch1)
+    assert w1b == w1 and t1b != t1
+    wait_for(lambda: srv.call("POST", f"/workers/{w1}/heartbeat", {}, token=t1)[0] == 401, 10, 0.05,
+             "the old worker token to be retired")
+    srv.ok("POST", f"/workers/{w1}/heartbeat", {}, token=t1b)
+
+
+def _server_argv(database: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "scitq_app", "server", "--database", database, "--port", str(free_port()),
+            *extra]
+
+
+def test_server_refuses_a_non_loopback_address_without_a_token(databases, tmp_path):
+    database = databases.new("sqlite")
+    prepare_database(database)  # an initialised database without any token
+    proc = subprocess.run(_server_argv(database, "--listen", "0.0.0.0"), env=scitq_env(), cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "0.0.0.0" in lines[0] and "token create --role admin" in lines[0]
+    assert "Traceback" not in proc.stderr
+    # a worker token is not enough either: people need a token to reach it
+    from scitq_app.store import open_store
+    store = open_store(database)
+    try:
+        store.register_worker({"name": "w1"})
+    finally:
+        store.close()
+    proc = subprocess.run(_server_argv(database, "--listen", "0.0.0.0"), env=scitq_env(), cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "token create" in proc.stderr
+
+
+def test_server_listens_on_a_non_loopback_address_once_a_token_exists(servers, databases, tmp_path):
+    database = databases.new("sqlite")
+    secret = prepare_database(database, (("admin", "admin"),))["admin"]
+    port = free_port()
+    proc = ServerProcess(database, str(tmp_path), port=port, listen="0.0.0.0").start()
+    servers.running.append(proc)
+    url = f"http://127.0.0.1:{port}/api/v1"
+    assert_error(api(url, "GET", "/tasks"), 401, "unauthorized")  # never open mode off loopback
+    assert api(url, "GET", "/tasks", token=secret)[0] == 200

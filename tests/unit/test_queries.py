@@ -1,0 +1,124 @@
+"""The named-query loader and the queries themselves.
+
+Parsing a query needs its database: SQLite compiles each one with EXPLAIN,
+PostgreSQL prepares each one (Parse, no execution) on a real server; both
+against a schema built by `init_schema`."""
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections import defaultdict
+
+import pytest
+
+from scitq_app.store import queries
+
+FILES = ["queries.sql", "sqlite.sql", "postgres.sql"]
+DIALECTS = ["sqlite", "postgres"]
+
+
+def parsed(fname: str) -> dict[str, str]:
+    return queries.parse(queries.read_resource("sql", fname))
+
+
+@pytest.mark.parametrize("fname", FILES)
+def test_every_file_parses_into_named_queries_without_duplicates(fname):
+    text = queries.read_resource("sql", fname)
+    named = parsed(fname)
+    headers = re.findall(r"^--\s*name:\s*(\S+)\s*$", text, flags=re.M)
+    assert headers and len(headers) == len(set(headers)) == len(named)
+    for name, sql in named.items():
+        assert re.fullmatch(r"[a-z0-9_]+", name)
+        assert sql and not sql.endswith(";"), name
+        assert "-- name:" not in sql
+
+
+def test_a_name_defined_twice_is_refused():
+    with pytest.raises(ValueError, match="twice"):
+        queries.parse("-- name: a\nSELECT 1\n\n-- name: a\nSELECT 2\n")
+
+
+def test_parse_splits_on_headers_and_strips_the_trailing_semicolon():
+    assert queries.parse("-- a file comment\n-- name: one\nSELECT 1;\n\n--name:two\nSELECT\n  2\n") == {
+        "one": "SELECT 1", "two": "SELECT\n  2"}
+
+
+def test_no_shared_query_is_overridden_by_both_dialects():
+    shared = set(parsed("queries.sql"))
+    assert not shared & set(parsed("sqlite.sql")) & set(parsed("postgres.sql")), "dead shared query text"
+
+
+def test_every_query_the_shared_store_code_names_exists_in_both_dialects():
+    import inspect
+
+    from scitq_app.store import protocol, sqlstore, tasks
+    source = "".join(inspect.getsource(m) for m in (sqlstore, tasks, protocol))
+    used = set(re.findall(r"tx\.(?:all|one|value|run|insert|many)\(\s*\"([a-z0-9_]+)\"", source))
+    used |= {f"output_size_{s}" for s in ("stdout", "stderr")}  # named with an f-string
+    assert len(used) > 40
+    for dialect in DIALECTS:
+        assert used - set(queries.load(dialect)) == set(), dialect
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_macros_expand_in_every_loaded_query(dialect):
+    loaded = queries.load(dialect)
+    assert set(loaded) == set(parsed("queries.sql")) | set(parsed(f"{dialect}.sql"))
+    for name, sql in loaded.items():
+        assert "{{" not in sql and "}}" not in sql, name
+    assert "json_each(:ids)" in loaded["task_status_by_ids"] if dialect == "sqlite" else \
+        "json_array_elements_text(CAST(:ids AS json))" in loaded["task_status_by_ids"]
+
+
+def test_macros_expand_per_dialect():
+    assert queries.expand("x IN {{ints :ids}}", "sqlite") == \
+        "x IN (SELECT CAST(value AS INTEGER) FROM json_each(:ids))"
+    assert queries.expand("x IN {{strs :names}}", "postgres") == \
+        "x IN (SELECT value FROM json_array_elements_text(CAST(:names AS json)))"
+    assert queries.expand("no macro", "sqlite") == "no macro"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_ddl_placeholders_are_all_replaced(dialect):
+    files = ["schema.sql", "versions.sql"] + [f"migrations/{m}" for m in queries.list_resources("sql", "migrations")
+                                              if m.endswith(".sql")]
+    for f in files:
+        text = queries.ddl(queries.read_resource("sql", *f.split("/")), dialect)
+        assert not re.search(r"\{[a-z]+\}", text), f
+        assert queries.split_statements(text), f
+
+
+def test_split_statements_drops_comments_and_blank_pieces():
+    assert queries.split_statements("-- c\nCREATE TABLE a (x INT);\n\n-- d\nCREATE INDEX i ON a (x);\n") == [
+        "CREATE TABLE a (x INT)", "CREATE INDEX i ON a (x)"]
+
+
+def test_every_loaded_query_compiles_against_the_schema(make_store, database_url, backend):
+    make_store()  # an initialised schema
+    loaded = queries.load(backend)
+    failures = []
+    if backend == "sqlite":
+        con = sqlite3.connect(database_url[len("sqlite:///"):])
+        try:
+            for name, sql in loaded.items():
+                try:
+                    con.execute("EXPLAIN " + sql, defaultdict(lambda: None))
+                except sqlite3.Error as e:
+                    failures.append(f"{name}: {e}")
+        finally:
+            con.close()
+    else:
+        import pg8000.native
+
+        from scitq_app.store.postgres import parse_url
+        con = pg8000.native.Connection(**parse_url(database_url))
+        try:
+            for name, sql in loaded.items():
+                try:
+                    con.prepare(sql).close()
+                except pg8000.native.DatabaseError as e:
+                    failures.append(f"{name}: {e.args[0].get('M') if e.args else e}")
+        finally:
+            con.close()
+    assert failures == []
+
