@@ -61,7 +61,7 @@ say "waiting for the batch to finish"
 while :; do
   counts=$(python3 "$PYZ" task counts --batch quickstart --json)
   left=$(python3 -c 'import json,sys; c=json.loads(sys.argv[1]); print(sum(v for k, v in c.items() if k not in ("succeeded", "failed", "canceled")))' "$counts")
-  printf '\r  %s   ' "$(python3 -c 'import json,sys; print(", ".join(f"{k} {v}" for k, v in sorted(json.loads(sys.argv[1]).items())))' "$counts")"
+  printf '\r  %s\033[K' "$(python3 -c 'import json,sys; print(", ".join(f"{k} {v}" for k, v in sorted(json.loads(sys.argv[1]).items())))' "$counts")"
   [ "$left" = 0 ] && break
   kill -0 "$WORKER_PID" 2>/dev/null || { echo; cat "$DEMO/worker.log"; exit 1; }
   sleep 0.5
