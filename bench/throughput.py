@@ -14,9 +14,9 @@ import time
 from harness import server, summary, wait_all, worker
 
 
-def run(backend: str, n: int) -> None:
+def run(backend: str, n: int, prefetch: int) -> None:
     with server(backend) as (proc, client, workdir):
-        w = worker(proc.url, workdir, "bench", concurrency=8, heartbeat=5)
+        w = worker(proc.url, workdir, "bench", concurrency=8, prefetch=prefetch, heartbeat=5)
         while not client.workers():
             time.sleep(0.05)
         # 1. throughput
@@ -53,7 +53,7 @@ def run(backend: str, n: int) -> None:
                 break
             time.sleep(0.02)
         w.stop()
-        print(f"{backend:8}  {n} trivial tasks, 1 worker x 8 slots: {rate:.0f} tasks/s")
+        print(f"{backend:8}  {n} trivial tasks, 1 worker x 8 slots (prefetch {prefetch}): {rate:.0f} tasks/s")
         print(f"{backend:8}  submit -> succeeded on an idle worker: {summary(lat)}")
         print(f"{backend:8}  printed line visible through the API: {summary(delays)}")
 
@@ -62,6 +62,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("backends", nargs="*", default=["sqlite", "postgres"])
     ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument("--prefetch", type=int, default=0, help="tasks the worker claims ahead (default 0)")
     a = ap.parse_args()
     for b in a.backends:
-        run(b, a.tasks)
+        run(b, a.tasks, a.prefetch)

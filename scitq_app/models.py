@@ -374,6 +374,7 @@ class Identity:
     name: str
     role: Role
     worker_id: int | None = None
+    token_id: int | None = None
 
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN

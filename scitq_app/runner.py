@@ -64,18 +64,22 @@ class Outcome:
 
 
 class Process:
-    """A started command. Subclasses implement the signal and wait mechanics."""
+    """A started command. Subclasses implement the signal and wait mechanics.
+
+    `pid` is a process group the worker may SIGKILL after a restart: the command's own, or for a
+    container the helper that relays its output (the container itself is found by `Runner.attach`)."""
 
     stdout: IO[bytes]
     stderr: IO[bytes]
     pid: int | None = None
 
     def send(self, action: str) -> None:
-        """pause | resume | term | kill."""
+        """pause | resume | term | kill, applied to the command (or its container)."""
         raise NotImplementedError
 
     def wait(self) -> Outcome:
-        """Block until the command ended; return its outcome."""
+        """Block until the command ended and release what it held (a container is removed);
+        return its outcome."""
         raise NotImplementedError
 
     def alive(self) -> bool:
@@ -83,12 +87,26 @@ class Process:
 
 
 class Runner:
-    """Starts processes. `name` is what the worker reports (none, docker, podman, apptainer)."""
+    """Starts processes. `name` and `version` are what the worker reports (none, docker, podman,
+    apptainer, and the engine's version)."""
 
     name = "abstract"
+    version = ""
+
+    def prepare(self, spec: RunSpec) -> None:
+        """Get what `start` needs that may take long (a container image), without starting
+        anything; StartError as `start`. The Job calls it before `start`, outside its lock."""
 
     def start(self, spec: RunSpec) -> Process:
+        """Start the command; StartError (class app or infra) if it cannot start."""
         raise NotImplementedError
+
+    def attach(self, name: str) -> Process | None:
+        """After a worker restart: the process that `start` gave for the spec named `name`, found
+        again and followed to its end, its stdout/stderr replaying its output from the start.
+        None when it no longer exists or this runner cannot re-attach; then nothing of it is left
+        running (a container found but not resumable is removed)."""
+        return None
 
 
 class LocalProcess(Process):
@@ -141,10 +159,7 @@ class LocalRunner(Runner):
         if spec.container:
             raise StartError(f"this worker has no container engine for image {spec.container!r} "
                              "(set [worker] engine)", "infra")
-        env = dict(os.environ)
-        for k in list(env):
-            if k.startswith("SCITQ_"):
-                del env[k]  # the worker's own secrets never reach tasks
+        env = clean_env()
         env.update({"INPUT": spec.dirs["input"], "OUTPUT": spec.dirs["output"], "RESOURCE": spec.dirs["resource"],
                     "TEMP": spec.dirs["tmp"], "TMPDIR": spec.dirs["tmp"], "CPU": str(spec.cpu)})
         env.update(spec.extra_env)
@@ -159,6 +174,12 @@ class LocalRunner(Runner):
         except OSError as e:
             raise StartError(f"cannot start the command: {e.strerror or e}") from None
         return LocalProcess(popen)
+
+
+def clean_env() -> dict[str, str]:
+    """The worker's environment without its SCITQ_* settings: the worker's own secrets never reach
+    tasks, nor the container engines that could pass them on (`-e NAME`, `--env-host`)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SCITQ_")}
 
 
 def kill_group(pid: int) -> bool:

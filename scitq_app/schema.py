@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import uris
 from .errors import Invalid
@@ -92,8 +92,9 @@ def _number(name: str, f: Field, v: Any, integer: bool) -> Any:
     return v
 
 
-def check_value(name: str, f: Field, v: Any) -> Any:
-    """Validate one value against its field; return the cleaned value."""
+def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = None) -> Any:
+    """Validate one value against its field; return the cleaned value. `remotes`, when
+    given, are the storage remotes URIs may name (see `uris.parse`)."""
     if v is None:
         if f.nullable:
             return None
@@ -127,11 +128,12 @@ def check_value(name: str, f: Field, v: Any) -> Any:
             raise _err(name, f"must be one of {', '.join(f.choices)}, not {v!r}")
         return v
     if k == "uris":
-        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name)]
+        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name, remotes=remotes)]
     if k == "resources":
-        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name, allow_actions=True)]
+        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name, allow_actions=True,
+                                               remotes=remotes)]
     if k == "output":
-        return uris.parse_output(_no_surrogates(name, v), name).raw
+        return uris.parse_output(_no_surrogates(name, v), name, remotes=remotes).raw
     if k == "ints":
         if not isinstance(v, list):
             raise _err(name, f"must be an array of integers, not {_tname(v)}")
@@ -160,14 +162,16 @@ def check_value(name: str, f: Field, v: Any) -> Any:
         if f.maximum is not None and len(v) > f.maximum:
             raise _err(name, f"holds {len(v)} items, at most {int(f.maximum)} are allowed")
         if f.item:
-            return [validate(f.item, x, where=f"{name}[{i}]") for i, x in enumerate(v)]
+            return [validate(f.item, x, where=f"{name}[{i}]", remotes=remotes) for i, x in enumerate(v)]
         return v
     raise AssertionError(k)
 
 
-def validate(kind: str, payload: Any, *, partial: bool = False, where: str = "") -> dict[str, Any]:
+def validate(kind: str, payload: Any, *, partial: bool = False, where: str = "",
+             remotes: Iterable[str] | None = None) -> dict[str, Any]:
     """Validate a request body of `kind`; `partial` for updates (nothing required,
-    defaults not filled in). Raises Invalid on the first bad or unknown field."""
+    defaults not filled in). Raises Invalid on the first bad or unknown field.
+    `remotes` (the server's rclone remotes) refuses URIs naming any other remote."""
     spec = SPECS[kind]
     prefix = f"{where}." if where else ""
     if not isinstance(payload, dict):
@@ -178,7 +182,7 @@ def validate(kind: str, payload: Any, *, partial: bool = False, where: str = "")
     out: dict[str, Any] = {}
     for key, f in spec.items():
         if key in payload:
-            out[key] = check_value(prefix + key, f, payload[key])
+            out[key] = check_value(prefix + key, f, payload[key], remotes)
         elif f.required and not partial:
             raise _err(prefix + key, "is required")
         elif not partial and f.default is not None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -25,6 +27,7 @@ from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllow
 from .models import Identity, Role
 from .schema import validate
 from .store import Store
+from .uris import rclone_remotes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,88 @@ class Notifier:
                 self._cond.wait(timeout)
 
 
+class HeartbeatBuffer:
+    """Writes heartbeats to the store in batches, about twice a second.
+
+    2,000 workers beating every 5 s are 400 small writes a second; one
+    transaction for all the beats of half a second costs the database (and
+    SQLite's single writer) far less. What waits here is hint data — last seen,
+    stats, lease renewals, signal acks — so a beat's reply is computed at once
+    from the store, and a server crash only delays some renewals by a beat."""
+
+    def __init__(self, store: Store, lease: float, clock: Callable[[], float] = time.time,
+                 interval: float = 0.5, max_pending: int = 1000) -> None:
+        self.store = store
+        self.lease = lease
+        self.clock = clock
+        self.interval = interval
+        self.max_pending = max_pending
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, worker_id: int, stats: dict, executions: list[int], acks: list[int]) -> None:
+        with self._lock:
+            beat = self._pending.get(worker_id)
+            if beat is None:
+                beat = self._pending[worker_id] = {"worker_id": worker_id, "executions": set(), "acks": set()}
+            beat["stats"] = stats
+            beat["at"] = self.clock()
+            beat["executions"] = set(executions)  # the latest list is what the worker holds now
+            beat["acks"].update(acks)
+            full = len(self._pending) >= self.max_pending
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+                self._thread.start()
+        if full:
+            self._wake.set()
+
+    def pending_acks(self, worker_id: int) -> set[int]:
+        with self._lock:
+            beat = self._pending.get(worker_id)
+            return set(beat["acks"]) if beat else set()
+
+    def flush(self) -> None:
+        try:
+            self.store.flush_token_use()
+        except ScitqError as e:
+            log.warning("could not record token use: %s", e.message)
+        with self._lock:
+            beats, self._pending = list(self._pending.values()), {}
+        if not beats:
+            return
+        try:
+            self.store.record_heartbeats([{**b, "executions": sorted(b["executions"]), "acks": sorted(b["acks"])}
+                                          for b in beats], self.lease)
+        except ScitqError as e:
+            log.warning("could not record %d heartbeats: %s; keeping them for the next round", len(beats), e.message)
+            with self._lock:
+                for b in beats:
+                    newer = self._pending.get(b["worker_id"])
+                    if newer is None:
+                        self._pending[b["worker_id"]] = b
+                    else:
+                        newer["acks"].update(b["acks"])
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # a bug must not stop the recording of heartbeats
+                log.exception("heartbeat recording crashed; continuing")
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return True
@@ -59,6 +144,55 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class RcloneConfig:
+    """The rclone config the server hands to its workers ([server] rclone_config),
+    read again whenever the file changes. Its remotes are the URI schemes tasks may
+    use; with no file (or an unreadable one) only the built-ins are accepted. Its
+    text is a secret: it goes only to the routes that serve it, never to a log."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._value: tuple[str, str, frozenset[str]] = ("", hashlib.sha256(b"").hexdigest(), frozenset())
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def current(self) -> tuple[str, str, frozenset[str]]:
+        """(text, sha256 of the text, remote names)."""
+        try:
+            st = os.stat(self.path)
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp:
+                text = ""
+                if stamp is not None:
+                    try:
+                        with open(self.path, "rb") as f:
+                            text = f.read().decode("utf-8", "replace")
+                        self._warned = False
+                    except OSError as e:
+                        if not self._warned:
+                            log.warning("cannot read the rclone config %s (%s): only http, https, ftp and file "
+                                        "URIs are accepted", self.path, e.strerror or e)
+                            self._warned = True
+                self._value = (text, hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                               frozenset(rclone_remotes(text)))
+                self._stamp = stamp
+            return self._value
+
+    def remotes(self) -> frozenset[str]:
+        return self.current()[2]
+
+    def digest(self) -> str:
+        return self.current()[1]
+
+
+# Request bodies holding URIs: validated against the rclone config's remotes.
+URI_BODIES = frozenset({"task_create", "task_bulk", "task_update"})
 
 
 class Api:
@@ -75,6 +209,8 @@ class Api:
         self._open_cache: tuple[float, bool] = (0.0, False)
         # Long polls hold a waitress thread each: keep enough threads for everyone else.
         self._pollers = threading.BoundedSemaphore(max(1, config.server.threads // 2))
+        self.beats = HeartbeatBuffer(store, self.lease, clock)
+        self.rclone = RcloneConfig(config.server.rclone_config)
 
     # --- auth -----------------------------------------------------------------
     def open_mode(self) -> bool:
@@ -237,7 +373,8 @@ class Api:
         worker, token = self.store.register_worker(body, actor=ident.name)
         return {"worker": worker.to_dict(), "token": token, "lease": self.lease,
                 "heartbeat": min(self.config.worker.heartbeat, self.lease / 3),
-                "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail}
+                "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail,
+                "rclone_config": self.rclone.digest()}
 
     def claim(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         self._own_worker(ident, id)
@@ -264,8 +401,18 @@ class Api:
 
     def heartbeat(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         self._own_worker(ident, id)
-        return self.store.heartbeat(id, body.get("stats") or {}, body.get("executions") or [],
-                                    body.get("acks") or [], self.lease)
+        executions = body.get("executions") or []
+        reply = self.store.heartbeat_reply(id, executions, self.lease)
+        acked = self.beats.pending_acks(id) | set(body.get("acks") or [])
+        reply["signals"] = [s for s in reply["signals"] if s["id"] not in acked]
+        self.beats.add(id, body.get("stats") or {}, executions, body.get("acks") or [])
+        reply["rclone_config"] = self.rclone.digest()  # the worker fetches the config when this changes
+        return reply
+
+    def worker_rclone_config(self, ident: Identity, id: int, **_: Any) -> dict:
+        self._own_worker(ident, id)
+        text, digest, _ = self.rclone.current()
+        return {"config": text, "hash": digest}
 
     def report(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         worker_id = ident.worker_id if ident.role == Role.WORKER else None
@@ -278,10 +425,7 @@ class Api:
 
     def append_output(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         worker_id = ident.worker_id if ident.role == Role.WORKER else None
-        try:
-            data = base64.b64decode(body["data"], validate=True)
-        except (binascii.Error, ValueError):
-            raise Invalid("must be base64", field="data") from None
+        data = _b64(body["data"])
         size = self.store.append_output(id, worker_id, body["stream"], body["offset"], data,
                                         bool(body.get("final")), self.config.server.output_head,
                                         self.config.server.output_tail)
@@ -289,18 +433,43 @@ class Api:
 
     def outbox(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         self._own_worker(ident, id)
+        worker_id = ident.worker_id if ident.role == Role.WORKER else None
+        # Fast path: every item in one transaction (a batch of reports and output costs
+        # one commit). If any item is refused, nothing was applied: replay them one by
+        # one so each gets its own verdict.
+        try:
+            items = [self._outbox_item(i, item) for i, item in enumerate(body["items"])]
+            results = self.store.apply_outbox(worker_id, items, self.config.server.output_head,
+                                              self.config.server.output_tail)
+        except ScitqError as e:
+            if e.http_status >= 500:
+                raise
+            return {"results": self._outbox_one_by_one(ident, body["items"])}
+        if any(kind == "report" and r.status in ("succeeded", "failed") for (kind, _, _), r in zip(items, results)):
+            self.notifier.notify()
+        return {"results": [{"ok": True, "result": r.to_dict() if kind == "report" else {"size": r}}
+                            for (kind, _, _), r in zip(items, results)]}
+
+    def _outbox_item(self, i: int, item: dict) -> tuple[str, int, dict]:
+        kind = "report" if item["type"] == "report" else "output"
+        payload = validate(kind, item["body"], where=f"items[{i}].body")
+        if kind == "output":
+            payload["data"] = _b64(payload["data"])
+        return kind, item["execution_id"], payload
+
+    def _outbox_one_by_one(self, ident: Identity, items: list[dict]) -> list[dict]:
         results = []
-        for i, item in enumerate(body["items"]):
+        for i, item in enumerate(items):
             try:
                 kind = "report" if item["type"] == "report" else "output"
                 payload = validate(kind, item["body"], where=f"items[{i}].body")
                 handler = self.report if kind == "report" else self.append_output
                 results.append({"ok": True, "result": handler(ident, item["execution_id"], payload)})
-            except (Invalid, NotFound, Forbidden, ScitqError) as e:
+            except ScitqError as e:
                 if e.http_status >= 500:
                     raise
                 results.append({"ok": False, "status": e.http_status, **e.to_dict()})
-        return {"results": results}
+        return results
 
     # --- administration -------------------------------------------------------
     def list_tokens(self, ident: Identity, **_: Any) -> dict:
@@ -314,10 +483,21 @@ class Api:
     def revoke_token(self, ident: Identity, name: str, **_: Any) -> dict:
         return {"token": self.store.revoke_token(name, actor=ident.name).to_dict()}
 
+    def rclone_config(self, ident: Identity, **_: Any) -> dict:
+        text, digest, remotes = self.rclone.current()
+        return {"config": text, "hash": digest, "remotes": sorted(remotes), "path": self.rclone.path}
+
     def list_events(self, ident: Identity, query: dict, **_: Any) -> dict:
         events = self.store.list_events(target=query.get("target"), after=query.get("after") or 0,
                                         limit=query.get("limit") or 100)
         return {"events": [e.to_dict() for e in events]}
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("must be base64", field="data") from None
 
 
 def _json_response(bottle: Any, status: int, payload: Any) -> Any:
@@ -366,7 +546,8 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
                 if route.body:
                     # PATCH changes only the fields given: nothing required, no defaults filled in.
                     kwargs["body"] = validate(route.body, _read_json(request, max_body, bool(route.body)),
-                                              partial=route.method == "PATCH")
+                                              partial=route.method == "PATCH",
+                                              remotes=api.rclone.remotes() if route.body in URI_BODIES else None)
                 result = handler(ident or ANONYMOUS, **kwargs)
                 return _json_response(bottle, route.status, result)
             except ScitqError as e:
@@ -500,11 +681,18 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
     server.channel_class = _json_error_channel()  # type: ignore[union-attr]
     url = f"http://{config.server.listen}:{server.effective_port}"  # type: ignore[union-attr]
     log.info("scitq %s serving on %s (%s)", __version__, url, store.dialect, extra={"action": "serve"})
+    remotes = app.config["scitq.api"].rclone.remotes()
+    if remotes:
+        log.info("rclone config %s: remotes %s", config.server.rclone_config, ", ".join(sorted(remotes)))
+    else:
+        log.info("no rclone remote in %s: tasks may use http, https, ftp and file URIs only",
+                 config.server.rclone_config)
     if ready:
         ready(url)
     try:
         server.run()
     finally:
         stop.set()
+        app.config["scitq.api"].beats.close()
         if thread is not None:
             thread.join(timeout=5)

@@ -27,11 +27,13 @@ from typing import Any, Callable
 from . import __version__
 from .client import Server
 from .config import Config
+from .containers import make_runner
 from .errors import ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, Unauthorized
 from .job import Job, Slots, Stager
 from .machine import Machine
 from .outbox import Outbox, StreamShipper
-from .runner import LocalRunner, Runner, kill_group, wait_gone
+from .runner import Process, Runner, kill_group, wait_gone
+from .staging import RcloneStager
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,11 @@ class Worker:
         os.makedirs(self.state_dir, exist_ok=True)
         self.client = client or Server(config.server_url(), None, timeout=config.client.timeout)
         self.register_token = w.token or config.client.token or None
-        self.runner = runner or LocalRunner()
-        self.stager = stager or Stager()
+        self.runner = runner or make_runner(config, self.root, self.state_dir)
+        self.stager = stager or RcloneStager(self.root, os.path.join(self.state_dir, "rclone.conf"),
+                                             rclone=w.rclone, retries=w.transfer_retries,
+                                             cache_limit=w.cache_disk_limit)
+        self._rclone_digest = _digest_of(os.path.join(self.state_dir, "rclone.conf"))
         self.clock = clock
         self.say = say or (lambda text: log.info("%s", text))
         self.machine = Machine(self.root)
@@ -145,6 +150,7 @@ class Worker:
         self.tail = int(reply.get("output_tail", self.tail))
         self.heartbeat_every = min(self.heartbeat_every, float(reply.get("heartbeat", self.heartbeat_every)))
         self._apply_settings(reply["worker"])
+        self._sync_rclone_config(reply.get("rclone_config"))
         self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
                           "token": reply["token"], "head": self.head, "tail": self.tail})
         self.say(f"scitq worker {self.name}: registered as worker {self.worker_id} on {self.client.url}")
@@ -159,12 +165,15 @@ class Worker:
         acks, self._acks = self._acks, []
         try:
             reply = self.client.heartbeat(self.worker_id, self.machine.stats() | {"version": __version__,
-                                          "runner": self.runner.name, "slots_used": self.slots.used},
+                                          "engine": self.runner.name,
+                                          "engine_version": self.runner.version, "slots_used": self.slots.used}
+                                          | self.stager.stats(),
                                           self._held(), acks)
         except BaseException:
             self._acks = acks + self._acks
             raise
         self._apply_settings(reply["settings"])
+        self._sync_rclone_config(reply.get("rclone_config"))
         for s in reply.get("signals", []):
             self._handle_signal(s)
             self._acks.append(int(s["id"]))
@@ -173,6 +182,26 @@ class Worker:
             if job is not None:
                 log.warning("execution %s was given to another worker: stopping it", eid)
                 job.fence()
+
+    def _sync_rclone_config(self, digest: str | None) -> None:
+        """Keep WORKDIR/.scitq/rclone.conf (mode 600) equal to the server's rclone config,
+        whose hash comes with each heartbeat: fetched again only when it changed."""
+        if digest is None or digest == self._rclone_digest or self.worker_id is None:
+            return
+        try:
+            reply = self.client.rclone_config(self.worker_id)
+        except ScitqError as e:
+            log.warning("could not fetch the rclone config from the server: %s", e.message)
+            return
+        path = os.path.join(self.state_dir, "rclone.conf")
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(reply["config"])
+        os.replace(path + ".tmp", path)
+        self._rclone_digest = reply["hash"]
+        log.info("rclone config received from the server (%d bytes)", len(reply["config"]),
+                 extra={"action": "rclone_config"})
 
     def _apply_settings(self, s: dict[str, Any]) -> None:
         changed = {k: s[k] for k in ("concurrency", "prefetch", "status", "batch")
@@ -248,10 +277,10 @@ class Worker:
     def _cpu_per_slot(self) -> int:
         return max(1, (self.config.worker.cpu or self.machine.cpu_count) // max(1, int(self.settings["concurrency"])))
 
-    def _start(self, execution: dict) -> None:
+    def _start(self, execution: dict, process: Process | None = None) -> None:
         job = Job(execution, root=self.root, runner=self.runner, stager=self.stager, outbox=self.outbox,
                   slots=self.slots, cpu_per_slot=self._cpu_per_slot, head=self.head, tail=self.tail,
-                  on_done=self._finished)
+                  on_done=self._finished, process=process)
         with self._jobs_lock:
             self.jobs[job.id] = job
         if self.stopping:
@@ -264,7 +293,8 @@ class Worker:
         self._wake.set()
 
     def recover(self) -> None:
-        """After a restart: end what a previous run of this worker left running, and report it lost once."""
+        """After a restart: re-attach to the containers a previous run of this worker left running,
+        end anything else it left, and report that lost once."""
         for name in sorted(os.listdir(self.root)):
             d = os.path.join(self.root, name)
             if not name.startswith("exec-") or os.path.exists(os.path.join(d, "done")):
@@ -281,6 +311,12 @@ class Worker:
                 if pid and kill_group(pid):
                     wait_gone(pid)
             eid = int(execution["id"])
+            container = _read_marker(os.path.join(d, "container"))
+            process = self.runner.attach(container) if container else None
+            if process is not None:
+                self._start(execution, process)
+                self.say(f"scitq worker: execution {eid} still has its container; re-attached")
+                continue
             for stream in ("stdout", "stderr"):
                 path = os.path.join(d, f"{stream}.log")
                 if os.path.exists(path):
@@ -388,6 +424,16 @@ class Worker:
                 return
             for job in jobs:
                 job.thread.join(timeout=0.5)
+
+
+def _digest_of(path: str) -> str | None:
+    """The hash the server gives its rclone config (sha256 of the UTF-8 text), of a file here."""
+    import hashlib
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _read_marker(path: str) -> str:

@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-PACKAGES=(python3 python3-venv python3-pip postgresql iproute2 iptables procps)
+PACKAGES=(python3 python3-venv python3-pip postgresql iproute2 iptables procps
+          podman runc busybox-static docker-registry)  # container tests; docker.io adds the docker ones
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,7 +29,7 @@ deps=$("$VENV/bin/python" -c 'import tomllib; p = tomllib.load(open("pyproject.t
 "$VENV/bin/pip" install -q --disable-pip-version-check $deps -r requirements/test.txt
 
 echo "==> running the tests (SQLite and PostgreSQL)"
-export SCITQ_TEST_REQUIRE_PG=1
+export SCITQ_TEST_REQUIRE_PG=1 SCITQ_TEST_REQUIRE_CONTAINERS=1
 set +e
 "$VENV/bin/python" -m pytest -q "$@"
 rc=$?

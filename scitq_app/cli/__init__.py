@@ -15,11 +15,12 @@ Management (over the HTTP API):
   task          list, show, output, update, relaunch, pause, resume, stop, kill, delete tasks
   batch         list, show, create, pause, go, stop, delete batches
   execution     list a task's executions, show one, print its output
+  fetch         copy, list, sync or delete data by URI (rclone remotes, http, ftp, file)
 
 On the server host (direct database access):
   db            init, upgrade or show the database schema
   token         create, list or revoke API tokens
-  config        show the effective configuration
+  config        show the effective configuration; install the server's rclone config
 
 Options:
   -c PATH, --config PATH   configuration file (default /etc/scitq.conf if present; env SCITQ_CONFIG)
@@ -167,9 +168,9 @@ def wants_help(argv: Sequence[str]) -> bool:
 
 def commands() -> dict[str, tuple[str, Callable[[Context, list[str]], int]]]:
     """command -> (usage doc, handler)."""
-    from . import admin, fleet, tasks
+    from . import admin, fetch, fleet, tasks
     table: dict[str, tuple[str, Callable[[Context, list[str]], int]]] = {}
-    for module in (admin, fleet, tasks):
+    for module in (admin, fleet, tasks, fetch):
         table.update(module.COMMANDS)
     return table
 

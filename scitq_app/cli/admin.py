@@ -1,4 +1,4 @@
-"""Commands run on the server host: server, dispatcher, db, token, config."""
+"""Commands run on the server host: server, dispatcher, db, token, config (and `config rclone`, anywhere)."""
 from __future__ import annotations
 
 import signal
@@ -68,15 +68,22 @@ A token's secret is printed once at creation and stored only as a hash.
 Give it to clients as SCITQ_TOKEN or [client] token.
 """
 
-CONFIG_DOC = """Show the effective configuration: every option, its value and where it came from.
+CONFIG_DOC = """Show the effective configuration; install the server's rclone config on this machine.
 
 Usage:
   scitq config show [options] [--json]
+  scitq config rclone (--install | --show) [options] [--path PATH]
 
 Options:
   --json            machine-readable output
+  --install         write the server's rclone config to --path (mode 600), e.g. for `scitq fetch`
+  --show            print the server's rclone config (it holds credentials: mind where it goes)
+  --path PATH       where --install writes it [default: /etc/rclone.conf]
 
-Secrets (tokens, database passwords) are masked.
+`config show` lists every option, its value and where it came from; secrets
+(tokens, database passwords) are masked. `config rclone` needs an admin token
+(-t or SCITQ_TOKEN): the rclone config is the server's [server] rclone_config,
+the one it hands to its workers.
 """
 
 
@@ -213,9 +220,37 @@ def _mask(key: tuple[str, str], value: Any) -> Any:
     return "***"
 
 
+def _install_rclone_config(ctx: Context, path: str) -> None:
+    import os
+    import tempfile
+    reply = ctx.client().rclone_config()
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".rclone-", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:  # mkstemp makes it 600
+                f.write(reply["config"])
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    remotes = reply.get("remotes") or []
+    ctx.warn(f"scitq: wrote {path} (mode 600) with {len(remotes)} remote(s)"
+             + (f": {', '.join(remotes)}" if remotes else " (the server has no rclone config)"))
+
+
 def cmd_config(ctx: Context, argv: list[str]) -> int:
     args = parse(CONFIG_DOC, argv)
     merge_options(args, ctx)
+    if args["rclone"]:
+        if args["--install"]:
+            _install_rclone_config(ctx, args["--path"])
+        else:
+            ctx.out.write(ctx.client().rclone_config()["config"])
+        return 0
     cfg = ctx.config()
     rows = [{"option": f"{s}.{k}", "value": _mask((s, k), v), "from": cfg.origins[(s, k)]}
             for (s, k), v in cfg.items()]

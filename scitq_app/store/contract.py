@@ -1,6 +1,8 @@
 """The store contract: everything scitq keeps, and the only door to the database.
 
-Every method is atomic: it applies all of its change or none of it. Unless
+Every method that changes something is atomic: it applies all of its change or
+none of it. Reads are not snapshot-consistent across their statements on
+PostgreSQL (each statement sees the latest committed state). Unless
 said otherwise, methods raise `NotFound` for an unknown id or name, `Conflict`
 for a change the object's current status does not allow (nothing is applied
 then), and `StoreUnavailable` when the database cannot be reached. Times are
@@ -186,6 +188,17 @@ class Store:
         worker must stop: no longer its current attempt]}."""
         raise NotImplementedError
 
+    def heartbeat_reply(self, worker_id: int, execution_ids: Iterable[int], lease: float) -> dict[str, Any]:
+        """The read half of `heartbeat`: settings, pending signals, fenced executions. Writes nothing."""
+        raise NotImplementedError
+
+    def record_heartbeats(self, beats: Sequence[Mapping[str, Any]], lease: float) -> None:
+        """The write half of `heartbeat`, for many beats in one transaction. Each beat is
+        {worker_id, stats, executions, acks, at}; `at` (the server time the beat arrived,
+        default now) sets last_seen and the renewed leases (at + lease). Unknown workers
+        and executions no longer theirs are skipped."""
+        raise NotImplementedError
+
     def report(self, execution_id: int, worker_id: int | None, body: Mapping[str, Any]) -> Execution:
         """Apply a worker's report (schema 'report') to an execution and its task.
 
@@ -201,6 +214,15 @@ class Store:
         """Store bytes of a stream at `offset`; idempotent by offset. Keeps at most
         `head` bytes from the start and `tail` bytes from the end. Fenced like
         `report`. Returns the stream size known to the server."""
+        raise NotImplementedError
+
+    def apply_outbox(self, worker_id: int | None, items: Sequence[tuple[str, int, Mapping[str, Any]]],
+                     head: int, tail: int) -> list[Any]:
+        """Apply a worker's buffered items — ("report", execution_id, body) or ("output",
+        execution_id, {stream, offset, data: bytes, final}) — in order, in ONE transaction,
+        returning each one's result (an Execution, or the stream size). All or nothing:
+        the first refused item raises and nothing is applied (the caller then retries
+        them one by one to learn which failed)."""
         raise NotImplementedError
 
     # --- dispatcher ---------------------------------------------------------
@@ -244,6 +266,11 @@ class Store:
 
     def authenticate(self, secret: str) -> Identity | None:
         """The identity of a valid, unrevoked token, or None."""
+        raise NotImplementedError
+
+    def flush_token_use(self) -> None:
+        """Write the `last_used` times `authenticate` noted in memory (at most one a
+        minute per token), in one transaction."""
         raise NotImplementedError
 
     def has_people_tokens(self) -> bool:

@@ -3,7 +3,7 @@ and the dispatcher's periodic repairs (leases, deadlines, dependencies)."""
 from __future__ import annotations
 
 import secrets
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import Fenced, Forbidden, NotFound
 from ..models import (ACTIVE_EXECUTION_STATUSES, COUNTED_FAILURES, Execution, ExecutionStatus, FailureClass,
@@ -104,22 +104,26 @@ class ProtocolStore(TaskStore):
     @write
     def claim(self, tx: Tx, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
         w = self._worker_row(tx, worker_id)
-        tx.run("worker_seen", id=worker_id, now=tx.now)
+        tx.run("worker_seen", id=worker_id, now=tx.now)  # a claim is a sign of life too
         if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
             return []
         allowed = int(w["concurrency"]) + int(w["prefetch"]) - int(w["active"])
         n = min(slots, allowed)
         if n <= 0:
             return []
-        ids = [int(r["id"]) for r in tx.all("claim_pick", batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"],
-                                              gpu=w["gpu"], n=n)]
-        if not ids:
-            return []
-        p = {"ids": dumps(ids), "now": tx.now}
-        tx.run("claim_mark", **p)
-        tx.run("claim_executions", worker_id=worker_id, lease_expires=tx.now + lease, **p)
-        tx.run("claim_link", **p)
-        rows = tx.all("claim_result", ids=p["ids"])
+        pick = {"batch_id": w["batch_id"], "cpu": w["cpu"], "mem": w["mem"], "gpu": w["gpu"], "n": n}
+        if "claim_all" in self.sql:
+            # PostgreSQL: pick, mark, create the executions and link them in one statement.
+            rows = tx.all("claim_all", worker_id=worker_id, lease_expires=tx.now + lease, now=tx.now, **pick)
+        else:
+            ids = [int(r["id"]) for r in tx.all("claim_pick", **pick)]
+            if not ids:
+                return []
+            p = {"ids": dumps(ids), "now": tx.now}
+            tx.run("claim_mark", **p)
+            tx.run("claim_executions", worker_id=worker_id, lease_expires=tx.now + lease, **p)
+            tx.run("claim_link", **p)
+            rows = tx.all("claim_result", ids=p["ids"])
         return [Execution.from_row(r).to_dict() | {"task_name": r["task_name"], "batch": r["batch"],
                                                     "cpu_request": r["cpu_request"]} for r in rows]
 
@@ -133,27 +137,46 @@ class ProtocolStore(TaskStore):
         return tx.one("claim_probe", batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"], gpu=w["gpu"]) is not None
 
     # --- heartbeat ------------------------------------------------------------
-    @write
-    def heartbeat(self, tx: Tx, worker_id: int, stats: Mapping[str, Any], execution_ids: Iterable[int],
-                  acks: Iterable[int], lease: float) -> dict[str, Any]:
-        w = self._worker_row(tx, worker_id)
-        status = w["setting"] if w["status"] in _REVIVABLE else w["status"]
-        tx.run("worker_heartbeat", id=worker_id, stats=dumps(dict(stats)), status=status, now=tx.now)
-        acks = list(acks)
-        if acks:
-            tx.run("signal_ack", worker_id=worker_id, ids=dumps(acks))
+    def _heartbeat_reply(self, tx: Tx, worker_id: int, execution_ids: Iterable[int], lease: float) -> dict[str, Any]:
+        w = tx.one("worker_settings", id=worker_id)
+        if w is None:
+            raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
         held = sorted(set(execution_ids))
         fenced: list[int] = []
         if held:
-            p = {"worker_id": worker_id, "ids": dumps(held)}
-            tx.run("lease_renew", lease_expires=tx.now + lease, **p)
-            valid = {int(r["id"]) for r in tx.all("executions_current", **p)}
+            valid = {int(r["id"]) for r in tx.all("executions_current", worker_id=worker_id, ids=dumps(held))}
             fenced = [i for i in held if i not in valid]
         signals = [{"id": int(s["id"]), "execution_id": s["execution_id"], "action": s["action"]}
                    for s in tx.all("signal_list", worker_id=worker_id)]
         return {"settings": {"concurrency": int(w["concurrency"]), "prefetch": int(w["prefetch"]),
                              "status": w["setting"], "batch": w["batch"], "lease": lease},
                 "signals": signals, "fenced": fenced, "server_time": tx.now}
+
+    def _record(self, tx: Tx, beats: Sequence[Mapping[str, Any]], lease: float) -> None:
+        tx.many("worker_heartbeat", [{"id": b["worker_id"], "stats": dumps(dict(b.get("stats") or {})),
+                                      "now": b.get("at", tx.now)} for b in beats])
+        acks = [{"worker_id": b["worker_id"], "id": a} for b in beats for a in b.get("acks") or ()]
+        if acks:
+            tx.many("signal_ack_one", acks)
+        leases = [{"worker_id": b["worker_id"], "id": e, "lease_expires": b.get("at", tx.now) + lease}
+                  for b in beats for e in sorted(set(b.get("executions") or ()))]
+        if leases:
+            tx.many("lease_renew_one", leases)
+
+    @write
+    def heartbeat(self, tx: Tx, worker_id: int, stats: Mapping[str, Any], execution_ids: Iterable[int],
+                  acks: Iterable[int], lease: float) -> dict[str, Any]:
+        held = list(execution_ids)
+        self._record(tx, [{"worker_id": worker_id, "stats": stats, "executions": held, "acks": list(acks)}], lease)
+        return self._heartbeat_reply(tx, worker_id, held, lease)
+
+    @read
+    def heartbeat_reply(self, tx: Tx, worker_id: int, execution_ids: Iterable[int], lease: float) -> dict[str, Any]:
+        return self._heartbeat_reply(tx, worker_id, execution_ids, lease)
+
+    @write
+    def record_heartbeats(self, tx: Tx, beats: Sequence[Mapping[str, Any]], lease: float) -> None:
+        self._record(tx, beats, lease)
 
     # --- report and output ----------------------------------------------------
     def _own_execution(self, tx: Tx, execution_id: int, worker_id: int | None) -> dict[str, Any]:
@@ -166,6 +189,26 @@ class ProtocolStore(TaskStore):
 
     @write
     def report(self, tx: Tx, execution_id: int, worker_id: int | None, body: Mapping[str, Any]) -> Execution:
+        return self._report(tx, execution_id, worker_id, body)
+
+    @write
+    def append_output(self, tx: Tx, execution_id: int, worker_id: int | None, stream: str, offset: int,
+                      data: bytes, final: bool, head: int, tail: int) -> int:
+        return self._append_output(tx, execution_id, worker_id, stream, offset, data, final, head, tail)
+
+    @write
+    def apply_outbox(self, tx: Tx, worker_id: int | None, items: Sequence[tuple[str, int, Mapping[str, Any]]],
+                     head: int, tail: int) -> list[Any]:
+        out: list[Any] = []
+        for kind, execution_id, body in items:
+            if kind == "report":
+                out.append(self._report(tx, execution_id, worker_id, body))
+            else:
+                out.append(self._append_output(tx, execution_id, worker_id, body["stream"], body["offset"],
+                                               body["data"], bool(body.get("final")), head, tail))
+        return out
+
+    def _report(self, tx: Tx, execution_id: int, worker_id: int | None, body: Mapping[str, Any]) -> Execution:
         # Two queries lock the task, then the execution (always in that order: see
         # signal_task), and no more reads follow: reports are the hottest write path.
         task = tx.one("task_lock_by_execution", id=execution_id)
@@ -235,9 +278,8 @@ class ProtocolStore(TaskStore):
             return
         self._set_status(tx, task, TaskStatus.PAUSED if paused else TaskStatus.PENDING, retries_used=retries)
 
-    @write
-    def append_output(self, tx: Tx, execution_id: int, worker_id: int | None, stream: str, offset: int,
-                      data: bytes, final: bool, head: int, tail: int) -> int:
+    def _append_output(self, tx: Tx, execution_id: int, worker_id: int | None, stream: str, offset: int,
+                       data: bytes, final: bool, head: int, tail: int) -> int:
         e = self._own_execution(tx, execution_id, worker_id)
         if e["failure_class"] == FailureClass.LOST.value or e["current_id"] != e["id"]:
             raise Fenced(f"execution {execution_id} is no longer current", execution_id=execution_id)
@@ -251,6 +293,12 @@ class ProtocolStore(TaskStore):
             if len(rest) > tail:
                 rest_start, rest = end - tail, rest[-tail:]
             pieces.append((rest_start, rest))
+        if offset < int(e[f"{stream}_size"]):
+            # A resend: a restarted worker ships its logs from 0 again, maybe cut into other chunks
+            # than before. Keep only the bytes no stored chunk holds yet (chunks conflict by pos).
+            held = [(int(c["pos"]), int(c["pos"]) + len(bytes(c["data"])))
+                    for c in tx.all("output_read", execution_id=execution_id, stream_name=stream, offset=offset)]
+            pieces = _uncovered(pieces, held)
         for pos, piece in pieces:
             if piece:
                 tx.run("output_insert", execution_id=execution_id, stream_name=stream, pos=pos, size=len(piece),
@@ -312,3 +360,19 @@ class ProtocolStore(TaskStore):
             for i in ids:
                 self._event(tx, "worker.offline", f"worker:{i}", None, "dispatcher")
         return ids
+
+
+def _uncovered(pieces: list[tuple[int, bytes]], held: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+    """The parts of (pos, data) pieces outside the [start, end) ranges already held."""
+    out = []
+    for pos, data in pieces:
+        cursor, end = pos, pos + len(data)
+        for start, stop in sorted(held):
+            if stop <= cursor or start >= end:
+                continue
+            if start > cursor:
+                out.append((cursor, data[cursor - pos:start - pos]))
+            cursor = max(cursor, stop)
+        if cursor < end:
+            out.append((cursor, data[cursor - pos:]))
+    return out

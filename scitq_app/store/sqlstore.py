@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
@@ -25,6 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_BATCH = "Default"
 TOKEN_PREFIX = "scitq_"
 LAST_USED_EVERY = 60.0  # seconds between two last_used writes for one token
+WORKER_TOKEN_CACHE_SECONDS = 30.0
+PEOPLE_TOKEN_CACHE_SECONDS = 2.0
 
 
 def hash_secret(secret: str) -> str:
@@ -103,7 +106,9 @@ class SqlStore(Store):
         self.clock = clock
         self.sql = queries.load(self.dialect)
         self._token_cache: dict[str, tuple[float, Identity | None]] = {}
-        self._last_used: dict[str, float] = {}
+        self._last_used: dict[int, float] = {}
+        self._touched: dict[int, float] = {}  # token id -> last use not yet written
+        self._touch_lock = threading.Lock()
 
     # --- transactions -------------------------------------------------------
     @contextmanager
@@ -356,24 +361,35 @@ class SqlStore(Store):
         now = self.clock()
         h = hash_secret(secret)
         cached = self._token_cache.get(h)
-        # A short cache keeps 2,000 heart-beating workers from costing a query each;
-        # revocation through this store clears it, elsewhere it lapses within 2 s.
-        if cached is not None and now - cached[0] < 2.0:
-            return cached[1]
-
-        def do(tx: Tx) -> Identity | None:
-            row = tx.one("token_by_hash", hash=h)
-            if row is None or row["revoked"] is not None:
-                return None
-            if now - self._last_used.get(h, 0.0) > LAST_USED_EVERY:
-                self._last_used[h] = now
-                tx.run("token_touch", id=row["id"], now=now)
-            return Identity(row["name"], Role(row["role"]), row["worker_id"])
-        ident = self._run(do, write=now - self._last_used.get(h, 0.0) > LAST_USED_EVERY)
-        if len(self._token_cache) > 10_000:
-            self._token_cache.clear()
-        self._token_cache[h] = (now, ident)
+        # Worker tokens are cached for several heartbeat periods, so 2,000 heart-beating
+        # workers do not cost a query each; people's tokens only briefly, so a revocation
+        # made elsewhere (the CLI on the server host, another server process) bites fast.
+        # Revocation through this store clears the cache at once.
+        if cached is not None and now - cached[0] < (
+                WORKER_TOKEN_CACHE_SECONDS if cached[1] is not None and cached[1].role == Role.WORKER
+                else PEOPLE_TOKEN_CACHE_SECONDS):
+            ident = cached[1]
+        else:
+            row = self._run(lambda tx: tx.one("token_by_hash", hash=h), write=False)
+            ident = None
+            if row is not None and row["revoked"] is None:
+                ident = Identity(row["name"], Role(row["role"]), row["worker_id"], token_id=int(row["id"]))
+            if len(self._token_cache) > 10_000:
+                self._token_cache.clear()
+            self._token_cache[h] = (now, ident)
+        if ident is not None and ident.token_id is not None:
+            with self._touch_lock:
+                if now - self._last_used.get(ident.token_id, 0.0) > LAST_USED_EVERY:
+                    self._last_used[ident.token_id] = now
+                    self._touched[ident.token_id] = now
         return ident
+
+    def flush_token_use(self) -> None:
+        with self._touch_lock:
+            touched, self._touched = self._touched, {}
+        if touched:
+            self._run(lambda tx: tx.many("token_touch", [{"id": i, "now": t} for i, t in touched.items()]),
+                      write=True)
 
     @read
     def has_people_tokens(self, tx: Tx) -> bool:

@@ -63,6 +63,15 @@ def test_append_is_idempotent_by_offset(store, start):
     assert store.read_output(e["id"], "stdout").data == b"abcdef"
 
 
+def test_a_resend_cut_into_other_chunks_fills_only_what_is_missing(store, start):
+    # A restarted worker ships a log from offset 0 again, in one chunk where the first run sent two.
+    e = start("running")
+    store.append_output(e["id"], e["worker_id"], "stdout", 0, b"abc", False, HEAD, TAIL)
+    store.append_output(e["id"], e["worker_id"], "stdout", 5, b"fg", False, HEAD, TAIL)
+    assert store.append_output(e["id"], e["worker_id"], "stdout", 0, b"abcdefghij", False, HEAD, TAIL) == 10
+    assert store.read_output(e["id"], "stdout").data == b"abcdefghij"
+
+
 def test_chunks_arriving_out_of_order_read_back_in_order(store, start):
     e = start("running")
     store.append_output(e["id"], e["worker_id"], "stdout", 4, b"4567", False, HEAD, TAIL)

@@ -25,12 +25,22 @@ def test_create_list_and_authenticate(store, clock):
     assert store.authenticate(bob_secret).role == Role.USER
 
 
-def test_authentication_records_last_use(store, clock):
+def test_authentication_records_last_use_at_most_once_a_minute_when_flushed(store, clock):
     _, secret = store.create_token("alice", "user")
     clock.advance(5)
+    used = clock()
     store.authenticate(secret)
-    [t] = store.list_tokens()
-    assert t.last_used == clock()
+    assert store.list_tokens()[0].last_used is None, "noted in memory, not written per request"
+    store.flush_token_use()
+    assert store.list_tokens()[0].last_used == used
+    clock.advance(30)
+    store.authenticate(secret)
+    store.flush_token_use()
+    assert store.list_tokens()[0].last_used == used, "not rewritten within a minute"
+    clock.advance(31)
+    store.authenticate(secret)
+    store.flush_token_use()
+    assert store.list_tokens()[0].last_used == clock()
 
 
 @pytest.mark.parametrize("secret", ["", "scitq_", "scitq_wrong", "nonsense", "scitq_" + "x" * 500])

@@ -13,6 +13,8 @@ from typing import Any
 from .postgres import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# remotes (s3, gcs) that test servers accept in URIs, so `s3://bucket/file` is a valid example
+EXAMPLE_RCLONE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rclone-examples.conf")
 
 
 def scitq_env(**extra: str) -> dict[str, str]:
@@ -56,8 +58,9 @@ class ServerProcess:
         return f"http://{self.listen}:{self.port}"
 
     def start(self, wait: bool = True) -> "ServerProcess":
-        env = scitq_env(SCITQ_SERVER_DATABASE=self.database, SCITQ_SERVER_PORT=str(self.port),
-                        SCITQ_SERVER_LISTEN=self.listen, **self.extra_env)
+        env = scitq_env(**{"SCITQ_SERVER_RCLONE_CONFIG": EXAMPLE_RCLONE_CONFIG,
+                           "SCITQ_SERVER_DATABASE": self.database, "SCITQ_SERVER_PORT": str(self.port),
+                           "SCITQ_SERVER_LISTEN": self.listen, **self.extra_env})
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "scitq_app", "server", *self.args], cwd=self.workdir,
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)

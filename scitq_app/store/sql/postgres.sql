@@ -40,6 +40,40 @@ ORDER BY t.priority DESC, t.id
 LIMIT :n
 FOR UPDATE OF t SKIP LOCKED
 
+-- name: claim_all
+WITH picked AS (
+    SELECT t.id FROM task t
+    WHERE t.status = 'pending'
+      AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
+      AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
+      AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
+      AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
+      AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
+    ORDER BY t.priority DESC, t.id
+    LIMIT :n
+    FOR UPDATE OF t SKIP LOCKED),
+numbered AS MATERIALIZED (
+    SELECT id, nextval(pg_get_serial_sequence('execution', 'id')) AS eid FROM picked),
+marked AS (
+    UPDATE task SET status = 'assigned', attempts = attempts + 1, current_execution_id = numbered.eid,
+        status_changed = CAST(:now AS DOUBLE PRECISION), modified = CAST(:now AS DOUBLE PRECISION)
+    FROM numbered WHERE task.id = numbered.id
+    RETURNING task.*, numbered.eid),
+inserted AS (
+    INSERT INTO execution (id, task_id, attempt, worker_id, status, lease_expires, assigned, command, shell,
+                           container, container_options, inputs, resources, output, run_timeout, download_timeout,
+                           created, modified)
+    SELECT m.eid, m.id, m.attempts, CAST(:worker_id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
+           CAST(:now AS DOUBLE PRECISION), m.command, m.shell, m.container, m.container_options, m.inputs,
+           m.resources, m.output, m.run_timeout, m.download_timeout, CAST(:now AS DOUBLE PRECISION),
+           CAST(:now AS DOUBLE PRECISION)
+    FROM marked m
+    RETURNING *)
+SELECT i.*, m.name AS task_name, b.name AS batch, m.cpu AS cpu_request, w.name AS worker_name
+FROM inserted i JOIN marked m ON m.id = i.task_id JOIN batch b ON b.id = m.batch_id
+LEFT JOIN worker w ON w.id = i.worker_id
+ORDER BY m.priority DESC, m.id
+
 -- name: leases_expired
 SELECT e.id, e.task_id FROM execution e JOIN task t ON t.id = e.task_id
 WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
@@ -65,3 +99,19 @@ FROM json_to_recordset(CAST(:rows AS json)) AS r(
 -- name: dependency_insert_json
 INSERT INTO task_dependency (task_id, required_id)
 SELECT r.task_id, r.required_id FROM json_to_recordset(CAST(:rows AS json)) AS r(task_id BIGINT, required_id BIGINT)
+
+-- name: worker_heartbeat_json
+UPDATE worker SET last_seen = r.now, stats = r.stats,
+    status = CASE WHEN worker.status IN ('starting', 'offline', 'lost') THEN worker.setting ELSE worker.status END
+FROM json_to_recordset(CAST(:rows AS json)) AS r(id BIGINT, stats TEXT, now DOUBLE PRECISION)
+WHERE worker.id = r.id
+
+-- name: signal_ack_one_json
+DELETE FROM signal USING json_to_recordset(CAST(:rows AS json)) AS r(worker_id BIGINT, id BIGINT)
+WHERE signal.id = r.id AND signal.worker_id = r.worker_id
+
+-- name: lease_renew_one_json
+UPDATE execution SET lease_expires = r.lease_expires
+FROM json_to_recordset(CAST(:rows AS json)) AS r(id BIGINT, worker_id BIGINT, lease_expires DOUBLE PRECISION)
+WHERE execution.id = r.id AND execution.worker_id = r.worker_id
+  AND execution.status IN ('assigned', 'running', 'uploading')

@@ -176,9 +176,9 @@ WHERE id = :id
 SELECT e.id FROM execution e JOIN task t ON t.current_execution_id = e.id
 WHERE e.id IN {{ints :ids}} AND e.worker_id = :worker_id AND e.status IN ('assigned', 'running', 'uploading')
 
--- name: lease_renew
+-- name: lease_renew_one
 UPDATE execution SET lease_expires = :lease_expires
-WHERE worker_id = :worker_id AND id IN {{ints :ids}} AND status IN ('assigned', 'running', 'uploading')
+WHERE id = :id AND worker_id = :worker_id AND status IN ('assigned', 'running', 'uploading')
 
 -- name: deadlines_passed
 SELECT id, task_id FROM execution
@@ -224,8 +224,8 @@ INSERT INTO signal (worker_id, execution_id, action, created) VALUES (:worker_id
 -- name: signal_list
 SELECT id, execution_id, action FROM signal WHERE worker_id = :worker_id ORDER BY id
 
--- name: signal_ack
-DELETE FROM signal WHERE worker_id = :worker_id AND id IN {{ints :ids}}
+-- name: signal_ack_one
+DELETE FROM signal WHERE worker_id = :worker_id AND id = :id
 
 -- ---------------------------------------------------------------- workers
 
@@ -268,7 +268,13 @@ UPDATE worker SET last_seen = :now,
 WHERE id = :id
 
 -- name: worker_heartbeat
-UPDATE worker SET last_seen = :now, stats = :stats, status = :status WHERE id = :id
+UPDATE worker SET last_seen = :now, stats = :stats,
+    status = CASE WHEN status IN ('starting', 'offline', 'lost') THEN setting ELSE status END
+WHERE id = :id
+
+-- name: worker_settings
+SELECT w.concurrency, w.prefetch, w.setting, b.name AS batch
+FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
 
 -- name: worker_active_executions
 SELECT * FROM execution WHERE worker_id = :worker_id AND status IN ('assigned', 'running', 'uploading')
