@@ -31,7 +31,8 @@ deps=$("$VENV/bin/python" -c 'import tomllib; p = tomllib.load(open("pyproject.t
 echo "==> running the tests (SQLite and PostgreSQL)"
 export SCITQ_TEST_REQUIRE_PG=1 SCITQ_TEST_REQUIRE_CONTAINERS=1
 set +e
-"$VENV/bin/python" -m pytest -q "$@"
+# SCITQ_TEST_JOBS: how many tests run at once (pytest-xdist); 1 runs them one by one
+"$VENV/bin/python" -m pytest -q -n "${SCITQ_TEST_JOBS:-3}" "$@"
 rc=$?
 set -e
 if [ $rc = 5 ]; then echo "no tests ran: that is a failure" >&2; exit 1; fi

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 from .. import __version__
 from ..config import Config, load_config
-from ..errors import ConfigError, MissingDependency, ScitqError, UsageError
+from ..errors import MissingDependency, ScitqError, UsageError
 
 COMMON_OPTIONS = """
 Common options:
@@ -185,8 +185,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         docopt, DocoptExit = _docopt()
         try:
             top = docopt(__doc__, argv=argv, default_help=False, version=None, options_first=True)
-        except DocoptExit as e:
-            raise UsageError(f"invalid arguments; see `scitq --help`") from None
+        except DocoptExit:
+            raise UsageError("invalid arguments; see `scitq --help`") from None
         if top["--version"]:
             print(f"scitq {__version__}", file=out)
             return 0

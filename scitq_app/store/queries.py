@@ -1,7 +1,8 @@
 """Named SQL queries read from the package's `.sql` resource files.
 
 A file is a sequence of `-- name: NAME` headers, each followed by one
-statement. `queries.sql` holds the text shared by both databases; `sqlite.sql`
+statement, and `-- fragment: NAME` headers followed by a piece of SQL that
+statements include with `{{include NAME}}` (a filter several queries share). `queries.sql` holds the text shared by both databases; `sqlite.sql`
 and `postgres.sql` hold what only one dialect can say and override shared
 names. Two macros keep list parameters portable:
 `{{ints :p}}` and `{{strs :p}}` expand to a sub-select over a JSON array
@@ -14,7 +15,8 @@ import re
 from functools import lru_cache
 from importlib import resources
 
-_HEADER = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.M)
+_HEADER = re.compile(r"^--\s*((?:name|fragment):\s*[a-z0-9_]+)\s*$", re.M)
+_INCLUDE = re.compile(r"\{\{include\s+([a-z0-9_]+)\}\}")
 _MACRO = re.compile(r"\{\{(ints|strs)\s+:([a-z_]+)\}\}")
 
 _MACROS = {
@@ -52,15 +54,21 @@ def list_resources(*parts: str) -> list[str]:
 
 
 def parse(text: str) -> dict[str, str]:
-    """Split a queries file into {name: statement}."""
+    """Split a queries file into {name: statement}; fragments are keyed "fragment:NAME"."""
     out: dict[str, str] = {}
     pieces = _HEADER.split(text)
     for i in range(1, len(pieces), 2):
-        name, body = pieces[i], pieces[i + 1].strip().rstrip(";").strip()
-        if name in out:
-            raise ValueError(f"query {name} defined twice")
-        out[name] = body
+        kind, _, name = pieces[i].partition(":")
+        key = name.strip() if kind == "name" else "fragment:" + name.strip()
+        body = pieces[i + 1].strip().rstrip(";").strip()
+        if key in out:
+            raise ValueError(f"query {key} defined twice")
+        out[key] = body
     return out
+
+
+def _include(sql: str, fragments: dict[str, str]) -> str:
+    return _INCLUDE.sub(lambda m: fragments["fragment:" + m.group(1)], sql)
 
 
 def expand(sql: str, dialect: str) -> str:
@@ -76,10 +84,13 @@ def ddl(text: str, dialect: str) -> str:
 
 @lru_cache(maxsize=None)
 def load(dialect: str) -> dict[str, str]:
-    """All queries for a dialect: shared ones overridden by the dialect's own."""
+    """All queries for a dialect: shared ones overridden by the dialect's own,
+    fragments included, macros expanded."""
     merged = parse(read_resource("sql", "queries.sql"))
     merged.update(parse(read_resource("sql", f"{dialect}.sql")))
-    return {name: expand(sql, dialect) for name, sql in merged.items()}
+    fragments = {k: v for k, v in merged.items() if k.startswith("fragment:")}
+    return {name: expand(_include(sql, fragments), dialect) for name, sql in merged.items()
+            if not name.startswith("fragment:")}
 
 
 def split_statements(text: str) -> list[str]:

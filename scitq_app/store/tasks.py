@@ -1,7 +1,6 @@
 """Tasks, their dependencies, executions and output, as people see them."""
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
@@ -202,7 +201,7 @@ class TaskStore(SqlStore):
         row = dict(self._task_row(tx, task_id, lock=True))
         unknown = set(changes) - TASK_DEFINITION_FIELDS - TASK_ANYTIME_FIELDS
         if unknown:
-            raise Invalid(f"cannot be changed", field=sorted(unknown)[0])
+            raise Invalid("cannot be changed", field=sorted(unknown)[0])
         definition = sorted(set(changes) & TASK_DEFINITION_FIELDS)
         if definition and row["status"] not in {s.value for s in TASK_EDITABLE_STATUSES}:
             raise Conflict(f"task {task_id} is {row['status']}: {', '.join(definition)} can only change while "

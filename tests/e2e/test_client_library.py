@@ -9,19 +9,6 @@ import pytest
 
 from scitq_app.client import Pending, Server
 from scitq_app.errors import ServerUnreachable
-from tests.support.cluster import Cluster
-
-
-@pytest.fixture
-def cluster(database_url, tmp_path):
-    c = Cluster(database_url, str(tmp_path)).start()
-    try:
-        yield c
-    except BaseException:
-        print(c.diagnostics())
-        raise
-    finally:
-        c.stop()
 
 
 def test_join_waits_for_every_task_relaunches_failures_and_prints_progress(cluster, tmp_path):

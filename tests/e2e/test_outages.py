@@ -13,21 +13,9 @@ import pytest
 
 from scitq_app.client import Server
 from tests.support import netns
-from tests.support.cluster import FAST, Cluster
+from tests.support.cluster import FAST
 from tests.support.processes import (ServerProcess, WorkerProcess, api, read_text, rss_kib, scitq_env,
                                      wait_for)
-
-
-@pytest.fixture
-def cluster(database_url, tmp_path):
-    c = Cluster(database_url, str(tmp_path)).start()
-    try:
-        yield c
-    except BaseException:
-        print(c.diagnostics())
-        raise
-    finally:
-        c.stop()
 
 
 @pytest.mark.slow

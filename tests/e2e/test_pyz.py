@@ -20,7 +20,7 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from typing import Iterator
+
 
 import pytest
 

@@ -5,22 +5,9 @@ import os
 import signal
 import time
 
-import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.processes import wait_for
-
-
-@pytest.fixture
-def cluster(database_url, tmp_path):
-    c = Cluster(database_url, str(tmp_path)).start()
-    try:
-        yield c
-    except BaseException:
-        print(c.diagnostics())
-        raise
-    finally:
-        c.stop()
 
 
 def _worker_id(cluster: Cluster, name: str) -> int:

@@ -18,7 +18,9 @@ DIALECTS = ["sqlite", "postgres"]
 
 
 def parsed(fname: str) -> dict[str, str]:
-    return queries.parse(queries.read_resource("sql", fname))
+    """The statements of a file (fragments left out)."""
+    return {k: v for k, v in queries.parse(queries.read_resource("sql", fname)).items()
+            if not k.startswith("fragment:")}
 
 
 @pytest.mark.parametrize("fname", FILES)
@@ -31,6 +33,16 @@ def test_every_file_parses_into_named_queries_without_duplicates(fname):
         assert re.fullmatch(r"[a-z0-9_]+", name)
         assert sql and not sql.endswith(";"), name
         assert "-- name:" not in sql
+
+
+def test_fragments_are_included_where_named_and_never_loaded_as_queries():
+    for dialect in DIALECTS:
+        loaded = queries.load(dialect)
+        assert not any(k.startswith("fragment:") for k in loaded)
+        assert "{{include" not in loaded["claim_pick"]
+        assert "t.status = 'pending'" in loaded["claim_pick"] and "t.status = 'pending'" in loaded["claim_probe"]
+    with pytest.raises(KeyError):
+        queries._include("SELECT 1 WHERE {{include nothing}}", {})
 
 
 def test_a_name_defined_twice_is_refused():

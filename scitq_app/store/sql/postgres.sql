@@ -30,12 +30,7 @@ WHERE e.id = :id FOR UPDATE OF e
 
 -- name: claim_pick
 SELECT t.id FROM task t
-WHERE t.status = 'pending'
-  AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
-  AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
-  AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
-  AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
-  AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
+WHERE {{include claimable}}
 ORDER BY t.priority DESC, t.id
 LIMIT :n
 FOR UPDATE OF t SKIP LOCKED
@@ -43,12 +38,7 @@ FOR UPDATE OF t SKIP LOCKED
 -- name: claim_all
 WITH picked AS (
     SELECT t.id FROM task t
-    WHERE t.status = 'pending'
-      AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
-      AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
-      AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
-      AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
-      AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
+    WHERE {{include claimable}}
     ORDER BY t.priority DESC, t.id
     LIMIT :n
     FOR UPDATE OF t SKIP LOCKED),

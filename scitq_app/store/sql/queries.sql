@@ -291,14 +291,17 @@ UPDATE worker SET status = 'offline', modified = :now WHERE id IN {{ints :ids}}
 
 -- ---------------------------------------------------------------- claim
 
--- name: claim_probe
-SELECT t.id FROM task t
-WHERE t.status = 'pending'
+-- fragment: claimable
+t.status = 'pending'
   AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
   AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
   AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
   AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
   AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
+
+-- name: claim_probe
+SELECT t.id FROM task t
+WHERE {{include claimable}}
 LIMIT 1
 
 -- name: claim_mark
