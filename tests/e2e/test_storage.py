@@ -25,6 +25,7 @@ import pytest
 from scitq_app.errors import Invalid
 from tests.support.cluster import Cluster
 from tests.support.processes import read_text, scitq_env, wait_for
+from tests.support.samples import FILTER, expected_results, reads
 from tests.support.storage import StorageServer, write_config
 
 pytestmark = pytest.mark.slow
@@ -324,46 +325,17 @@ def test_an_upload_cut_by_a_storage_outage_is_not_promoted_and_the_retry_leaves_
 
 # --- a lab's job ---------------------------------------------------------------------------------
 
-FILTER = r"""set -e
-s={sample}
-zcat $INPUT/${{s}}_R1.fastq.gz | paste - - - - > $TEMP/r1.tsv
-zcat $INPUT/${{s}}_R2.fastq.gz | paste - - - - > $TEMP/r2.tsv
-paste $TEMP/r1.tsv $TEMP/r2.tsv | awk -F '\t' -v s=$s -v o1=$OUTPUT/${{s}}_R1.filtered.fastq \
-  -v o2=$OUTPUT/${{s}}_R2.filtered.fastq -v rep=$OUTPUT/report.json '
-  {{ n++ }}
-  length($2) >= 50 && length($6) >= 50 && $2 !~ /N/ && $6 !~ /N/ {{
-    k++; print $1 "\n" $2 "\n" $3 "\n" $4 > o1; print $5 "\n" $6 "\n" $7 "\n" $8 > o2 }}
-  END {{ printf "{{\"sample\": \"%s\", \"pairs\": %d, \"kept\": %d}}\n", s, n, k > rep }}'
-touch $OUTPUT/${{s}}_R1.filtered.fastq $OUTPUT/${{s}}_R2.filtered.fastq
-echo "$s done"
-"""
-
-
-def _reads(rnd: random.Random, sample: str, mate: int, n: int) -> list[tuple[str, str, str, str]]:
-    out = []
-    for i in range(n):
-        seq = "".join(rnd.choice("ACGT" * 30 + "N") for _ in range(rnd.randint(30, 120)))
-        out.append((f"@{sample}.{i}/{mate}", seq, "+", "I" * len(seq)))
-    return out
-
-
 def test_a_sample_job_filters_reads_from_the_bucket_into_results_per_sample(world, diagnose):
     rnd = random.Random(4)
     samples = ["S01", "S02", "S03"]
     expected: dict[str, dict[str, bytes]] = {}
     specs = []
     for s in samples:
-        r1, r2 = _reads(rnd, s, 1, 400), _reads(rnd, s, 2, 400)
-        for mate, reads in ((1, r1), (2, r2)):
+        r1, r2 = reads(rnd, s, 1, 400), reads(rnd, s, 2, 400)
+        for mate, rs in ((1, r1), (2, r2)):
             put(world.s3, f"runs/run1/{s}_R{mate}.fastq.gz",
-                gzip.compress("".join("\n".join(r) + "\n" for r in reads).encode()))
-        kept = [(a, b) for a, b in zip(r1, r2)
-                if len(a[1]) >= 50 and len(b[1]) >= 50 and "N" not in a[1] and "N" not in b[1]]
-        expected[s] = {
-            f"{s}_R1.filtered.fastq": "".join("\n".join(a) + "\n" for a, _ in kept).encode(),
-            f"{s}_R2.filtered.fastq": "".join("\n".join(b) + "\n" for _, b in kept).encode(),
-            "report.json": json.dumps({"sample": s, "pairs": len(r1), "kept": len(kept)}).encode() + b"\n",
-        }
+                gzip.compress("".join("\n".join(r) + "\n" for r in rs).encode()))
+        expected[s] = expected_results(s, r1, r2)
         specs.append({"command": FILTER.format(sample=s), "shell": "sh", "batch": "lab", "name": s,
                       "inputs": [world.s3.uri(f"runs/run1/{s}_R1.fastq.gz"),
                                  world.s3.uri(f"runs/run1/{s}_R2.fastq.gz")],
