@@ -13,14 +13,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from tests.conftest import _pg_run
-from tests.support.processes import ROOT, ServerProcess, api, scitq_env
+from tests.support.processes import ROOT, ServerProcess, api, scitq_env, wait_for  # noqa: F401 (wait_for: for the tests here)
 
 PREFIX = "/api/v1"
 
@@ -49,17 +48,6 @@ def assert_error_body(body: Any) -> None:
         assert isinstance(body["data"], dict), body
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- databases -------------------------------------------------------------------
