@@ -20,6 +20,13 @@ from tests.support.postgres import ThrowawayPostgres  # noqa: E402
 BACKENDS = ["sqlite", "postgres"]
 
 
+def no_postgres() -> None:
+    """Skip the running test for want of PostgreSQL, or fail it when CI requires PostgreSQL."""
+    if os.environ.get("SCITQ_TEST_REQUIRE_PG") == "1":
+        pytest.fail("PostgreSQL is required (SCITQ_TEST_REQUIRE_PG=1) but none is available")
+    pytest.skip("no PostgreSQL available (set SCITQ_TEST_PG_DSN)")
+
+
 class FakeClock:
     """A clock tests move by hand."""
 
@@ -72,9 +79,7 @@ def database_url(backend: str, tmp_path, pg_admin_dsn) -> Iterator[str]:
         yield f"sqlite:///{tmp_path}/scitq.db"
         return
     if pg_admin_dsn is None:
-        if os.environ.get("SCITQ_TEST_REQUIRE_PG") == "1":
-            pytest.fail("PostgreSQL is required (SCITQ_TEST_REQUIRE_PG=1) but none is available")
-        pytest.skip("no PostgreSQL available (set SCITQ_TEST_PG_DSN)")
+        no_postgres()
     name = "scitq_t_" + uuid.uuid4().hex[:12]
     _pg_run(pg_admin_dsn, f"CREATE DATABASE {name}")
     base = pg_admin_dsn.rsplit("/", 1)[0]

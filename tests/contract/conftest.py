@@ -9,12 +9,13 @@ only, with request bodies validated by `scitq_app.schema` as the server would.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import pytest
+
+from tests.conftest import no_postgres
 
 from scitq_app.schema import validate
 
@@ -92,9 +93,7 @@ def _empty_database(backend: str, sqlite_path: str, pool: DatabasePool | None) -
         yield f"sqlite:///{sqlite_path}"
         return
     if pool is None:
-        if os.environ.get("SCITQ_TEST_REQUIRE_PG") == "1":
-            pytest.fail("PostgreSQL is required (SCITQ_TEST_REQUIRE_PG=1) but none is available")
-        pytest.skip("no PostgreSQL available (set SCITQ_TEST_PG_DSN)")
+        no_postgres()
     name = pool.take()
     try:
         yield pool.url(name)

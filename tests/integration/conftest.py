@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import _pg_run
+from tests.conftest import _pg_run, no_postgres
 from tests.support.processes import ROOT, ServerProcess, api, scitq_env, wait_for  # noqa: F401 (wait_for: for the tests here)
 
 PREFIX = "/api/v1"
@@ -65,9 +64,7 @@ class Databases:
             path = tempfile.mkdtemp(prefix="db-", dir=self.tmpdir)
             return f"sqlite:///{path}/scitq.db"
         if self.pg_admin_dsn is None:
-            if os.environ.get("SCITQ_TEST_REQUIRE_PG") == "1":
-                pytest.fail("PostgreSQL is required (SCITQ_TEST_REQUIRE_PG=1) but none is available")
-            pytest.skip("no PostgreSQL available (set SCITQ_TEST_PG_DSN)")
+            no_postgres()
         name = "scitq_it_" + uuid.uuid4().hex[:12]
         _pg_run(self.pg_admin_dsn, f"CREATE DATABASE {name}")
         self.created.append(name)
