@@ -85,6 +85,14 @@ import sys
 if sys.version_info < (3, 10):
     sys.exit("scitq.pyz needs Python 3.10 or newer; this is Python %d.%d" % sys.version_info[:2])
 
+import os
+
+# install.sh points /usr/local/lib/scitq/scitq.pyz at a versioned release and swaps that link on
+# an upgrade. zipimport reopens the archive by path for each module it loads lazily, so a process
+# that outlives an upgrade (a worker draining its tasks) must keep reading the file it started from.
+if sys.path and os.path.isfile(sys.path[0]):
+    sys.path[0] = os.path.realpath(sys.path[0])
+
 from scitq_app.cli import main
 
 sys.exit(main())

@@ -14,6 +14,8 @@ from .schema import json_schema, SPECS
 PEOPLE = ("admin", "user")
 ADMIN = ("admin",)
 WORKER = ("admin", "worker")
+REGISTER = ("admin", "join", "worker")   # a worker token only for its own worker's name
+ANY_TOKEN = ("admin", "user", "worker", "join")
 PUBLIC: tuple[str, ...] = ()
 
 
@@ -96,6 +98,8 @@ R = Route
 ROUTES: tuple[Route, ...] = (
     R("GET", "/health", "health", "liveness and version", PUBLIC, tags=("meta",)),
     R("GET", "/openapi.json", "openapi", "this document", PUBLIC, tags=("meta",)),
+    R("GET", "/whoami", "whoami", "the calling token: its name, role and worker (null but for worker tokens)",
+      ANY_TOKEN, tags=("meta",)),
     # tasks
     R("GET", "/tasks", "list_tasks", "list tasks (keyset pagination: pass next as after)", PEOPLE,
       query=(Query("batch", "str", "batch name"), Query("status", "csv", "statuses", choices=_TASK_STATUSES),
@@ -145,8 +149,9 @@ ROUTES: tuple[Route, ...] = (
     R("POST", "/workers/<id:int>/signal", "signal_worker", "worker-level signal (clean)", PEOPLE,
       body="worker_signal", tags=("workers",)),
     # worker protocol
-    R("POST", "/workers/register", "register", "register a worker; returns its id and token", ADMIN,
-      body="register", status=201, tags=("protocol",)),
+    R("POST", "/workers/register", "register", "register a worker; returns its id and token. With a join "
+      "token: spends one use, honours its pinned name and batch. Refused (409) under the name of a live worker "
+      "unless with that worker's own token", REGISTER, body="register", status=201, tags=("protocol",)),
     R("POST", "/workers/<id:int>/claim", "claim", "claim executions (long-polls when none is pending)", WORKER,
       body="claim", tags=("protocol",)),
     R("POST", "/workers/<id:int>/heartbeat", "heartbeat", "stats in; settings, signals and fenced executions "
@@ -165,6 +170,10 @@ ROUTES: tuple[Route, ...] = (
     R("POST", "/tokens", "create_token", "create an API token; its secret is shown once", ADMIN,
       body="token_create", status=201, tags=("admin",)),
     R("DELETE", "/tokens/<name>", "revoke_token", "revoke a token", ADMIN, tags=("admin",)),
+    R("POST", "/join-tokens", "create_join_token", "mint a join token for new workers (uses, ttl, optional "
+      "batch and worker name); join_token is its secret, followed by '.' and the sha256 of the server's TLS "
+      "certificate when [server] tls_certificate is set", ADMIN, body="join_token_create", status=201,
+      tags=("admin",)),
     R("GET", "/rclone-config", "rclone_config", "the server's rclone config (a secret), for `scitq config rclone "
       "--install` on another machine", ADMIN, tags=("admin",)),
     R("GET", "/events", "list_events", "the audit log", PEOPLE,

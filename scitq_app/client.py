@@ -13,6 +13,7 @@ Errors come back as the same `ScitqError` subclasses the server raised
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import queue
@@ -26,9 +27,52 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import __version__
-from .errors import BY_KIND, ScitqError, ServerUnreachable
+from .errors import BY_KIND, ConfigError, ScitqError, ServerUnreachable, TlsMismatch, TlsUntrusted
 
 API = "/api/v1"
+
+
+def normalize_fingerprint(text: str, where: str = "fingerprint") -> str:
+    """A sha256 fingerprint as 64 lowercase hex digits; accepts `AB:CD:...` (openssl's
+    form) and a `sha256:` prefix. ConfigError for anything else."""
+    fp = text.strip().lower()
+    if fp.startswith("sha256:"):
+        fp = fp[len("sha256:"):]
+    fp = fp.replace(":", "")
+    if len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
+        raise ConfigError(f"{where} must be the sha256 of the server's certificate (64 hex digits), "
+                          f"not {text.strip()[:80]!r}")
+    return fp
+
+
+def split_join_token(text: str) -> tuple[str, str | None]:
+    """(secret, fingerprint or None) of a join token `SECRET[.SHA256]`."""
+    secret, dot, fp = text.strip().rpartition(".")
+    if not dot:
+        return text.strip(), None
+    return secret, normalize_fingerprint(fp, "the join token's fingerprint")
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a server whose certificate is pinned by its sha256: the pin replaces
+    the CA and host name checks, and nothing is sent before the pin matched."""
+
+    def __init__(self, host: str, port: int, fingerprint: str, timeout: float) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.fingerprint = fingerprint
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True) or b""  # type: ignore[union-attr]
+        got = hashlib.sha256(der).hexdigest()
+        if got != self.fingerprint:
+            self.close()
+            raise TlsMismatch(f"the TLS certificate of {self.host}:{self.port} has sha256 fingerprint {got}, but "
+                              f"{self.fingerprint} is pinned: refusing to talk to it (a wrong pin, a renewed "
+                              "certificate, or someone in between)", expected=self.fingerprint, got=got)
 
 
 class Server:
@@ -39,10 +83,15 @@ class Server:
     until the server answers again (for up to `outage` seconds), and writes go
     through one background queue, in order, retried the same way; they then
     return `Pending` results that block when first used. Submissions carry an
-    idempotency key, so a retried submit never creates tasks twice."""
+    idempotency key, so a retried submit never creates tasks twice.
 
-    def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, timeout: float = 30.0,
-                 resilient: bool = False, outage: float = 86400.0,
+    `fingerprint` pins an https server's certificate by the sha256 of its DER
+    (hex): the certificate must be that one, whoever signed it and whatever
+    names it holds; a different one raises `TlsMismatch` before anything is
+    sent. Without it, https verifies the certificate and host name as usual."""
+
+    def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, fingerprint: str | None = None,
+                 timeout: float = 30.0, resilient: bool = False, outage: float = 86400.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         parts = urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -53,6 +102,7 @@ class Server:
         self._port = parts.port or (443 if self._https else 80)
         self._base = parts.path.rstrip("/")
         self.token = token or None
+        self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
         self.timeout = timeout
         self.resilient = resilient
         self.outage = outage
@@ -66,7 +116,9 @@ class Server:
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self._https:
+            if self._https and self.fingerprint:
+                conn = PinnedHTTPSConnection(self._host, self._port, self.fingerprint, self.timeout)
+            elif self._https:
                 conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
                                                    context=ssl.create_default_context())
             else:
@@ -178,6 +230,15 @@ class Server:
                 if resp.getheader("Connection", "").lower() == "close":
                     self._drop()
                 break
+            except TlsMismatch:
+                self._drop()
+                raise
+            except ssl.SSLCertVerificationError as e:
+                self._drop()
+                raise TlsUntrusted(
+                    f"the TLS certificate of {self.url} is not trusted ({e.verify_message}): pin it with "
+                    "[worker] fingerprint or [client] fingerprint (its sha256, which join tokens carry), or "
+                    "give the server a certificate from a CA this host trusts") from None
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
                 self._drop()
                 # A kept-alive connection the server closed meanwhile: retry once on a new one.
@@ -196,6 +257,12 @@ class Server:
             payload = json.loads(raw) if raw else {}
         except ValueError:
             payload = {"error": "http", "detail": raw[:200].decode("utf-8", "replace")}
+        if status in (502, 503, 504):
+            # a proxy whose scitq server is down (an upgrade, a restart) or a server whose database
+            # is: an outage to wait out, like a refused connection, never a verdict on the request
+            what = payload.get("detail") if isinstance(payload, dict) and payload.get("error") != "http" else None
+            raise ServerUnreachable(f"scitq server at {self.url} is unavailable (HTTP {status}"
+                                    f"{': ' + str(what) if what else ''})", sent=True)
         if status >= 400:
             kind = payload.get("error", "error") if isinstance(payload, dict) else "error"
             detail = payload.get("detail", f"HTTP {status}") if isinstance(payload, dict) else f"HTTP {status}"
@@ -350,7 +417,21 @@ class Server:
     def outbox(self, worker_id: int, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         return self.post(f"/workers/{int(worker_id)}/outbox", {"items": list(items)})["results"]
 
+    def whoami(self) -> dict:
+        """The calling token: {name, role, worker_id}."""
+        return self.get("/whoami")
+
     # --- administration -----------------------------------------------------------
+    def create_join_token(self, uses: int = 1, ttl: float = 3600, batch: str | None = None,
+                          name: str | None = None) -> dict:
+        """Mint a join token: {token, join_token, fingerprint, server_url}."""
+        body: dict[str, Any] = {"uses": uses, "ttl": ttl}
+        if batch is not None:
+            body["batch"] = batch
+        if name is not None:
+            body["name"] = name
+        return self.post("/join-tokens", body)
+
     def tokens(self) -> list[dict]:
         return self.get("/tokens")["tokens"]
 

@@ -51,13 +51,24 @@ OPTIONS: dict[tuple[str, str], Option] = {
     ("server", "rclone_config"): _o("/etc/rclone.conf", "str",
                                     "rclone config handed to authenticated workers; its remotes are the URI "
                                     "schemes tasks may use (none there: only http, https, ftp and file URIs)"),
+    ("server", "tls_certificate"): _o("", "str", "PEM certificate the TLS proxy in front of this server presents "
+                                      "(install.sh: /etc/scitq/tls/scitq.crt); its sha256 fingerprint goes into "
+                                      "join tokens so workers pin it"),
+    ("server", "public_url"): _o("", "str", "URL workers use to reach this server (e.g. https://scitq.example.org); "
+                                 "printed with join tokens"),
     ("dispatcher", "interval"): _o(1.0, "float", "seconds between two rounds of the dispatcher loops", minimum=0.05),
     ("dispatcher", "lease"): _o(30.0, "float", "execution lease: seconds a worker has to renew it", minimum=1),
     ("dispatcher", "offline_after"): _o(60.0, "float", "seconds without heartbeat before a worker is offline",
                                         minimum=1),
     ("dispatcher", "lock_ttl"): _o(15.0, "float", "seconds the singleton dispatcher lock lasts unrenewed", minimum=1),
     ("worker", "server"): _o("", "str", "URL of the scitq server (default: [client] server)"),
-    ("worker", "token"): _o("", "str", "worker token, or an admin token used once to register", secret=True),
+    ("worker", "token"): _o("", "str", "this worker's own token (registration saves it in the worker's state; admin and user tokens are refused)", secret=True),
+    ("worker", "join_token"): _o("", "str", "join token (`scitq worker join-token` on the server): used once to "
+                                 "register; the worker then keeps its own credential", secret=True),
+    ("worker", "fingerprint"): _o("", "str", "sha256 of the server's TLS certificate to pin (hex; taken from the "
+                                  "join token when it carries one)"),
+    ("worker", "upgrade_deadline"): _o(3600.0, "float", "on an upgrade (SIGUSR1): seconds running tasks may take to "
+                                       "finish before they are handed back", minimum=0),
     ("worker", "name"): _o("", "str", "worker name (default: the host name)"),
     ("worker", "batch"): _o("", "str", "only run tasks of this batch (default: any running batch)"),
     ("worker", "concurrency"): _o(1, "int", "tasks run at once", minimum=0),
@@ -87,6 +98,10 @@ OPTIONS: dict[tuple[str, str], Option] = {
     ("worker", "transfer_retries"): _o(3, "int", "tries of a failed transfer (backoff 1, 2, 4... s)", minimum=1),
     ("client", "server"): _o("http://127.0.0.1:5000", "str", "URL of the scitq server (env SCITQ_SERVER too)"),
     ("client", "token"): _o("", "str", "API token (env SCITQ_TOKEN too)", secret=True),
+    ("client", "fingerprint"): _o("", "str", "sha256 of the server's TLS certificate to pin (hex), for a "
+                                  "self-signed certificate"),
+    ("client", "token_file"): _o("/etc/scitq/admin.token", "str", "file holding the API token, read when no token is "
+                                 "given and the server is on this host (install.sh writes it, mode 600)"),
     ("client", "timeout"): _o(30.0, "float", "seconds before an HTTP request gives up", minimum=0.1),
     ("log", "level"): _o("info", "choice", "log level", choices=("debug", "info", "warning", "error")),
 }

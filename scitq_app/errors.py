@@ -136,6 +136,30 @@ class ServerUnreachable(ScitqError):
     exit_code = 3
 
 
+class ServerConfigError(ConfigError):
+    """The server's configuration does not allow this."""
+
+    # The request is fine but the server's own config (e.g. an unreadable
+    # [server] tls_certificate) is not: a 4xx the admin can act on, not a 500 bug.
+    kind = "server_config"
+    http_status = 409
+
+
+class TlsMismatch(ScitqError):
+    """The server's TLS certificate is not the pinned one."""
+
+    # Never a ServerUnreachable: retrying cannot help, and the peer may be an impostor.
+    kind = "tls_mismatch"
+    exit_code = 6
+
+
+class TlsUntrusted(TlsMismatch):
+    """The server's TLS certificate is not trusted and no fingerprint pins it."""
+
+    # A self-signed certificate without a pin: waiting will not make it trusted.
+    kind = "tls_untrusted"
+
+
 class StorageError(ScitqError):
     """A storage transfer failed."""
 

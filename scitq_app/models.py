@@ -59,6 +59,11 @@ class WorkerStatus(str, Enum):
     DESTROYED = "destroyed"
 
 
+# A worker in one of these has no agent behind it any more: another agent may take its name.
+GONE_WORKER_STATUSES = frozenset({WorkerStatus.OFFLINE, WorkerStatus.LOST, WorkerStatus.EVICTED,
+                                  WorkerStatus.DESTROYED})
+
+
 class BatchStatus(str, Enum):
     RUNNING = "running"
     PAUSED = "paused"
@@ -69,6 +74,7 @@ class Role(str, Enum):
     ADMIN = "admin"
     USER = "user"
     WORKER = "worker"
+    JOIN = "join"      # registers workers only, a limited number of times, until it expires
 
 
 class Shell(str, Enum):
@@ -352,7 +358,11 @@ class ApiToken(Record):
     created: float | None = None
     last_used: float | None = None
     revoked: float | None = None
-    _times = ("created", "last_used", "revoked")
+    uses_left: int | None = None       # join tokens: registrations still allowed
+    expires: float | None = None       # join tokens: refused from this time on
+    pinned_batch: str | None = None    # join tokens: the batch the workers it registers join
+    pinned_name: str | None = None     # join tokens: the only worker name it registers
+    _times = ("created", "last_used", "revoked", "expires")
 
 
 @dataclass(frozen=True)
@@ -369,12 +379,15 @@ class Event(Record):
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: the token's name and role, and its worker for worker tokens."""
+    """Who is calling: the token's name and role, its worker for worker tokens, and
+    for join tokens their scope (the batch and worker name they pin, if any)."""
 
     name: str
     role: Role
     worker_id: int | None = None
     token_id: int | None = None
+    pinned_batch: str | None = None
+    pinned_name: str | None = None
 
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN

@@ -292,6 +292,13 @@ SPECS: dict[str, dict[str, Field]] = {
     },
     "outbox": {"items": _f("list", "reports and output, applied in order", required=True, maximum=10_000,
                            item="outbox_item")},
+    "join_token_create": {
+        "uses": _f("int", "workers it may register", minimum=1, maximum=10_000, default=1),
+        "ttl": _f("number", "seconds it stays valid (at most 30 days)", minimum=1, maximum=30 * 86400,
+                  default=3600),
+        "batch": _f("name", "batch the workers it registers join", nullable=True),
+        "name": _f("name", "the only worker name it registers", nullable=True),
+    },
     "token_create": {"name": _f("name", "token name", required=True),
                      "role": _f("enum", "admin, user or worker", required=True,
                                 choices=("admin", "user", "worker"))},

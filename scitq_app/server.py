@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from . import __version__
 from .api import PREFIX, ROUTES, Route, openapi_document, parse_query
 from .config import Config
 from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MissingDependency,
-                     NotFound, ScitqError, TooLarge, Unauthorized, UnsupportedMediaType)
+                     NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized, UnsupportedMediaType)
 from .models import Identity, Role
 from .schema import validate
 from .store import Store
@@ -137,6 +138,9 @@ class HeartbeatBuffer:
         self.flush()
 
 
+PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return True
@@ -231,7 +235,7 @@ class Api:
                 raise Unauthorized("the Authorization header must be 'Bearer TOKEN'")
             ident = self.store.authenticate(secret.strip())
             if ident is None:
-                raise Unauthorized("this token is unknown or revoked")
+                raise Unauthorized("this token is unknown or revoked, or a join token used up or expired")
             return ident
         if self.open_mode():
             return ANONYMOUS
@@ -252,6 +256,12 @@ class Api:
 
     def openapi(self, ident: Identity, **_: Any) -> dict:
         return openapi_document()
+
+    def whoami(self, ident: Identity, **_: Any) -> dict:
+        reply: dict[str, Any] = {"name": ident.name, "role": ident.role.value, "worker_id": ident.worker_id}
+        if ident.worker_id is not None:
+            reply["worker_name"] = self.store.get_worker(ident.worker_id).name
+        return reply
 
     # --- tasks ----------------------------------------------------------------
     def list_tasks(self, ident: Identity, query: dict, **_: Any) -> dict:
@@ -370,7 +380,7 @@ class Api:
 
     # --- worker protocol ------------------------------------------------------
     def register(self, ident: Identity, body: dict, **_: Any) -> dict:
-        worker, token = self.store.register_worker(body, actor=ident.name)
+        worker, token = self.store.register_worker(body, actor=ident.name, identity=ident)
         return {"worker": worker.to_dict(), "token": token, "lease": self.lease,
                 "heartbeat": min(self.config.worker.heartbeat, self.lease / 3),
                 "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail,
@@ -483,6 +493,15 @@ class Api:
     def revoke_token(self, ident: Identity, name: str, **_: Any) -> dict:
         return {"token": self.store.revoke_token(name, actor=ident.name).to_dict()}
 
+    def create_join_token(self, ident: Identity, body: dict, **_: Any) -> dict:
+        # Read at each request: a renewed certificate shows in the next token.
+        path = self.config.server.tls_certificate
+        fingerprint = certificate_fingerprint(path) if path else None
+        token, secret = self.store.create_join_token(body["uses"], body["ttl"], body.get("batch"), body.get("name"),
+                                                     actor=ident.name)
+        return {"token": token.to_dict(), "join_token": secret + ("." + fingerprint if fingerprint else ""),
+                "fingerprint": fingerprint, "server_url": self.config.server.public_url or None}
+
     def rclone_config(self, ident: Identity, **_: Any) -> dict:
         text, digest, remotes = self.rclone.current()
         return {"config": text, "hash": digest, "remotes": sorted(remotes), "path": self.rclone.path}
@@ -491,6 +510,30 @@ class Api:
         events = self.store.list_events(target=query.get("target"), after=query.get("after") or 0,
                                         limit=query.get("limit") or 100)
         return {"events": [e.to_dict() for e in events]}
+
+
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+
+
+def certificate_fingerprint(path: str) -> str:
+    """Lowercase hex sha256 of the DER of the first certificate in a PEM file (what
+    clients pin). ServerConfigError when the file is missing, unreadable or holds none."""
+    import ssl
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError as e:
+        raise ServerConfigError(f"cannot read the server's TLS certificate {path} ([server] tls_certificate): "
+                                f"{e.strerror or e}", path=path) from None
+    m = _PEM_CERT.search(text)
+    try:
+        der = ssl.PEM_cert_to_DER_cert(m.group(0)) if m else b""
+    except ValueError:
+        der = b""
+    if not der:
+        raise ServerConfigError(f"the server's TLS certificate {path} ([server] tls_certificate) holds no PEM "
+                                "certificate", path=path)
+    return hashlib.sha256(der).hexdigest()
 
 
 def _b64(text: str) -> bytes:
@@ -528,6 +571,9 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
             try:
                 # raw (latin-1) header: a non-UTF-8 value is just an unknown token, not an error
                 ident = api.identify(request.environ.get("HTTP_AUTHORIZATION"))
+                if ident is ANONYMOUS and any(h in request.environ for h in PROXY_HEADERS):
+                    # open mode is for this host only: a reverse proxy on it would open it to everyone
+                    ident = None
                 if route.roles:
                     if ident is None:
                         raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")

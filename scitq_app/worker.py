@@ -25,10 +25,10 @@ import time
 from typing import Any, Callable
 
 from . import __version__
-from .client import Server
+from .client import Server, normalize_fingerprint, split_join_token
 from .config import Config
 from .containers import make_runner
-from .errors import ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, Unauthorized
+from .errors import Conflict, ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, Unauthorized
 from .job import Job, Slots, Stager
 from .machine import Machine
 from .outbox import Outbox, StreamShipper
@@ -38,6 +38,7 @@ from .staging import RcloneStager
 log = logging.getLogger(__name__)
 
 CLAIM_WAIT = 5.0
+EXIT_UPGRADE = 75  # EX_TEMPFAIL: drained for an upgrade; systemd (Restart=on-failure) starts the new version
 CLEAN_EVERY = 30.0
 DISK_PRESSURE = 90.0  # % used on the work dir's disk before old failed work dirs are removed
 
@@ -62,8 +63,18 @@ class Worker:
                               "[worker] workdir or --workdir to a writable directory") from None
         self.state_dir = os.path.join(self.root, ".scitq")
         os.makedirs(self.state_dir, exist_ok=True)
+        # Credentials (see `_register_once`): this worker's own token, saved in its state once
+        # registered; else a join token; else [worker] token, which must be a worker token.
+        self.join_secret, join_pin = split_join_token(w.join_token) if w.join_token.strip() else (None, None)
+        self.config_token = w.token.strip() or None
+        self._token_warned = False
         self.client = client or Server(config.server_url(), None, timeout=config.client.timeout)
-        self.register_token = w.token or config.client.token or None
+        if self.client.fingerprint is None:
+            # The pin: [worker] fingerprint, else the one this worker registered with, else the join token's.
+            saved = self._load_state()
+            self.client.fingerprint = (
+                normalize_fingerprint(w.fingerprint, "[worker] fingerprint") if w.fingerprint.strip()
+                else saved.get("fingerprint") if self._is_own_state(saved) else None) or join_pin
         self.runner = runner or make_runner(config, self.root, self.state_dir)
         self.stager = stager or RcloneStager(self.root, os.path.join(self.state_dir, "rclone.conf"),
                                              rclone=w.rclone, retries=w.transfer_retries,
@@ -83,6 +94,9 @@ class Worker:
         self._jobs_lock = threading.Lock()
         self._acks: list[int] = []
         self.stopping = 0            # 0 running, 1 warm stop, 2 cold stop
+        self.upgrade_requested = False  # set by SIGUSR1 (install.sh upgrade): drain, then exit 75
+        self._upgrade_since: float | None = None
+        self._upgrade_forced = False
         self._wake = threading.Event()
         self._done = threading.Event()
         self._need_register = threading.Event()
@@ -107,10 +121,15 @@ class Worker:
             json.dump(state, f)
         os.replace(path + ".tmp", path)
 
+    def _is_own_state(self, state: dict[str, Any]) -> bool:
+        return bool(state.get("server") == self.client.url and state.get("name") == self.name
+                    and state.get("token") and state.get("worker_id"))
+
     def register(self) -> None:
-        """Re-attach with the saved worker token, or register anew. Retries while the server is away."""
+        """Re-attach with the saved worker token, or register anew. Retries while the server is away;
+        raises ConfigError when no credential it has may register this worker."""
         delay = 1.0
-        while self.stopping < 2:
+        while not self.stopping:  # stopped before it could register: nothing to finish, exit
             try:
                 self._register_once()
                 self._need_register.clear()
@@ -122,17 +141,64 @@ class Worker:
                 delay = min(delay * 2, 10.0)
 
     def _register_once(self) -> None:
+        """(a) this worker's own token (state.json) re-attaches it; (b) else a join token
+        registers it; (c) else [worker] token is adopted if it is a worker token (people's
+        tokens are refused); (d) else it registers with no credential (open mode)."""
         state = self._load_state()
-        if state.get("server") == self.client.url and state.get("name") == self.name and state.get("token"):
+        if self._is_own_state(state):
+            if self.config_token and self.config_token != state["token"] and not self._token_warned:
+                self._token_warned = True
+                log.warning("[worker] token is ignored: this worker re-attaches with its own token (kept in %s)",
+                            self._state_path())
             self.client.token = state["token"]
             self.worker_id = int(state["worker_id"])
+            self.head = int(state.get("head", self.head))
+            self.tail = int(state.get("tail", self.tail))
             try:
                 self._heartbeat()
                 self.say(f"scitq worker {self.name}: re-attached as worker {self.worker_id}")
                 return
             except (Unauthorized, NotFound, Forbidden):
-                pass
-        self.client.token = self.register_token
+                self.say(f"scitq worker {self.name}: the server no longer accepts this worker's token (deleted on "
+                         "the server?); registering again")
+        if self.join_secret:
+            self._register_with(self.join_secret, join=True)
+        elif self.config_token:
+            self._adopt(self.config_token)
+        else:
+            self._register_with(None, join=False)
+
+    def _adopt(self, token: str) -> None:
+        """[worker] token: a worker token of this worker is taken as its own; a join token
+        registers; people's tokens are refused (workers never hold admin rights)."""
+        self.client.token = token
+        try:
+            me = self.client.whoami()
+        except Unauthorized:
+            raise ConfigError("the server refuses [worker] token (unknown or revoked): give this worker a join "
+                              "token instead (`scitq worker join-token` on the server, then [worker] join_token "
+                              "or SCITQ_WORKER_JOIN_TOKEN)") from None
+        role = me.get("role")
+        if role == "join":
+            self._register_with(token, join=True)
+            return
+        if role != "worker":
+            raise ConfigError(f"[worker] token is {'an' if role == 'admin' else 'a'} {role} token, and a worker "
+                              "never runs with people's rights: mint a join token on the server (`scitq worker "
+                              "join-token`) and give it to this worker as [worker] join_token "
+                              "(SCITQ_WORKER_JOIN_TOKEN); it registers and keeps its own worker token")
+        if me.get("worker_name") not in (None, self.name):
+            raise ConfigError(f"[worker] token belongs to worker {me['worker_name']!r}, not {self.name!r}: set "
+                              f"[worker] name = {me['worker_name']}, or give this worker a join token instead")
+        self.worker_id = int(me["worker_id"])
+        self._heartbeat()
+        self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
+                          "token": token, "fingerprint": self.client.fingerprint, "head": self.head,
+                          "tail": self.tail})
+        self.say(f"scitq worker {self.name}: attached as worker {self.worker_id} with its worker token")
+
+    def _register_with(self, secret: str | None, join: bool) -> None:
+        self.client.token = secret
         try:
             reply = self.client.register(
                 name=self.name, hostname=self.machine.hostname, concurrency=self.settings["concurrency"],
@@ -141,9 +207,16 @@ class Worker:
                 cpu=float(self.config.worker.cpu or self.machine.cpu_count),
                 mem=float(self.config.worker.mem or round((self.machine.mem_total or 0) / 2**30, 1)) or None,
                 version=__version__)
-        except (Unauthorized, Forbidden) as e:
-            raise ConfigError(f"the server refused to register this worker: {e.message} (give an admin token "
-                              "in [worker] token or SCITQ_WORKER_TOKEN)") from None
+        except Unauthorized as e:
+            if join:
+                raise ConfigError("the server refused this worker's join token: it is used up, expired or revoked; "
+                                  "mint a new one on the server with `scitq worker join-token` and set it as "
+                                  "[worker] join_token") from None
+            raise ConfigError(f"the server requires a credential to register this worker ({e.message}): mint a "
+                              "join token on the server with `scitq worker join-token` and set it as [worker] "
+                              "join_token (SCITQ_WORKER_JOIN_TOKEN)") from None
+        except (Forbidden, Conflict) as e:
+            raise ConfigError(f"the server refused to register this worker: {e.message}") from None
         self.worker_id = int(reply["worker"]["id"])
         self.client.token = reply["token"]
         self.head = int(reply.get("output_head", self.head))
@@ -152,7 +225,8 @@ class Worker:
         self._apply_settings(reply["worker"])
         self._sync_rclone_config(reply.get("rclone_config"))
         self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
-                          "token": reply["token"], "head": self.head, "tail": self.tail})
+                          "token": reply["token"], "fingerprint": self.client.fingerprint, "head": self.head,
+                          "tail": self.tail})
         self.say(f"scitq worker {self.name}: registered as worker {self.worker_id} on {self.client.url}")
 
     # --- heartbeat ----------------------------------------------------------------
@@ -363,8 +437,37 @@ class Worker:
         self._wake.set()
         self.slots.wake()
 
+    def request_upgrade(self) -> None:
+        """Upgrade drain, safe to call from a signal handler (it only sets a flag): the loop then
+        stops claiming, hands back what has not started, lets running tasks finish for up to
+        `[worker] upgrade_deadline` seconds, hands back the rest, and `run` returns EXIT_UPGRADE
+        so systemd starts the agent again, on the new scitq.pyz."""
+        self.upgrade_requested = True
+
+    def _drain_for_upgrade(self) -> None:
+        now = self.clock()
+        deadline = self.config.worker.upgrade_deadline
+        if self._upgrade_since is None:
+            self._upgrade_since = now
+            self.stopping = max(self.stopping, 1)
+            with self._jobs_lock:
+                jobs = list(self.jobs.values())
+            for job in jobs:
+                job.hand_back()
+            self.slots.wake()
+            self.say(f"scitq worker {self.name}: upgrade: claiming nothing more; {len(jobs)} task(s) may run "
+                     f"{deadline:.0f} s more, then the agent restarts on the new version")
+        elif not self._upgrade_forced and now - self._upgrade_since >= deadline:
+            self._upgrade_forced = True
+            with self._jobs_lock:
+                jobs = list(self.jobs.values())
+            for job in jobs:
+                job.hand_back(force=True)
+            self.say(f"scitq worker {self.name}: upgrade deadline reached: handing back {len(jobs)} task(s)")
+
     def run(self, once: bool = False) -> int:
-        """Run until stopped (or, with `once`, one claim round run to completion)."""
+        """Run until stopped (or, with `once`, one claim round run to completion). Returns 0, or
+        EXIT_UPGRADE after an upgrade drain."""
         self.recover()
         self.register()
         heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -374,6 +477,10 @@ class Worker:
         delay = 0.5
         try:
             while not (self.stopping and not self.jobs):
+                if self.upgrade_requested:
+                    self._drain_for_upgrade()
+                    if not self.jobs:
+                        break
                 if self._need_register.is_set():
                     self.register()
                 if self.settings["status"] == "draining" and not self.jobs:
@@ -414,6 +521,9 @@ class Worker:
             left = len(self.outbox.journal)
             if left:
                 self.say(f"scitq worker: {left} report(s) kept on disk for the next start")
+        if self.upgrade_requested:
+            self.say(f"scitq worker {self.name}: drained for the upgrade; exiting for a restart")
+            return EXIT_UPGRADE
         return 0
 
     def _wait_jobs(self) -> None:
@@ -454,6 +564,10 @@ def run_worker(config: Config, once: bool = False, log: Callable[[str], None] | 
         worker.say("scitq worker: stopping after the running tasks (signal again to kill them)"
                    if worker.stopping == 1 else "scitq worker: killing the running tasks")
 
+    def on_upgrade(signum: int, frame: Any) -> None:
+        worker.request_upgrade()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_upgrade)
     return worker.run(once=once)

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scitq_app.config import load_config  # noqa: E402
 from scitq_app.store import open_store  # noqa: E402
 from tests.support.postgres import ThrowawayPostgres  # noqa: E402
+from tests.support.machines import machines, pytest_xdist_make_scheduler  # noqa: E402,F401 - fixture, hook
 
 BACKENDS = ["sqlite", "postgres"]
 

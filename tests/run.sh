@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 PACKAGES=(python3 python3-venv python3-pip postgresql iproute2 iptables procps
-          podman runc busybox-static docker-registry)  # container tests; docker.io adds the docker ones
+          podman runc busybox-static docker-registry  # container tests; docker.io adds the docker ones
+          mmdebstrap systemd-container openssh-client apt-utils  # nspawn machines (tests/support/machines.py)
+          shellcheck)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,11 +30,17 @@ deps=$("$VENV/bin/python" -c 'import tomllib; p = tomllib.load(open("pyproject.t
 # shellcheck disable=SC2086
 "$VENV/bin/pip" install -q --disable-pip-version-check $deps -r requirements/test.txt
 
+export SCITQ_TEST_REQUIRE_PG=1 SCITQ_TEST_REQUIRE_CONTAINERS=1 SCITQ_TEST_REQUIRE_MACHINES=1
+echo "==> preparing the test machines (Debian image and local apt repository, cached in /var/tmp)"
+# built once here, so the pytest workers only reuse it; SCITQ_TEST_MACHINES_REBUILD=1 forces a rebuild
+"$VENV/bin/python" -m tests.support.machines prepare
+unset SCITQ_TEST_MACHINES_REBUILD   # done just now: the test session must not rebuild it again
+
 echo "==> running the tests (SQLite and PostgreSQL)"
-export SCITQ_TEST_REQUIRE_PG=1 SCITQ_TEST_REQUIRE_CONTAINERS=1
 set +e
-# SCITQ_TEST_JOBS: how many tests run at once (pytest-xdist); 1 runs them one by one
-"$VENV/bin/python" -m pytest -q -n "${SCITQ_TEST_JOBS:-3}" "$@"
+# SCITQ_TEST_JOBS: how many tests run at once (pytest-xdist); 1 runs them one by one.
+# loadgroup: the tests marked xdist_group("machines") share one worker, hence one set of machines
+"$VENV/bin/python" -m pytest -q -n "${SCITQ_TEST_JOBS:-3}" --dist loadgroup "$@"
 rc=$?
 set -e
 if [ $rc = 5 ]; then echo "no tests ran: that is a failure" >&2; exit 1; fi

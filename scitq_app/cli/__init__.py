@@ -95,7 +95,9 @@ class Context:
     def client(self) -> Any:
         from ..client import Server
         cfg = self.config()
-        return Server(cfg.client.server, cfg.client.token or None, timeout=cfg.client.timeout)
+        token = cfg.client.token or local_token(cfg.client.server, cfg.client.token_file)
+        return Server(cfg.client.server, token, fingerprint=cfg.client.fingerprint.strip() or None,
+                      timeout=cfg.client.timeout)
 
     def store(self, database: str | None = None) -> Any:
         from ..store import open_store
@@ -124,6 +126,20 @@ class Context:
         self.say("  ".join(h.upper().ljust(w) for (_, h), w in zip(columns, widths)).rstrip())
         for c in cells:
             self.say("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+
+
+def local_token(server: str, path: str) -> str | None:
+    """The admin token install.sh keeps on the server host ([client] token_file), for a server on
+    this host, when the file is readable by this user (root or the server's user); else None."""
+    from urllib.parse import urlsplit
+    host = urlsplit(server).hostname or ""
+    if not path or not (host == "localhost" or host.startswith("127.") or host == "::1"):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def _cell(v: Any) -> str:

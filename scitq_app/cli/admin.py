@@ -65,7 +65,9 @@ Options:
   --json            machine-readable output
 
 A token's secret is printed once at creation and stored only as a hash.
-Give it to clients as SCITQ_TOKEN or [client] token.
+Give it to clients as SCITQ_TOKEN or [client] token. Workers never get these:
+they register with a join token (`scitq worker join-token`), which `list`
+shows with its uses left and expiry, and `revoke` revokes by its name.
 """
 
 CONFIG_DOC = """Show the effective configuration; install the server's rclone config on this machine.
@@ -198,7 +200,8 @@ def cmd_token(ctx: Context, argv: list[str]) -> int:
                 ctx.json(tokens)
             else:
                 ctx.table(tokens, [("name", "name"), ("role", "role"), ("worker_id", "worker"),
-                                   ("created", "created"), ("last_used", "last used"), ("revoked", "revoked")])
+                                   ("created", "created"), ("last_used", "last used"), ("revoked", "revoked"),
+                                   ("uses_left", "uses left"), ("expires", "expires")])
         else:
             token = store.revoke_token(args["<name>"], actor="cli")
             ctx.say(f"revoked token {token.name!r}")

@@ -40,11 +40,16 @@ Usage:
                       [--status STATUS] [--json]
   scitq worker delete [options] <worker>...
   scitq worker clean [options] <worker>...
+  scitq worker join-token [options] [--uses N] [--ttl DURATION] [--batch NAME] [--name NAME] [--json]
 
 Options:
-  --name NAME         worker name (env SCITQ_WORKER_NAME; default: host name)
-  --batch NAME        only run tasks of this batch
+  --name NAME         worker name (env SCITQ_WORKER_NAME; default: host name);
+                      join-token: the only worker name the token registers
+  --batch NAME        only run tasks of this batch; join-token: the batch its workers join
   --no-batch          run tasks of any running batch
+  --uses N            join-token: how many workers it may register, 1 to 10000 [default: 1]
+  --ttl DURATION      join-token: how long it stays valid: 90s, 30m, 1h, 2d or seconds,
+                      at most 30 days [default: 1h]
   --concurrency N     tasks run at once
   --prefetch N        tasks claimed ahead of free slots
   --workdir DIR       where work dirs are made (env SCITQ_WORKER_WORKDIR)
@@ -55,6 +60,12 @@ Options:
 <worker> is a worker id or name. Changes made with `update` reach the worker at
 its next heartbeat; `delete` requeues its executions; `clean` removes the work
 dirs of its finished executions.
+
+`join-token` (admin token) mints the credential a new worker registers with:
+give it as [worker] join_token (or `install.sh worker --join-token`). It
+carries the sha256 of the server's TLS certificate ([server] tls_certificate),
+which the worker then pins. The token alone goes to stdout; the rest to stderr.
+Workers refuse admin and user tokens.
 """
 
 WORKER_COLUMNS = [("id", "id"), ("name", "name"), ("status", "status"), ("batch", "batch"),
@@ -119,6 +130,8 @@ def resolve_worker(client: Any, ref: str) -> int:
 def cmd_worker(ctx: Context, argv: list[str]) -> int:
     args = parse(WORKER_DOC, argv)
     merge_options(args, ctx)
+    if args["join-token"]:
+        return _join_token(ctx, args)
     if not any(args[k] for k in ("list", "show", "update", "delete", "clean")):
         from ..worker import run_worker
         cfg = ctx.config(worker_name=args["--name"], worker_batch=args["--batch"],
@@ -168,6 +181,45 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
         else:
             client.signal_worker(wid, "clean")
             ctx.say(f"worker {ref}: clean queued")
+    return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_arg(value: str, name: str) -> float:
+    """Seconds from `90s`, `30m`, `1h`, `2d` or a plain number of seconds; UsageError otherwise."""
+    text = value.strip().lower()
+    unit = _UNITS.get(text[-1:], None) if text else None
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise UsageError(f"{name} must be a duration like 90s, 30m, 1h, 2d or a number of seconds, not {value!r}")
+    return seconds
+
+
+def _join_token(ctx: Context, args: dict[str, Any]) -> int:
+    uses = int_arg(args["--uses"], "--uses", 1)
+    ttl = duration_arg(args["--ttl"], "--ttl")
+    client = ctx.client()
+    reply = client.create_join_token(uses=uses, ttl=ttl, batch=args["--batch"], name=args["--name"])
+    if args["--json"]:
+        ctx.json(reply)
+        return 0
+    token = reply["token"]
+    ctx.say(reply["join_token"])
+    scope = "".join([f", batch {token['pinned_batch']}" if token.get("pinned_batch") else "",
+                     f", only for a worker named {token['pinned_name']}" if token.get("pinned_name") else ""])
+    uses_left = token.get("uses_left")
+    ctx.warn(f"scitq: join token {token['name']}: registers {uses_left} worker{'s' if uses_left != 1 else ''}"
+             f"{scope}; expires {token['expires']} (revoke: scitq token revoke {token['name']})")
+    if reply.get("fingerprint"):
+        ctx.warn(f"scitq: it pins the server's TLS certificate, sha256 {reply['fingerprint']}")
+    ctx.warn("scitq: on the new host, run:")
+    ctx.warn(f"  install.sh worker --server {reply.get('server_url') or client.url} --join-token {reply['join_token']}")
     return 0
 
 

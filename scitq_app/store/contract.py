@@ -162,9 +162,22 @@ class Store:
         raise NotImplementedError
 
     # --- the worker protocol ------------------------------------------------
-    def register_worker(self, fields: Mapping[str, Any], actor: str | None = None) -> tuple[Worker, str]:
+    def register_worker(self, fields: Mapping[str, Any], actor: str | None = None,
+                        identity: Identity | None = None) -> tuple[Worker, str]:
         """Create the worker, or re-attach one of the same name; return it and a new
-        worker token (its previous tokens are revoked)."""
+        worker token (its previous tokens are revoked).
+
+        `identity` is the caller's credential (None: an admin's, or open mode):
+        - a `join` token spends exactly one use, in the same transaction (two
+          registrations racing for its last use: one wins, the other is
+          Unauthorized "this join token is used up or expired", also once it
+          expired or was revoked); its pinned name must be `fields['name']`
+          (Forbidden otherwise) and its pinned batch, if any, is the worker's batch;
+        - a `worker` token may only register its own worker's name (Forbidden).
+        One identity per live worker: registering the name of a worker whose status
+        is not offline, lost, evicted or destroyed is a Conflict naming the worker
+        and when it was last seen, unless the credential is that worker's own token.
+        Nothing is spent or changed when registration is refused."""
         raise NotImplementedError
 
     def claim(self, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
@@ -258,14 +271,24 @@ class Store:
         """Create a token; return it and its secret (shown once, stored hashed)."""
         raise NotImplementedError
 
+    def create_join_token(self, uses: int = 1, ttl: float = 3600.0, batch: str | None = None,
+                          name: str | None = None, actor: str | None = None) -> tuple[ApiToken, str]:
+        """Create a join token (role `join`, named `join:HEX`): it registers at most
+        `uses` workers (1..10000) until now + `ttl` seconds (1 s..30 days), in
+        `batch` if given, and only under the worker name `name` if given. Return it
+        and its secret (shown once, stored hashed). Invalid for uses or ttl out of range."""
+        raise NotImplementedError
+
     def list_tokens(self) -> list[ApiToken]:
+        """Every token, by id; join tokens carry uses_left, expires and their pins."""
         raise NotImplementedError
 
     def revoke_token(self, name: str, actor: str | None = None) -> ApiToken:
         raise NotImplementedError
 
     def authenticate(self, secret: str) -> Identity | None:
-        """The identity of a valid, unrevoked token, or None."""
+        """The identity of a valid, unrevoked token, or None. A join token is valid
+        only while unexpired with uses left; its Identity carries its pins."""
         raise NotImplementedError
 
     def flush_token_use(self) -> None:

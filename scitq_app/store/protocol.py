@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import Fenced, Forbidden, NotFound
-from ..models import (ACTIVE_EXECUTION_STATUSES, COUNTED_FAILURES, Execution, ExecutionStatus, FailureClass,
-                      Role, SignalAction, TaskStatus, Worker, WorkerStatus, check_execution_transition)
+from ..errors import Conflict, Fenced, Forbidden, NotFound
+from ..models import (ACTIVE_EXECUTION_STATUSES, COUNTED_FAILURES, GONE_WORKER_STATUSES, Execution,
+                      ExecutionStatus, FailureClass, Identity, Role, SignalAction, TaskStatus, Worker, WorkerStatus,
+                      check_execution_transition, iso)
 from .sqlstore import Tx, dumps, read, write
 from .tasks import TaskStore
 
@@ -17,6 +18,7 @@ _PHASE_ORDER = {"assigned": 0, "running": 1, "uploading": 2, "succeeded": 3, "fa
 _ONLINE = {WorkerStatus.STARTING.value, WorkerStatus.RUNNING.value, WorkerStatus.PAUSED.value,
            WorkerStatus.DRAINING.value}
 _REVIVABLE = {WorkerStatus.STARTING.value, WorkerStatus.OFFLINE.value, WorkerStatus.LOST.value}
+_GONE = {s.value for s in GONE_WORKER_STATUSES}
 
 
 class ProtocolStore(TaskStore):
@@ -76,9 +78,27 @@ class ProtocolStore(TaskStore):
 
     # --- registration ---------------------------------------------------------
     @write
-    def register_worker(self, tx: Tx, fields: Mapping[str, Any], actor: str | None = None) -> tuple[Worker, str]:
+    def register_worker(self, tx: Tx, fields: Mapping[str, Any], actor: str | None = None,
+                        identity: Identity | None = None) -> tuple[Worker, str]:
         name = fields["name"]
+        fields = dict(fields)
+        if identity is not None and identity.role == Role.JOIN:
+            # Spent first: registrations racing on one token queue on its row here.
+            self._spend_join_use(tx, identity)
+            if identity.pinned_name is not None and identity.pinned_name != name:
+                raise Forbidden(f"this join token registers only a worker named {identity.pinned_name!r}, not "
+                                f"{name!r}: set [worker] name = {identity.pinned_name} on that host",
+                                pinned_name=identity.pinned_name)
+            if identity.pinned_batch is not None:
+                fields["batch"] = identity.pinned_batch
         row = tx.one("worker_by_name", name=name)
+        own = identity is not None and identity.role == Role.WORKER
+        if own and (row is None or row["id"] != identity.worker_id):
+            raise Forbidden(f"a worker token registers only its own worker (worker {identity.worker_id}), "
+                            f"not {name!r}")
+        if row is not None and not own and row["status"] not in _GONE:
+            raise Conflict(self._live_name_message(tx, row), worker=name, worker_id=row["id"],
+                           last_seen=iso(row["last_seen"]))
         setting = fields.get("status") or WorkerStatus.RUNNING.value
         if row is None:
             batch_id = self._batch_id(tx, fields["batch"], create=True) if fields.get("batch") else None
@@ -95,10 +115,23 @@ class ProtocolStore(TaskStore):
             tx.run("worker_reattach", id=worker_id, hostname=fields.get("hostname"), cpu=fields.get("cpu"),
                    mem=fields.get("mem"), gpu=fields.get("gpu"), version=fields.get("version"), now=tx.now)
             tx.run("token_revoke_worker", worker_id=worker_id, now=tx.now)
+            if identity is not None and identity.role == Role.JOIN and identity.pinned_batch is not None:
+                tx.run("worker_set_batch", id=worker_id, batch_id=self._batch_id(tx, identity.pinned_batch,
+                                                                                   create=True), now=tx.now)
             self._event(tx, "worker.reattach", f"worker:{name}", {"hostname": fields.get("hostname")}, actor)
         self._token_cache.clear()
         _, secret = self._new_token(tx, f"worker:{name}:{secrets.token_hex(4)}", Role.WORKER.value, worker_id)
         return Worker.from_row(self._worker_row(tx, worker_id)), secret
+
+    @staticmethod
+    def _live_name_message(tx: Tx, row: Mapping[str, Any]) -> str:
+        seen = row["last_seen"]
+        when = "never seen" if seen is None else \
+            f"last seen {max(0.0, tx.now - seen):.0f} s ago, at {iso(seen)}"
+        host = f" on host {row['hostname']}" if row["hostname"] else ""
+        return (f"worker {row['name']!r}{host} is live ({row['status']}, {when}): another agent already uses "
+                f"this name. Give this agent another [worker] name, or, if the old one is gone for good, "
+                f"`scitq worker delete {row['name']}` first")
 
     # --- claim ----------------------------------------------------------------
     @write

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Invalid, NotFound, Unauthorized
 from ..models import ApiToken, Batch, BatchStatus, Event, Identity, Role, SignalAction, TaskStatus
 from . import queries
 from .contract import Store
@@ -25,6 +25,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_BATCH = "Default"
 TOKEN_PREFIX = "scitq_"
+JOIN_PREFIX = TOKEN_PREFIX + "join_"  # join secrets say what they are, for people and the worker
+MAX_JOIN_USES = 10_000
+MAX_JOIN_TTL = 30 * 86400.0
 LAST_USED_EVERY = 60.0  # seconds between two last_used writes for one token
 WORKER_TOKEN_CACHE_SECONDS = 30.0
 PEOPLE_TOKEN_CACHE_SECONDS = 2.0
@@ -334,11 +337,35 @@ class SqlStore(Store):
                      actor: str | None = None) -> tuple[ApiToken, str]:
         if role == Role.WORKER.value and worker_id is None:
             raise Invalid("worker tokens are issued by worker registration", field="role")
+        if role == Role.JOIN.value:
+            raise Invalid("join tokens are made by create_join_token (they have uses and an expiry)", field="role")
         if worker_id is not None and tx.one("worker_get", id=worker_id) is None:
             raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
         token, secret = self._new_token(tx, name, role, worker_id)
         self._event(tx, "token.create", f"token:{name}", {"role": role}, actor)
         return token, secret
+
+    @write
+    def create_join_token(self, tx: Tx, uses: int = 1, ttl: float = 3600.0, batch: str | None = None,
+                          name: str | None = None, actor: str | None = None) -> tuple[ApiToken, str]:
+        if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_JOIN_USES:
+            raise Invalid(f"must be an integer from 1 to {MAX_JOIN_USES}", field="uses")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= MAX_JOIN_TTL:
+            raise Invalid(f"must be from 1 to {MAX_JOIN_TTL:.0f} seconds (30 days)", field="ttl")
+        token_name = f"join:{secrets.token_hex(4)}"
+        while tx.value("token_id_by_name", name=token_name) is not None:
+            token_name = f"join:{secrets.token_hex(4)}"
+        secret = JOIN_PREFIX + secrets.token_urlsafe(32)
+        tid = tx.insert("token_insert_join", name=token_name, hash=hash_secret(secret), now=tx.now, uses=uses,
+                        expires=tx.now + float(ttl), batch=batch, pinned_name=name)
+        self._event(tx, "token.create", f"token:{token_name}",
+                    {"role": Role.JOIN.value, "uses": uses, "ttl": ttl, "batch": batch, "name": name}, actor)
+        return ApiToken.from_row(tx.one("token_by_id", id=tid) or {}), secret
+
+    def _spend_join_use(self, tx: Tx, ident: Identity) -> None:
+        """Spend one use of a join token in this transaction, or refuse (401)."""
+        if not tx.run("token_use_join", id=ident.token_id, now=tx.now):
+            raise Unauthorized("this join token is used up or expired", token=ident.name)
 
     @read
     def list_tokens(self, tx: Tx) -> list[ApiToken]:
@@ -372,8 +399,11 @@ class SqlStore(Store):
         else:
             row = self._run(lambda tx: tx.one("token_by_hash", hash=h), write=False)
             ident = None
-            if row is not None and row["revoked"] is None:
-                ident = Identity(row["name"], Role(row["role"]), row["worker_id"], token_id=int(row["id"]))
+            if row is not None and row["revoked"] is None and (
+                    row["role"] != Role.JOIN.value or (int(row["uses_left"] or 0) > 0 and
+                                                      row["expires"] is not None and row["expires"] > now)):
+                ident = Identity(row["name"], Role(row["role"]), row["worker_id"], token_id=int(row["id"]),
+                                 pinned_batch=row["pinned_batch"], pinned_name=row["pinned_name"])
             if len(self._token_cache) > 10_000:
                 self._token_cache.clear()
             self._token_cache[h] = (now, ident)

@@ -123,6 +123,7 @@ def test_re_attaching_revokes_the_previous_worker_token(store, clock):
     assert store.authenticate(first) is not None
     store.update_worker(w.id, {"concurrency": 6})
     clock.advance(60)
+    assert store.mark_offline(30) == [w.id]  # its agent went away: the name is free to re-attach
     again, second = store.register_worker({"name": "node1", "hostname": "new-host", "concurrency": 1,
                                            "cpu": 16})
     assert again.id == w.id and second != first

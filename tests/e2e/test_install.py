@@ -1,7 +1,8 @@
 """install.sh and the systemd units, checked without changing the machine.
 
-install.sh only ever runs here with --dry-run (or fails on its arguments before acting);
-each dry-run test also checks that nothing it would write appeared.
+Here install.sh runs only with --dry-run (or fails on its arguments before acting); each dry-run
+test also checks that nothing it would write appeared. Real installs on fresh Debian machines with
+systemd are in test_install_machines.py.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "install.sh"
 UNITS = ROOT / "systemd"
 PYZ_DEST = "/usr/local/lib/scitq/scitq.pyz"
-TOUCHED = ["/etc/scitq.conf", "/usr/local/lib/scitq", "/usr/local/bin/scitq", "/var/lib/scitq",
+TOUCHED = ["/etc/scitq.conf", "/etc/scitq", "/etc/nginx/sites-available/scitq", "/usr/local/lib/scitq", "/usr/local/bin/scitq", "/var/lib/scitq",
            "/etc/systemd/system/scitq-server.service", "/etc/systemd/system/scitq-worker.service"]
 
 
@@ -66,8 +67,8 @@ def test_bash_syntax() -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_shellcheck() -> None:
+    assert shutil.which("shellcheck"), "shellcheck is missing: tests/run.sh installs it (apt-get install shellcheck)"
     done = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 
@@ -75,7 +76,9 @@ def test_shellcheck() -> None:
 def test_help() -> None:
     done = install("--help")
     assert done.returncode == 0
-    assert "Usage: install.sh server|worker" in done.stdout
+    for usage in ("install.sh server [--database URL | --sqlite]", "install.sh worker --server URL --join-token TOKEN",
+                  "install.sh uninstall [--purge]"):
+        assert usage in done.stdout
 
 
 def test_dry_run_server(fake_pyz: Path, tmp_path: Path) -> None:
@@ -85,31 +88,44 @@ def test_dry_run_server(fake_pyz: Path, tmp_path: Path) -> None:
     out = done.stdout
     assert snapshot() == before
     assert not [ln for ln in out.splitlines() if ln.startswith("+ ")], "a dry run executed something"
-    assert "python3-paramiko" in out  # installed, or reported as already there
     assert "[dry-run] useradd --system" in out or "user scitq exists" in out
-    assert "[dry-run] install -d -m 0750 -o scitq -g scitq /var/lib/scitq" in out
-    assert f"[dry-run] install -m 0755 -o root -g root {fake_pyz} {PYZ_DEST}.new" in out
-    assert f"[dry-run] ln -sfn {PYZ_DEST} /usr/local/bin/scitq" in out
+    assert "/var/lib/scitq" in out
+    assert f"[dry-run] ln -sfn {PYZ_DEST} /usr/local/bin/scitq" in out or "/usr/local/bin/scitq -> " in out
+    assert "/usr/local/lib/scitq/releases/scitq-" in out
     for unit in ("scitq-server.service", "scitq-dispatcher.service", "scitq.target"):
         assert f"{UNITS / unit} /etc/systemd/system/{unit}" in out
     assert "scitq-worker.service" not in out
-    assert f"[dry-run] runuser -u scitq -- env -C /var/lib/scitq /usr/bin/python3 {PYZ_DEST} db upgrade" in out
+    assert "[dry-run] scitq db upgrade (as user scitq)" in out
+    assert "[dry-run] scitq token create --role admin" in out
+    assert "[dry-run] write /etc/nginx/sites-available/scitq" in out
+    assert "proxy_pass http://127.0.0.1:5000;" in out
     config = written_config(out)
     if config is not None:
-        assert "[dry-run] write /etc/scitq.conf (mode 600, owner scitq:scitq)" in out
-        assert "database = sqlite:////var/lib/scitq/scitq.db" in config
-        assert_valid_config(config, tmp_path)
+        assert "[dry-run] write /etc/scitq.conf (mode 640, owner root:scitq)" in out
+        assert "tls_certificate = /etc/scitq/tls/scitq.crt" in config
+        assert "database = ********" in config  # the generated password is never shown
+        assert_valid_config(config.replace("database = ********", "database = sqlite:///x.db"), tmp_path)
+
+
+def test_dry_run_server_on_sqlite_says_it_is_for_trials(fake_pyz: Path, tmp_path: Path) -> None:
+    done = install("--dry-run", "server", "--sqlite", "--pyz", str(fake_pyz))
+    assert done.returncode == 0, done.stderr
+    assert "create role scitq" not in done.stdout
+    config = written_config(done.stdout)
+    if config is not None:
+        assert "SQLite is for trials" in done.stdout
+        assert_valid_config(config.replace("database = ********", "database = sqlite:///x.db"), tmp_path)
 
 
 def test_dry_run_worker(fake_pyz: Path, tmp_path: Path) -> None:
     before = snapshot()
-    done = install("worker", "--dry-run", "--pyz", str(fake_pyz), "--server-url", "http://127.0.0.1:5000/",
-                   "--token", "s3cret-t0ken")
+    done = install("worker", "--dry-run", "--pyz", str(fake_pyz), "--server", "https://10.0.0.1/",
+                   "--join-token", "s3cret-t0ken.ab12", "--name", "node-1", "--concurrency", "4")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert snapshot() == before
     assert not [ln for ln in out.splitlines() if ln.startswith("+ ")], "a dry run executed something"
-    assert "paramiko" not in out
+    assert "paramiko" not in out and "nginx" not in out and "postgresql" not in out
     assert "s3cret-t0ken" not in out + done.stderr  # secrets are masked even in a dry run
     assert "/var/lib/scitq/work" in out
     assert f"{UNITS / 'scitq-worker.service'} /etc/systemd/system/scitq-worker.service" in out
@@ -117,8 +133,17 @@ def test_dry_run_worker(fake_pyz: Path, tmp_path: Path) -> None:
     config = written_config(out)
     if config is not None:
         assert "[dry-run] write /etc/scitq.conf (mode 600, owner root:root)" in out
-        assert "[worker]\nserver = http://127.0.0.1:5000\ntoken = ********\n" in config
+        assert "server = https://10.0.0.1\n" in config
+        assert "join_token = ********\n" in config
+        assert "name = node-1\nconcurrency = 4\n" in config
         assert_valid_config(config, tmp_path)
+
+
+def test_dry_run_uninstall_keeps_data_unless_purged() -> None:
+    kept = install("uninstall", "--dry-run")
+    assert kept.returncode == 0, kept.stderr
+    assert "rm -rf" not in kept.stdout and "dropdb" not in kept.stdout
+    assert "kept /etc/scitq.conf" in kept.stdout
 
 
 def test_dry_run_without_a_pyz_warns_but_shows_the_plan() -> None:
@@ -129,15 +154,24 @@ def test_dry_run_without_a_pyz_warns_but_shows_the_plan() -> None:
 
 @pytest.mark.parametrize("args, message", [
     ([], "missing role"),
-    (["frobnicate"], "unknown role 'frobnicate': expected server or worker"),
+    (["frobnicate"], "unknown role 'frobnicate': expected server, worker or uninstall"),
     (["server", "--bogus"], "unknown option '--bogus'"),
     (["server", "worker"], "give one role"),
-    (["server", "--token", "x", "--dry-run"], "--token is for the worker role"),
-    (["server", "--server-url", "http://h:5000", "--dry-run"], "--server-url is for the worker role"),
+    (["server", "--join-token", "x", "--dry-run"], "--join-token is for the worker role"),
+    (["server", "--server", "https://h", "--dry-run"], "--server is for the worker role"),
+    (["worker", "--sqlite", "--dry-run"], "--sqlite is for the server role"),
+    (["worker", "--purge"], "--purge is for the uninstall role"),
+    (["server", "--sqlite", "--database", "postgresql://u:p@h/db", "--dry-run"], "not both"),
+    (["server", "--database", "mysql://x", "--dry-run"], "--database must look like postgresql://"),
+    (["server", "--https-port", "70000", "--dry-run"], "--https-port must be a port number"),
+    (["server", "--cert", "/etc/hostname", "--dry-run"], "give --cert and --key together"),
     (["worker", "--pyz"], "--pyz needs a value"),
+    (["worker", "--token", "x"], "--token is gone: use --server URL --join-token TOKEN"),
     (["server", "--dry-run", "--pyz", "/nonexistent/scitq.pyz"], "--pyz: no such file"),
-    (["worker", "--dry-run", "--server-url", "ftp://host"], "--server-url must look like http://HOST:PORT"),
-    (["worker", "--dry-run", "--server-url", "http://h:5000", "--token", "a b"], "--token contains"),
+    (["worker", "--dry-run", "--server", "ftp://host", "--join-token", "t"], "--server must look like https://"),
+    (["worker", "--dry-run", "--server", "https://h", "--join-token", "a b"], "--join-token contains"),
+    (["worker", "--dry-run", "--server", "https://h", "--join-token", "t", "--concurrency", "x"],
+     "--concurrency must be a whole number"),
 ])
 def test_bad_arguments_fail_with_one_line(args: list[str], message: str) -> None:
     done = install(*args)
@@ -145,6 +179,14 @@ def test_bad_arguments_fail_with_one_line(args: list[str], message: str) -> None
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("install.sh: error: ") and message in lines[0], done.stderr
+
+
+def test_a_worker_needs_a_server_and_a_join_token_when_it_has_no_config() -> None:
+    if os.path.exists("/etc/scitq.conf"):
+        pytest.skip("this machine has an /etc/scitq.conf: install.sh would keep it")
+    done = install("worker", "--dry-run", "--server", "https://h")
+    assert done.returncode == 2
+    assert "--join-token TOKEN are needed" in done.stderr and "scitq worker join-token" in done.stderr
 
 
 # --- systemd units ----------------------------------------------------------------------------------

@@ -49,8 +49,10 @@ def test_a_partitioned_worker_loses_its_task_and_its_late_report_is_refused(data
                                env=env, check=True, capture_output=True, text=True).stdout.strip()
         server = ServerProcess(database_url, str(tmp_path), listen=hosts.gateway, env=FAST).start()
         client = Server(server.url, token)
+        join = client.create_join_token(uses=2)["join_token"]  # workers never get the admin token
         host = hosts.names[0]
-        cut_off = WorkerProcess(server.url, str(tmp_path / "cut"), "cut", token=token, prefix=hosts.prefix_cmd(host),
+        cut_off = WorkerProcess(server.url, str(tmp_path / "cut"), "cut", join_token=join,
+                                prefix=hosts.prefix_cmd(host),
                                 env={"SCITQ_CLIENT_TIMEOUT": "2"})
         workers.append(cut_off.start())
         tid = client.submit("sleep 15; echo done", shell="sh")["ids"][0]
@@ -58,7 +60,7 @@ def test_a_partitioned_worker_loses_its_task_and_its_late_report_is_refused(data
         pid_file = tmp_path / "cut" / f"exec-{first}" / "pid"
         pid = int(wait_for(lambda: pid_file.exists() and read_text(str(pid_file)).strip(), 10))
         hosts.cut(host)
-        workers.append(WorkerProcess(server.url, str(tmp_path / "other"), "other", token=token).start())
+        workers.append(WorkerProcess(server.url, str(tmp_path / "other"), "other", join_token=join).start())
         moved = wait_for(lambda: (t := client.task(tid))["current_execution_id"] != first
                          and t["status"] == "running" and t, 30, what="the task to run elsewhere")
         lost = [e for e in client.executions(tid) if e["id"] == first][0]

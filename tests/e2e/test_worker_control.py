@@ -85,3 +85,30 @@ def test_the_worker_reports_its_host_statistics(cluster):
     for key in ("load", "cpu", "mem", "disk", "net_rx_mbs", "net_tx_mbs", "version"):
         assert key in stats, key
     assert os.cpu_count() == int(cluster.client.worker(wid)["cpu"])
+
+
+def test_an_upgrade_signal_lets_running_tasks_finish_hands_back_the_rest_and_exits_75(cluster):
+    w = cluster.worker("upgraded", concurrency=1, prefetch=1)
+    running = cluster.client.submit("sleep 2; echo finished", shell="sh")["ids"][0]
+    cluster.wait_status(running, "running")
+    queued = cluster.client.submit("echo later")["ids"][0]
+    wait_for(lambda: cluster.client.task(queued)["status"] == "assigned", 20, what="the prefetched task")
+    w.signal(signal.SIGUSR1)
+    assert w.wait(30) == 75, w.log()
+    assert cluster.client.task(running)["status"] == "succeeded"
+    assert cluster.output(running) == "finished\n"
+    back = cluster.client.task(queued)
+    assert (back["status"], back["retries_used"]) == ("pending", 0)
+    assert "drained for the upgrade" in w.log()
+
+
+def test_an_upgrade_past_its_deadline_hands_running_tasks_back_without_spending_a_retry(cluster):
+    w = cluster.worker("deadline", env={"SCITQ_WORKER_UPGRADE_DEADLINE": "1"})
+    tid = cluster.client.submit("sleep 60")["ids"][0]
+    cluster.wait_status(tid, "running")
+    w.signal(signal.SIGUSR1)
+    assert w.wait(30) == 75, w.log()
+    task = cluster.client.task(tid)
+    assert (task["status"], task["retries_used"]) == ("pending", 0)
+    assert cluster.client.executions(tid)[0]["failure_class"] == "canceled"
+    assert "upgrade deadline reached" in w.log()

@@ -78,6 +78,7 @@ def valid_bodies(w: SimpleNamespace) -> dict[str, dict]:
         "outbox_item": {"type": "report", "execution_id": w.execution, "body": {"phase": "running"}},
         "outbox": {"items": []},
         "token_create": {"name": unique("rt"), "role": "user"},
+        "join_token_create": {"uses": 2, "ttl": 600, "batch": w.batch, "name": unique("jw")},
     }
 
 

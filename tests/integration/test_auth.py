@@ -114,8 +114,12 @@ def test_worker_tokens_reach_only_the_protocol_of_their_own_worker(servers):
         assert_error(srv.call(method, path, body, token=t1), 403, "forbidden")
     assert srv.ok("GET", f"/executions/{e2}")["status"] == "assigned"
     assert srv.ok("GET", f"/workers/{w1}")["concurrency"] == 1
-    # re-registering the same worker name issues a new token and retires the old one
-    w1b, t1b = srv.register(srv.ok("GET", f"/workers/{w1}")["name"], batch=batch1)
+    # a live worker's name is registered again only with its own token, which gets a new one and retires it
+    name1 = srv.ok("GET", f"/workers/{w1}")["name"]
+    body = assert_error(srv.call("POST", "/workers/register", {"name": name1}), 409, "conflict")
+    assert name1 in body["detail"] and "last seen" in body["detail"]
+    reply = srv.ok("POST", "/workers/register", {"name": name1, "batch": batch1}, token=t1)
+    w1b, t1b = reply["worker"]["id"], reply["token"]
     assert w1b == w1 and t1b != t1
     wait_for(lambda: srv.call("POST", f"/workers/{w1}/heartbeat", {}, token=t1)[0] == 401, 10, 0.05,
              "the old worker token to be retired")

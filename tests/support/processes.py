@@ -114,15 +114,16 @@ class WorkerProcess:
     """`python -m scitq_app worker run` as a real subprocess."""
 
     def __init__(self, server_url: str, workdir: str, name: str, *, concurrency: int = 1, prefetch: int = 0,
-                 heartbeat: float = 0.5, token: str | None = None, env: dict[str, str] | None = None,
-                 prefix: list[str] | None = None) -> None:
+                 heartbeat: float = 0.5, token: str | None = None, join_token: str | None = None,
+                 env: dict[str, str] | None = None, prefix: list[str] | None = None) -> None:
         self.server_url = server_url
         self.workdir = workdir
         self.name = name
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.heartbeat = heartbeat
-        self.token = token
+        self.token = token            # [worker] token: only a worker token is accepted
+        self.join_token = join_token  # [worker] join_token: how a new worker registers
         self.extra_env = env or {}
         self.prefix = prefix or []   # e.g. ["nsenter", "--net=/run/netns/x"]
         self.proc: subprocess.Popen | None = None
@@ -133,7 +134,9 @@ class WorkerProcess:
         env = scitq_env(SCITQ_WORKER_SERVER=self.server_url, SCITQ_WORKER_WORKDIR=self.workdir,
                         SCITQ_WORKER_NAME=self.name, SCITQ_WORKER_CONCURRENCY=str(self.concurrency),
                         SCITQ_WORKER_PREFETCH=str(self.prefetch), SCITQ_WORKER_HEARTBEAT=str(self.heartbeat),
-                        **({"SCITQ_WORKER_TOKEN": self.token} if self.token else {}), **self.extra_env)
+                        **({"SCITQ_WORKER_TOKEN": self.token} if self.token else {}),
+                        **({"SCITQ_WORKER_JOIN_TOKEN": self.join_token} if self.join_token else {}),
+                        **self.extra_env)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.prefix + [sys.executable, "-m", "scitq_app", "worker", "run"],
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)

@@ -257,6 +257,9 @@ UPDATE worker SET hostname = :hostname, cpu = :cpu, mem = :mem, gpu = :gpu, vers
     status = setting, last_seen = :now, modified = :now
 WHERE id = :id
 
+-- name: worker_set_batch
+UPDATE worker SET batch_id = :batch_id, modified = :now WHERE id = :id
+
 -- name: worker_update
 UPDATE worker SET concurrency = :concurrency, prefetch = :prefetch, batch_id = :batch_id, setting = :setting,
     status = :status, modified = :now
@@ -337,17 +340,29 @@ SELECT id FROM api_token WHERE name = :name
 -- name: token_insert
 INSERT INTO api_token (name, role, hash, worker_id, created) VALUES (:name, :role, :hash, :worker_id, :now)
 
+-- name: token_insert_join
+INSERT INTO api_token (name, role, hash, created, uses_left, expires, pinned_batch, pinned_name)
+VALUES (:name, 'join', :hash, :now, :uses, :expires, :batch, :pinned_name)
+
 -- name: token_by_id
-SELECT id, name, role, worker_id, created, last_used, revoked FROM api_token WHERE id = :id
+SELECT id, name, role, worker_id, created, last_used, revoked, uses_left, expires, pinned_batch, pinned_name FROM api_token WHERE id = :id
 
 -- name: token_by_name
-SELECT id, name, role, worker_id, created, last_used, revoked FROM api_token WHERE name = :name
+SELECT id, name, role, worker_id, created, last_used, revoked, uses_left, expires, pinned_batch, pinned_name FROM api_token WHERE name = :name
 
 -- name: token_by_hash
-SELECT id, name, role, worker_id, revoked FROM api_token WHERE hash = :hash
+SELECT id, name, role, worker_id, revoked, uses_left, expires, pinned_batch, pinned_name
+FROM api_token WHERE hash = :hash
 
 -- name: token_list
-SELECT id, name, role, worker_id, created, last_used, revoked FROM api_token ORDER BY id
+SELECT id, name, role, worker_id, created, last_used, revoked, uses_left, expires, pinned_batch, pinned_name FROM api_token ORDER BY id
+
+-- name: token_use_join
+-- One registration spends one use, atomically: the row lock (PostgreSQL) or the
+-- write lock (SQLite) makes racing registrations take turns, and the one that
+-- finds no use left or the token expired changes nothing.
+UPDATE api_token SET uses_left = uses_left - 1, last_used = :now
+WHERE id = :id AND role = 'join' AND revoked IS NULL AND uses_left > 0 AND expires > :now
 
 -- name: token_revoke
 UPDATE api_token SET revoked = :now WHERE id = :id

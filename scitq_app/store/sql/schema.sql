@@ -151,7 +151,11 @@ CREATE TABLE api_token (
     worker_id {bigint} REFERENCES worker (id) ON DELETE CASCADE,
     created {real} NOT NULL,
     last_used {real},
-    revoked {real}
+    revoked {real},
+    uses_left INTEGER,
+    expires {real},
+    pinned_batch TEXT,
+    pinned_name TEXT
 );
 
 CREATE TABLE event (
