@@ -11,9 +11,9 @@
 #
 #   server      python3, PostgreSQL with a database and role for scitq (unless --database), rclone,
 #               the scitq user, /etc/scitq.conf (from a commented template, never overwritten),
-#               /var/lib/scitq, the pyz as /usr/local/bin/scitq, the schema (`scitq db upgrade`), an
-#               admin token in /etc/scitq/admin.token (mode 600; the `scitq` CLI on this host reads
-#               it), the units scitq-server + scitq-dispatcher under scitq.target (logs: journalctl
+#               /var/lib/scitq, the pyz as /usr/local/bin/scitq, the schema (`scitq db upgrade`, which
+#               writes the first admin token to /var/lib/scitq/admin.token, mode 600: the `scitq` CLI
+#               run by root on this host reads it), the units scitq-server + scitq-dispatcher under scitq.target (logs: journalctl
 #               -u 'scitq*'), and nginx serving the API over TLS on every address (--https-port,
 #               default 443) with your certificate or a self-signed one whose fingerprint join
 #               tokens carry, so workers pin it. Ends by checking /api/v1/health through TLS.
@@ -58,7 +58,7 @@ STATE_DIR=/var/lib/scitq
 CONF=/etc/scitq.conf
 ETC_DIR=/etc/scitq
 TLS_DIR=$ETC_DIR/tls
-ADMIN_TOKEN=$ETC_DIR/admin.token
+ADMIN_TOKEN=$STATE_DIR/admin.token   # [server] token_file, relative to the services' working dir
 UNIT_DIR=/etc/systemd/system
 NGINX_SITE=/etc/nginx/sites-available/scitq
 NGINX_LINK=/etc/nginx/sites-enabled/scitq
@@ -66,6 +66,7 @@ PYTHON=/usr/bin/python3
 API_PORT=5000
 DB_NAME=scitq
 DB_ROLE=scitq
+TASK_USER=scitq-task   # [worker] task_user's default
 
 die() { echo "$PROG: error: $*" >&2; exit 2; }
 fail() { echo "$PROG: error: $*" >&2; exit 1; }
@@ -236,16 +237,31 @@ enable() {
 }
 
 create_user_and_dirs() {
-  if id -u scitq >/dev/null 2>&1; then
-    note "user scitq exists"
+  if [[ $ROLE == server ]]; then
+    if id -u scitq >/dev/null 2>&1; then
+      note "user scitq exists"
+    else
+      run useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin \
+        --comment "scitq task queue" scitq
+    fi
+    mark_ours "$STATE_DIR" 0750 scitq:scitq
   else
-    run useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin \
-      --comment "scitq task queue" scitq
+    # The worker runs as root and keeps its token in its state (work/.scitq, mode 700); plain tasks
+    # run as TASK_USER, who may traverse to its own work dir (0711) but read nothing else of it.
+    if id -u "$TASK_USER" >/dev/null 2>&1; then
+      note "user $TASK_USER (plain tasks run as it) exists"
+    else
+      run useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin \
+        --comment "scitq tasks" "$TASK_USER"
+    fi
+    mark_ours "$STATE_DIR" 0711 root:root
+    if [[ -d $STATE_DIR/work ]]; then
+      [[ $(stat -c %a "$STATE_DIR/work") == 711 ]] || run chmod 0711 "$STATE_DIR/work"
+    else
+      run install -d -m 0711 "$STATE_DIR/work"
+    fi
   fi
-  mark_ours "$STATE_DIR" 0750 scitq:scitq
   mark_ours "$ETC_DIR" 0755 root:root
-  # the worker runs as root and owns its work dirs
-  if [[ $ROLE == worker ]]; then ensure_dir "$STATE_DIR/work" 0750; fi
   ensure_dir "$LIB_DIR" 0755
   ensure_dir "$RELEASES" 0755
 }
@@ -390,6 +406,9 @@ server = $SERVER_URL
 join_token = $JOIN_TOKEN
 ${NAME:+name = $NAME
 }concurrency = ${CONCURRENCY:-1}
+# Plain tasks (no container) run as this unprivileged account, made by install.sh; root would let
+# them read the worker's token and storage keys.
+task_user = $TASK_USER
 # What runs the tasks: none (plain commands), docker, podman or apptainer.
 # engine = none
 # How long running tasks may take to finish when the worker is upgraded (s).
@@ -510,7 +529,8 @@ upgrade_schema() {
 
 create_admin_token() {
   local name reply secret
-  if [[ -s $ADMIN_TOKEN ]]; then note "keeping the admin token in $ADMIN_TOKEN"; return; fi
+  # `db upgrade` on an empty database made it; a database older than that gets one here
+  if [[ -s $ADMIN_TOKEN ]]; then note "the admin token is in $ADMIN_TOKEN"; return; fi
   if ((DRY_RUN)); then echo "[dry-run] scitq token create --role admin (secret into $ADMIN_TOKEN, mode 600)"; return; fi
   name="admin@$(hostname)"
   if scitq_as scitq token list --json | "$PYTHON" -c 'import json,sys; sys.exit(sys.argv[1] not in [t["name"] for t in json.load(sys.stdin)])' "$name"; then
@@ -678,7 +698,10 @@ uninstall() {
     fi
   done
   run rm -f "$CONF"
-  if id -u scitq >/dev/null 2>&1; then run userdel scitq; fi
+  local user
+  for user in scitq "$TASK_USER"; do
+    if id -u "$user" >/dev/null 2>&1; then run userdel "$user"; fi
+  done
   note "done: scitq is uninstalled and purged"
 }
 

@@ -54,7 +54,11 @@ python3 "$PYZ" launch --batch quickstart --name fails-then-retries --retry 1 \
 python3 "$PYZ" task list --batch quickstart --limit 5
 
 say "starting a local worker (4 slots, work dir $DEMO/work)"
-python3 "$PYZ" worker run --name quickstart-worker --workdir "$DEMO/work" --concurrency 4 > "$DEMO/worker.log" 2>&1 &
+# the server's first start made an admin token ($DEMO/admin.token), which this CLI finds by itself;
+# a worker never gets it: it joins with a single-use join token
+JOIN_TOKEN=$(python3 "$PYZ" worker join-token 2>/dev/null)
+# task_user = root: this worker is not installed, so there is no unprivileged task user (see the README)
+SCITQ_WORKER_JOIN_TOKEN=$JOIN_TOKEN SCITQ_WORKER_TASK_USER=root python3 "$PYZ" worker run --name quickstart-worker --workdir "$DEMO/work" --concurrency 4 > "$DEMO/worker.log" 2>&1 &
 WORKER_PID=$!
 
 say "waiting for the batch to finish"

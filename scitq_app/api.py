@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import Invalid
-from .schema import json_schema, SPECS
+from .schema import Context, INT64_MAX, INT64_MIN, json_schema, SPECS
 
 PEOPLE = ("admin", "user")
 ADMIN = ("admin",)
@@ -46,6 +46,34 @@ class Route:
         return re.sub(r"<(\w+)(:\w+)?>", r"{\1}", self.path)
 
 
+# Query values as the document states them (ASCII digits: int() would also read "+1", " 1", "1_0", "١"):
+_INT_RE = "^-?[0-9]+$"
+_ID_LIST_RE = "^([1-9][0-9]{0,17}(,[1-9][0-9]{0,17})*)?$"   # ids below 10**18, as far as they go
+_NO_NUL_RE = "^[^\\x00]*$"
+
+
+def _choices_re(choices: tuple[str, ...]) -> str:
+    one = "(" + "|".join(re.escape(c) for c in choices) + ")"
+    return f"^({one}(,{one})*)?$"
+
+
+def query_schema(q: Query) -> dict[str, Any]:
+    """The JSON Schema of a query parameter: exactly what parse_query accepts."""
+    if q.kind == "int":
+        return {"type": "integer", "minimum": INT64_MIN if q.minimum is None else q.minimum,
+                "maximum": INT64_MAX if q.maximum is None else q.maximum}
+    if q.kind == "bool":
+        return {"type": "boolean"}
+    if q.kind == "csv_int":
+        return {"type": "string", "pattern": _ID_LIST_RE}
+    if q.kind == "csv":
+        return {"type": "string", "pattern": _choices_re(q.choices)} if q.choices else \
+            {"type": "string", "pattern": _NO_NUL_RE}
+    if q.choices:
+        return {"type": "string", "enum": list(q.choices)}
+    return {"type": "string", "pattern": _NO_NUL_RE}
+
+
 def parse_query(route: Route, params: dict[str, str]) -> dict[str, Any]:
     """Validate a route's query string; unknown parameters are refused."""
     known = {q.name: q for q in route.query}
@@ -57,12 +85,13 @@ def parse_query(route: Route, params: dict[str, str]) -> dict[str, Any]:
         if "\x00" in raw:
             raise Invalid("contains a NUL byte", field=key)
         if q.kind in ("int", "csv_int"):
+            if q.kind == "csv_int" and q.minimum == 1 and not re.match(_ID_LIST_RE, raw):
+                raise Invalid(f"must be comma-separated ids (positive integers), not {raw!r}", field=key)
             items = raw.split(",") if q.kind == "csv_int" else [raw]
-            try:
-                vals = [int(x) for x in items if x.strip() != ""]
-            except ValueError:
+            if not all(re.match(_INT_RE, x) for x in items if x != "" or q.kind == "int"):
                 raise Invalid(f"must be {'comma-separated integers' if q.kind == 'csv_int' else 'an integer'}, "
-                              f"not {raw!r}", field=key) from None
+                              f"not {raw!r}", field=key)
+            vals = [int(x) for x in items if x != ""]
             # ids and offsets are 64-bit in the databases: that is the range when none is given
             low = -2 ** 63 if q.minimum is None else q.minimum
             high = 2 ** 63 - 1 if q.maximum is None else q.maximum
@@ -71,6 +100,9 @@ def parse_query(route: Route, params: dict[str, str]) -> dict[str, Any]:
                     raise Invalid(f"must be between {low} and {high}", field=key)
             out[key] = vals if q.kind == "csv_int" else vals[0] if vals else None
         elif q.kind == "csv":
+            if q.choices and not re.match(_choices_re(q.choices), raw):
+                raise Invalid(f"must be comma-separated values among {', '.join(q.choices)}, not {raw!r}",
+                              field=key)
             vals = [x.strip() for x in raw.split(",") if x.strip()]
             for v in vals:
                 if q.choices and v not in q.choices:
@@ -105,7 +137,7 @@ ROUTES: tuple[Route, ...] = (
       query=(Query("batch", "str", "batch name"), Query("status", "csv", "statuses", choices=_TASK_STATUSES),
              Query("name", "str", "task name"), Query("ids", "csv_int", "task ids", 1),
              Query("after", "int", "return tasks with a larger id", 0), _LIMIT), tags=("tasks",)),
-    R("POST", "/tasks", "create_task", "submit one task", PEOPLE, body="task_create", status=201, tags=("tasks",)),
+    R("POST", "/tasks", "create_task", "submit one task", PEOPLE, body="task_single", status=201, tags=("tasks",)),
     R("POST", "/tasks/bulk", "create_tasks", "submit many tasks at once, all or none", PEOPLE, body="task_bulk",
       status=201, tags=("tasks",)),
     R("GET", "/tasks/counts", "count_tasks", "number of tasks by status", PEOPLE,
@@ -183,9 +215,17 @@ ROUTES: tuple[Route, ...] = (
 
 PREFIX = "/api/v1"
 
+# Bodies a valid document can still see refused, by the server's configuration: say which keys decide.
+_CONTAINER_422 = ("invalid field; also a container_options option outside the server's allow-list "
+                  "([server] container_options), or one that is not an option; or a file:// URI (inputs, "
+                  "resources, output) outside the server's [server] file_roots (default none: every file:// "
+                  "URI is refused)")
+CONFIGURED_422 = {"task_single": _CONTAINER_422, "task_bulk": _CONTAINER_422, "task_update": _CONTAINER_422}
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3 document of every route in ROUTES."""
+
+def openapi_document(context: Context | None = None) -> dict[str, Any]:
+    """The OpenAPI 3 document of every route in ROUTES; `context` (the server's remotes and
+    file roots) narrows the URI patterns to what that server accepts."""
     paths: dict[str, Any] = {}
     for r in ROUTES:
         op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler, "tags": list(r.tags),
@@ -197,20 +237,23 @@ def openapi_document() -> dict[str, Any]:
             op["responses"][str(code)] = {"description": text,
                                           "content": {"application/json": {"schema": {
                                               "$ref": "#/components/schemas/Error"}}}}
+        if r.body in CONFIGURED_422:
+            op["responses"]["422"]["description"] = CONFIGURED_422[r.body]
+        if r.body == "task_bulk":
+            op["responses"]["409"]["description"] = "the idempotency key was used by this token for another body"
+        if r.body in ("task_single", "task_bulk"):
+            op["responses"]["404"]["description"] = "unknown id, or a task named in requires does not exist"
         params = [{"name": m.group(1), "in": "path", "required": True,
                    "schema": {"type": "integer" if m.group(2) == ":int" else "string"}}
                   for m in re.finditer(r"<(\w+)(:\w+)?>", r.path)]
         for q in r.query:
-            schema: dict[str, Any] = {"type": "integer" if q.kind == "int" else
-                                      "boolean" if q.kind == "bool" else "string"}
-            if q.choices and q.kind == "str":
-                schema["enum"] = list(q.choices)
             params.append({"name": q.name, "in": "query", "required": False, "description": q.doc,
-                           "schema": schema})
+                           "schema": query_schema(q)})
         if params:
             op["parameters"] = params
         if r.body:
-            op["requestBody"] = {"required": bool(json_schema(r.body).get("required")),
+            # an edit (PATCH) must name a field, so it needs a body even though no field is required
+            op["requestBody"] = {"required": bool(json_schema(r.body).get("required")) or r.method == "PATCH",
                                  "content": {"application/json": {"schema": {
                                      "$ref": f"#/components/schemas/{r.body}"}}}}
         if r.roles:
@@ -219,7 +262,10 @@ def openapi_document() -> dict[str, Any]:
         else:
             op["security"] = []
         paths.setdefault(PREFIX + r.openapi_path, {})[r.method.lower()] = op
-    schemas = {kind: json_schema(kind) for kind in SPECS}
+    schemas = {kind: json_schema(kind, context) for kind in SPECS}
+    for r in ROUTES:
+        if r.method == "PATCH" and r.body:  # validated as partial: an edit must name a field (server.py)
+            schemas[r.body]["minProperties"] = 1
     schemas["Error"] = {"type": "object", "required": ["error", "detail"],
                         "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
                                        "data": {"type": "object"}}}

@@ -45,6 +45,17 @@ def normalize_fingerprint(text: str, where: str = "fingerprint") -> str:
     return fp
 
 
+def clean_token(token: str | None) -> str | None:
+    """A token as read from a file or a variable, without the line end it often carries. One
+    that still holds a space or a control character is refused without being shown: it is a
+    secret, and http.client's own error would print it whole."""
+    token = (token or "").strip()
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in token):
+        raise ConfigError("the API token holds a space or a control character: check [client] token, "
+                          "SCITQ_TOKEN or the token file it was read from")
+    return token or None
+
+
 def split_join_token(text: str) -> tuple[str, str | None]:
     """(secret, fingerprint or None) of a join token `SECRET[.SHA256]`."""
     secret, dot, fp = text.strip().rpartition(".")
@@ -93,15 +104,19 @@ class Server:
     def __init__(self, url: str = "http://127.0.0.1:5000", token: str | None = None, fingerprint: str | None = None,
                  timeout: float = 30.0, resilient: bool = False, outage: float = 86400.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        parts = urlsplit(url if "://" in url else "http://" + url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ServerUnreachable(f"server URL must look like http://HOST:PORT, not {url!r}")
+        try:
+            parts = urlsplit(url if "://" in url else "http://" + url)
+            port = parts.port  # a ValueError for a port that is not a number from 0 to 65535
+        except ValueError as e:
+            raise ConfigError(f"server URL must look like http://HOST:PORT, not {url!r} ({e})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+            raise ConfigError(f"server URL must look like http://HOST:PORT, not {url!r}")
         self.url = f"{parts.scheme}://{parts.netloc}"
         self._https = parts.scheme == "https"
         self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
+        self._port = port or (443 if self._https else 80)
         self._base = parts.path.rstrip("/")
-        self.token = token or None
+        self.token = clean_token(token)
         self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
         self.timeout = timeout
         self.resilient = resilient

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
+from .container_policy import DEFAULT_ALLOW, DEFAULT_DENY
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/scitq.conf"
@@ -27,6 +28,7 @@ class Option:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     secret: bool = False
+    maximum: float | None = None
 
 
 def _o(default: Any, kind: str, help: str, **kw: Any) -> Option:
@@ -36,7 +38,7 @@ def _o(default: Any, kind: str, help: str, **kw: Any) -> Option:
 # (section, key) -> Option. The README's configuration reference is this table.
 OPTIONS: dict[tuple[str, str], Option] = {
     ("server", "listen"): _o("127.0.0.1", "str", "address the HTTP API listens on"),
-    ("server", "port"): _o(5000, "int", "TCP port of the HTTP API", minimum=1),
+    ("server", "port"): _o(5000, "int", "TCP port of the HTTP API", minimum=1, maximum=65535),
     ("server", "database"): _o("sqlite:///scitq.db", "str",
                                "sqlite:///PATH (relative to the working dir) or postgresql://USER:PASS@HOST:PORT/DB",
                                secret=True),
@@ -48,6 +50,9 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                  minimum=0),
     ("server", "output_head"): _o(256 * 1024, "int", "bytes kept from the start of each output stream", minimum=0),
     ("server", "output_tail"): _o(768 * 1024, "int", "bytes kept from the end of each output stream", minimum=1024),
+    ("server", "container_options"): _o(DEFAULT_ALLOW, "str", "container options tasks may give, "
+                                        "separated by spaces: --name (any value) or --name=PATTERN; "
+                                        "anything else is refused at submission (422)"),
     ("server", "rclone_config"): _o("/etc/rclone.conf", "str",
                                     "rclone config handed to authenticated workers; its remotes are the URI "
                                     "schemes tasks may use (none there: only http, https, ftp and file URIs)"),
@@ -56,6 +61,14 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                       "join tokens so workers pin it"),
     ("server", "public_url"): _o("", "str", "URL workers use to reach this server (e.g. https://scitq.example.org); "
                                  "printed with join tokens"),
+    ("server", "token_file"): _o("admin.token", "str", "where the first start on an empty database writes the "
+                                 "admin token it creates (mode 600; relative to the working dir; install.sh: "
+                                 "/var/lib/scitq/admin.token)"),
+    ("server", "server_names"): _o("", "str", "comma-separated DNS names this server answers to besides localhost, "
+                                   "this host's own names and public_url's (other Host headers get 421: DNS "
+                                   "rebinding); IP addresses always pass"),
+    ("server", "file_roots"): _o("", "str", "comma-separated absolute paths: the only folders file:// URIs of "
+                                 "tasks may name (inputs, resources, output); empty refuses every file:// URI"),
     ("dispatcher", "interval"): _o(1.0, "float", "seconds between two rounds of the dispatcher loops", minimum=0.05),
     ("dispatcher", "lease"): _o(30.0, "float", "execution lease: seconds a worker has to renew it", minimum=1),
     ("dispatcher", "offline_after"): _o(60.0, "float", "seconds without heartbeat before a worker is offline",
@@ -69,6 +82,10 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                   "join token when it carries one)"),
     ("worker", "upgrade_deadline"): _o(3600.0, "float", "on an upgrade (SIGUSR1): seconds running tasks may take to "
                                        "finish before they are handed back", minimum=0),
+    ("worker", "task_user"): _o("scitq-task", "str", "account plain tasks run as when the worker runs as root "
+                                "(install.sh worker creates it); `root` lets tasks read the worker's secrets"),
+    ("worker", "file_roots"): _o("", "str", "comma-separated absolute paths: the only folders this worker reads or "
+                                 "writes for file:// URIs, symlinks resolved; empty refuses every file:// URI"),
     ("worker", "name"): _o("", "str", "worker name (default: the host name)"),
     ("worker", "batch"): _o("", "str", "only run tasks of this batch (default: any running batch)"),
     ("worker", "concurrency"): _o(1, "int", "tasks run at once", minimum=0),
@@ -80,6 +97,9 @@ OPTIONS: dict[tuple[str, str], Option] = {
                              choices=("none", "docker", "podman", "apptainer", "singularity")),
     ("worker", "engine_options"): _o("", "str", "global flags for every engine command, before its subcommand "
                                      "(e.g. --runtime runc for podman)"),
+    ("worker", "container_deny"): _o(DEFAULT_DENY, "str", "container options this worker refuses in a task "
+                                     "whatever the server allows (--name or --name=PATTERN, separated by "
+                                     "spaces); such a task fails with class staging"),
     ("worker", "run_options"): _o("", "str", "options added to every container run, before the task's "
                                   "container_options (e.g. --network=host)"),
     ("worker", "registry"): _o("", "str", "private container registry the worker logs in to (e.g. "
@@ -100,8 +120,9 @@ OPTIONS: dict[tuple[str, str], Option] = {
     ("client", "token"): _o("", "str", "API token (env SCITQ_TOKEN too)", secret=True),
     ("client", "fingerprint"): _o("", "str", "sha256 of the server's TLS certificate to pin (hex), for a "
                                   "self-signed certificate"),
-    ("client", "token_file"): _o("/etc/scitq/admin.token", "str", "file holding the API token, read when no token is "
-                                 "given and the server is on this host (install.sh writes it, mode 600)"),
+    ("client", "token_file"): _o("/var/lib/scitq/admin.token", "str", "file holding the API token, read when no "
+                                 "token is given and the server is on this host (an installed server's [server] "
+                                 "token_file)"),
     ("client", "timeout"): _o(30.0, "float", "seconds before an HTTP request gives up", minimum=0.1),
     ("log", "level"): _o("info", "choice", "log level", choices=("debug", "info", "warning", "error")),
 }
@@ -148,6 +169,8 @@ def _convert(section: str, key: str, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{where}: expected {opt.kind}, got {raw!r}") from None
     if opt.minimum is not None and value < opt.minimum:
         raise ConfigError(f"{where}: must be at least {opt.minimum:g}, got {value!r}")
+    if opt.maximum is not None and value > opt.maximum:
+        raise ConfigError(f"{where}: must be at most {opt.maximum:g}, got {value!r}")
     return value
 
 

@@ -27,8 +27,9 @@ import time
 from typing import Any
 
 from .config import Config
+from .container_policy import DEFAULT_DENY, denied, parse_rules
 from .errors import ConfigError
-from .runner import LocalProcess, LocalRunner, Outcome, Process, RunSpec, Runner, StartError, clean_env
+from .runner import LocalProcess, LocalRunner, Outcome, Process, RunSpec, Runner, StartError, TaskUser, clean_env
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ContainerRunner(Runner):
 
     def __init__(self, engine: str, *, workdir: str, state_dir: str, binary: str | None = None,
                  engine_options: str = "", run_options: str = "", registry: str = "", registry_user: str = "",
-                 registry_password: str = "") -> None:
+                 registry_password: str = "", deny: str = DEFAULT_DENY) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"unknown container engine {engine!r} (one of {', '.join(ENGINES)})")
         self.name = engine
@@ -110,6 +111,7 @@ class ContainerRunner(Runner):
             raise ConfigError("[worker] registry, registry_user and registry_password go together: set all three "
                               "(or only registry for a public one)")
         self.registry = registry.strip().rstrip("/")
+        self.deny = parse_rules(deny, "[worker] container_deny")
         self.registry_user, self.registry_password = registry_user, registry_password
         self.tag = workdir_tag(workdir)
         self.auth_dir = os.path.join(state_dir, "engine-auth")
@@ -261,13 +263,24 @@ class ContainerRunner(Runner):
         log.info("pulled image %s in %.1f s", image, time.monotonic() - started, extra={"action": "pulled"})
 
     # --- running ---------------------------------------------------------------------
+    def refuse_denied(self, spec: RunSpec) -> None:
+        """StartError (class staging: the task's own setup, refused before anything runs) when the
+        task's container_options hold an option of this worker's deny-list, whatever the server
+        allowed: a server configured too widely, or a task submitted before its policy tightened."""
+        option = denied(spec.container_options, self.deny)
+        if option is not None:
+            raise StartError(f"container option {option} is refused by this worker's [worker] container_deny "
+                             "(it would reach the host: mounts, privileges or host namespaces)", "staging")
+
     def prepare(self, spec: RunSpec) -> None:
         if spec.container:
+            self.refuse_denied(spec)  # before pulling an image for nothing
             self.ensure_image(spec.container)
 
     def start(self, spec: RunSpec) -> Process:
         if not spec.container:
             raise StartError("this runner only runs container tasks", "infra")
+        self.refuse_denied(spec)
         try:
             options = shlex.split(spec.container_options or "")
         except ValueError as e:
@@ -500,13 +513,14 @@ class WorkerRunner(Runner):
         return self.engine.attach(name)
 
 
-def make_runner(config: Config, workdir: str, state_dir: str) -> WorkerRunner:
-    """The runner `[worker] engine` asks for, its engine checked (ConfigError with the fix)."""
+def make_runner(config: Config, workdir: str, state_dir: str, user: TaskUser | None = None) -> WorkerRunner:
+    """The runner `[worker] engine` asks for, its engine checked (ConfigError with the fix); plain
+    commands run as `user` when given."""
     w = config.worker
     if w.engine == "none":
-        return WorkerRunner(LocalRunner())
+        return WorkerRunner(LocalRunner(user))
     engine = ContainerRunner(w.engine, workdir=workdir, state_dir=state_dir, engine_options=w.engine_options,
                              run_options=w.run_options, registry=w.registry, registry_user=w.registry_user,
-                             registry_password=w.registry_password)
+                             registry_password=w.registry_password, deny=w.container_deny)
     engine.check()
-    return WorkerRunner(LocalRunner(), engine)
+    return WorkerRunner(LocalRunner(user), engine)

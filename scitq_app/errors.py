@@ -91,6 +91,16 @@ class Fenced(Conflict):
     kind = "fenced"
 
 
+class MisdirectedRequest(ScitqError):
+    """This server does not answer to that host name."""
+
+    # A DNS name the server does not know as its own (DNS rebinding): the fix is in
+    # the server's configuration ([server] server_names), hence exit code 2.
+    kind = "misdirected"
+    http_status = 421
+    exit_code = 2
+
+
 class TooLarge(ScitqError):
     """The request body is too large."""
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .errors import ScitqError
 from .outbox import Outbox, StreamShipper
-from .runner import Outcome, Process, RunSpec, Runner, StartError
+from .runner import Outcome, Process, RunSpec, Runner, StartError, TaskUser
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,11 @@ class Job:
     def __init__(self, execution: dict, *, root: str, runner: Runner, stager: Stager, outbox: Outbox,
                  slots: Slots, cpu_per_slot: Callable[[], int], head: int, tail: int,
                  on_done: Callable[["Job"], None], clock: Callable[[], float] = time.monotonic,
-                 process: Process | None = None) -> None:
+                 process: Process | None = None, task_user: TaskUser | None = None) -> None:
         """`process`: one a previous run of the worker started, re-attached (`Runner.attach`):
-        the Job resumes from "running"."""
+        the Job resumes from "running". `task_user`: the account plain commands run as, which then
+        owns input/, output/ and tmp/ (not their staged files, which may be hard links)."""
+        self.task_user = task_user
         self.execution = execution
         self.id = int(execution["id"])
         self.dir = os.path.join(root, f"exec-{self.id}")
@@ -222,6 +224,9 @@ class Job:
             # stopped while downloading (a person, a worker shutdown): not the data's fault
             failure = self._failure_class(None) if self.cancel.is_set() else "staging"
             return self._finish(stdout, stderr, None, failure, e.message)
+        if self.task_user is not None:
+            for name in ("input", "output", "tmp"):
+                os.chown(self.dirs[name], self.task_user.uid, self.task_user.gid, follow_symlinks=False)
         if not self.slots.acquire(self.cancel):
             return self._finish(stdout, stderr, None, self._failure_class(None), "stopped before it started")
         try:

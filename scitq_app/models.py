@@ -126,7 +126,9 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
                           _T.SUCCEEDED, _T.FAILED, _T.CANCELED}),
     _T.SUCCEEDED: frozenset({_T.PENDING, _T.WAITING}),
     _T.FAILED: frozenset({_T.PENDING, _T.WAITING}),
-    _T.CANCELED: frozenset({_T.PENDING, _T.WAITING}),
+    # Succeeded: the attempt current when people stopped the task had already exited 0 (the
+    # stop reached its worker too late); the work is done and is recorded, not run again.
+    _T.CANCELED: frozenset({_T.PENDING, _T.WAITING, _T.SUCCEEDED}),
 }
 
 _E = ExecutionStatus

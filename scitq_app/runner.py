@@ -109,6 +109,29 @@ class Runner:
         return None
 
 
+@dataclass(frozen=True)
+class TaskUser:
+    """The account plain commands run as, when it is not the worker's own."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def find_task_user(name: str) -> TaskUser:
+    """The account `name` (ConfigError naming it when it does not exist)."""
+    import pwd
+    from .errors import ConfigError
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"[worker] task_user {name!r} does not exist: `install.sh worker` creates it (useradd "
+                          f"--system --no-create-home --shell /usr/sbin/nologin {name}); or set [worker] task_user = "
+                          "root (SCITQ_WORKER_TASK_USER=root) to run tasks as root, where they can read this "
+                          "worker's token and storage keys") from None
+    return TaskUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
 class LocalProcess(Process):
     def __init__(self, popen: subprocess.Popen) -> None:
         self.popen = popen
@@ -151,9 +174,13 @@ class LocalProcess(Process):
 
 
 class LocalRunner(Runner):
-    """Runs commands on the host, exporting INPUT OUTPUT RESOURCE TEMP CPU."""
+    """Runs commands on the host, exporting INPUT OUTPUT RESOURCE TEMP CPU; as `user` when given
+    (a root worker's unprivileged task user), else as the worker's own user."""
 
     name = "none"
+
+    def __init__(self, user: TaskUser | None = None) -> None:
+        self.user = user
 
     def start(self, spec: RunSpec) -> Process:
         if spec.container:
@@ -163,10 +190,15 @@ class LocalRunner(Runner):
         env.update({"INPUT": spec.dirs["input"], "OUTPUT": spec.dirs["output"], "RESOURCE": spec.dirs["resource"],
                     "TEMP": spec.dirs["tmp"], "TMPDIR": spec.dirs["tmp"], "CPU": str(spec.cpu)})
         env.update(spec.extra_env)
+        account: dict = {}
+        if self.user is not None:
+            # the worker's own HOME (root's) is no place for a task: its tmp is
+            env.update({"HOME": spec.dirs["tmp"], "USER": self.user.name, "LOGNAME": self.user.name})
+            account = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
         try:
             popen = subprocess.Popen(spec.argv(), cwd=spec.dirs["tmp"], env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True, **account)
         except FileNotFoundError as e:
             raise StartError(f"command not found: {e.filename}") from None
         except PermissionError as e:

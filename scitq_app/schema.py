@@ -6,6 +6,7 @@ the first bad field. Types are strict: `"4"` is not an int, `1` is not a bool.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
@@ -16,6 +17,10 @@ from .models import (FailureClass, Shell, SignalAction, Stream, TaskStatus, Work
                      SETTABLE_WORKER_STATUSES, values_of)
 
 MAX_TEXT = 1_000_000
+MAX_STR = 10_000
+MAX_TASK_NAME = 500
+MAX_STATS_DEPTH = 8
+MAX_STATS_SIZE = 64 * 1024
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 INT32_MAX = 2 ** 31 - 1  # INTEGER columns (timeouts, return codes, GPUs) are 32-bit in PostgreSQL
 MAX_BULK = 100_000
@@ -24,11 +29,19 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # JSON can carry lone UTF-16 surrogates (as \udXXX escapes): no database can store them as text
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The same rules as patterns, for the OpenAPI document (schemathesis checks the server against it):
+# no control character but tab, LF and CR (one-line texts: but tab), and "not blank" where
+# _check_text strips a value to test it (\s is str.isspace in Python's re, as strip() reads it).
+_CTRL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+_CTRL_LINE = r"\x00-\x08\x0a-\x1f\x7f"
+STR_PATTERN = f"^[^{_CTRL}]*$"
+TEXT_PATTERN = f"^[^{_CTRL}]*[^\\s{_CTRL}][^{_CTRL}]*$"
+LINE_PATTERN = f"^[^{_CTRL_LINE}]*[^\\s{_CTRL_LINE}][^{_CTRL_LINE}]*$"
 
 
 @dataclass(frozen=True)
 class Field:
-    kind: str                      # str, text, name, int, number, bool, enum, uris, resources, output,
+    kind: str                      # str, options, text, name, int, number, bool, enum, uris, resources, output,
                                    # ints, strs, requires, dict, list
     doc: str
     required: bool = False
@@ -38,6 +51,8 @@ class Field:
     choices: tuple[str, ...] = ()
     default: Any = None
     item: str | None = None        # for 'list': the kind of its objects
+    min_length: int | None = None  # for 'str': bounds on its length in characters
+    max_length: int | None = None
 
 
 def _err(name: str, msg: str) -> Invalid:
@@ -68,6 +83,40 @@ def _no_surrogates(name: str, v: Any) -> Any:
     return v
 
 
+def check_stats(name: str, v: Any) -> dict[str, Any]:
+    """A heartbeat's stats: an object of finite numbers, strings, booleans, nulls, arrays and
+    objects, at most MAX_STATS_DEPTH levels deep and MAX_STATS_SIZE bytes as JSON. Python's json
+    reads NaN and Infinity, which no JSON reader of `GET /workers` would accept back."""
+    if not isinstance(v, dict):
+        raise _err(name, f"must be an object, not {_tname(v)}")
+    budget = [MAX_STATS_SIZE]
+
+    def walk(x: Any, where: str, depth: int) -> None:
+        if depth > MAX_STATS_DEPTH:
+            raise _err(where, f"is nested more than {MAX_STATS_DEPTH} levels deep")
+        budget[0] -= 8
+        if isinstance(x, float) and not math.isfinite(x):
+            raise _err(where, "must be a finite number (not NaN or Infinity)")
+        if isinstance(x, str):
+            budget[0] -= len(x)
+            if _SURROGATE.search(x):
+                raise _err(where, "is not valid Unicode (it holds a lone surrogate)")
+        elif isinstance(x, dict):
+            for key, item in x.items():
+                budget[0] -= len(key)
+                if _SURROGATE.search(key):
+                    raise _err(where, "holds a key that is not valid Unicode")
+                walk(item, f"{where}.{key}", depth + 1)
+        elif isinstance(x, list):
+            for i, item in enumerate(x):
+                walk(item, f"{where}[{i}]", depth + 1)
+        if budget[0] < 0:
+            raise _err(name, f"is larger than {MAX_STATS_SIZE} bytes")
+
+    walk(v, name, 1)
+    return v
+
+
 def _tname(v: Any) -> str:
     return "null" if v is None else {bool: "boolean", int: "integer", float: "number", str: "string",
                                      list: "array", dict: "object"}.get(type(v), type(v).__name__)
@@ -92,16 +141,23 @@ def _number(name: str, f: Field, v: Any, integer: bool) -> Any:
     return v
 
 
-def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = None) -> Any:
+def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = None,
+                file_roots: Iterable[str] | None = None) -> Any:
     """Validate one value against its field; return the cleaned value. `remotes`, when
-    given, are the storage remotes URIs may name (see `uris.parse`)."""
+    given, are the storage remotes URIs may name, `file_roots` the folders file:// URIs
+    may name (see `uris.parse`)."""
     if v is None:
         if f.nullable:
             return None
         raise _err(name, "must not be null")
     k = f.kind
-    if k == "str":
-        return _check_text(name, v, empty_ok=True, limit=10_000)
+    if k in ("str", "options"):  # options: the server checks them against its allow-list too
+        _check_text(name, v, empty_ok=True, limit=f.max_length or MAX_STR)
+        if f.min_length is not None and len(v) < f.min_length:
+            raise _err(name, f"is shorter than {f.min_length} characters")
+        return v
+    if k == "stats":
+        return check_stats(name, v)
     if k == "text":
         return _check_text(name, v, empty_ok=False)
     if k == "name":
@@ -128,12 +184,13 @@ def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = Non
             raise _err(name, f"must be one of {', '.join(f.choices)}, not {v!r}")
         return v
     if k == "uris":
-        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name, remotes=remotes)]
+        return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name, remotes=remotes,
+                                               file_roots=file_roots)]
     if k == "resources":
         return [u.raw for u in uris.parse_list(_no_surrogates(name, v), name, allow_actions=True,
-                                               remotes=remotes)]
+                                               remotes=remotes, file_roots=file_roots)]
     if k == "output":
-        return uris.parse_output(_no_surrogates(name, v), name, remotes=remotes).raw
+        return uris.parse_output(_no_surrogates(name, v), name, remotes=remotes, file_roots=file_roots).raw
     if k == "ints":
         if not isinstance(v, list):
             raise _err(name, f"must be an array of integers, not {_tname(v)}")
@@ -162,16 +219,18 @@ def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = Non
         if f.maximum is not None and len(v) > f.maximum:
             raise _err(name, f"holds {len(v)} items, at most {int(f.maximum)} are allowed")
         if f.item:
-            return [validate(f.item, x, where=f"{name}[{i}]", remotes=remotes) for i, x in enumerate(v)]
+            return [validate(f.item, x, where=f"{name}[{i}]", remotes=remotes, file_roots=file_roots)
+                    for i, x in enumerate(v)]
         return v
     raise AssertionError(k)
 
 
 def validate(kind: str, payload: Any, *, partial: bool = False, where: str = "",
-             remotes: Iterable[str] | None = None) -> dict[str, Any]:
+             remotes: Iterable[str] | None = None, file_roots: Iterable[str] | None = None) -> dict[str, Any]:
     """Validate a request body of `kind`; `partial` for updates (nothing required,
     defaults not filled in). Raises Invalid on the first bad or unknown field.
-    `remotes` (the server's rclone remotes) refuses URIs naming any other remote."""
+    `remotes` (the server's rclone remotes) refuses URIs naming any other remote;
+    `file_roots` (the server's [server] file_roots) refuses file:// URIs outside them."""
     spec = SPECS[kind]
     prefix = f"{where}." if where else ""
     if not isinstance(payload, dict):
@@ -182,7 +241,7 @@ def validate(kind: str, payload: Any, *, partial: bool = False, where: str = "",
     out: dict[str, Any] = {}
     for key, f in spec.items():
         if key in payload:
-            out[key] = check_value(prefix + key, f, payload[key], remotes)
+            out[key] = check_value(prefix + key, f, payload[key], remotes, file_roots)
         elif f.required and not partial:
             raise _err(prefix + key, "is required")
         elif not partial and f.default is not None:
@@ -198,12 +257,15 @@ def _f(kind: str, doc: str, **kw: Any) -> Field:
 
 _TASK_FIELDS: dict[str, Field] = {
     "command": _f("text", "the command line", required=True),
-    "name": _f("str", "a name for people and filters", nullable=True),
+    # PostgreSQL refuses an index entry over 2704 bytes (task_name): 500 characters are 2000 bytes at most.
+    "name": _f("str", "a name for people and filters", nullable=True, max_length=MAX_TASK_NAME),
     "batch": _f("name", "batch name (created if missing)", default="Default"),
     "shell": _f("enum", "none: run the command as argv; sh or bash: run it with that shell",
                 choices=tuple(values_of(Shell)), default="none"),
     "container": _f("str", "container image (runs without a container when null)", nullable=True),
-    "container_options": _f("str", "extra options for the container engine's run", nullable=True),
+    "container_options": _f("options", "extra options for the container engine's run: only those of the server's "
+                            "[server] container_options (an allow-list; others are refused with 422)",
+                            nullable=True),
     "inputs": _f("uris", "URIs downloaded into input/ before the command starts"),
     "resources": _f("resources", "shared read-only URIs (with |actions) linked into resource/"),
     "output": _f("output", "folder URI where output/ is uploaded", nullable=True),
@@ -227,12 +289,20 @@ SPECS: dict[str, dict[str, Field]] = {
         "ref": _f("str", "a key other tasks of the same bulk request can list in requires"),
         "status": _f("enum", "pending (default) or paused", choices=("pending", "paused")),
     },
+    # one task (POST /tasks): refs name tasks of the same bulk request, so requires holds ids only
+    "task_single": {
+        **_TASK_FIELDS,
+        "requires": _f("ints", "ids of the tasks that must succeed first", minimum=1),
+        "ref": _f("str", "accepted for symmetry with bulk requests; nothing can refer to it"),
+        "status": _f("enum", "pending (default) or paused", choices=("pending", "paused")),
+    },
     # an edit names only the fields it changes: none is required, none defaults
     "task_update": {k: replace(v, required=False, default=None) for k, v in _TASK_FIELDS.items()},
     "task_bulk": {"tasks": _f("list", "tasks to create, all or none", required=True, maximum=MAX_BULK,
                               item="task_create"),
-                  "key": _f("str", "idempotency key: a retried request with the same key creates nothing "
-                                   "and returns the same ids", nullable=True)},
+                  "key": _f("str", "idempotency key, scoped to the token: a retried request with the same key "
+                                   "and body creates nothing and returns the same ids; the same key with another "
+                                   "body is refused (409)", nullable=True, min_length=8, max_length=100)},
     "task_signal": {"action": _f("enum", "pause, resume, stop (SIGTERM then SIGKILL) or kill", required=True,
                                  choices=("pause", "resume", "stop", "kill"))},
     "batch_create": {"name": _f("name", "batch name", required=True),
@@ -265,7 +335,8 @@ SPECS: dict[str, dict[str, Field]] = {
         "wait": _f("number", "seconds to long-poll when nothing is pending", minimum=0, maximum=60),
     },
     "heartbeat": {
-        "stats": _f("dict", "load, cpu, mem, disk, net, versions"),
+        "stats": _f("stats", f"load, cpu, mem, disk, net, versions: JSON with finite numbers, nested "
+                             f"{MAX_STATS_DEPTH} levels deep and {MAX_STATS_SIZE} bytes long at most"),
         "executions": _f("ints", "ids of the executions the worker still holds", minimum=1),
         "acks": _f("ints", "ids of the signals the worker has applied", minimum=1),
     },
@@ -300,8 +371,8 @@ SPECS: dict[str, dict[str, Field]] = {
         "name": _f("name", "the only worker name it registers", nullable=True),
     },
     "token_create": {"name": _f("name", "token name", required=True),
-                     "role": _f("enum", "admin, user or worker", required=True,
-                                choices=("admin", "user", "worker"))},
+                     # worker tokens come from registration (POST /workers/register) only
+                     "role": _f("enum", "admin or user", required=True, choices=("admin", "user"))},
 }
 
 _ALL_TASK_STATUSES = tuple(values_of(TaskStatus))
@@ -309,12 +380,23 @@ _ALL_WORKER_STATUSES = tuple(values_of(WorkerStatus))
 _SIGNALS = tuple(values_of(SignalAction))
 
 
-def json_schema(kind: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Context:
+    """What the server's configuration adds to the rules: the remotes and file roots URIs may
+    name (None: not checked), so that the document it serves states them too."""
+
+    remotes: frozenset[str] | None = None
+    file_roots: tuple[str, ...] | None = None
+    container_options: str | None = None   # the pattern of the allow-list (container_policy)
+
+
+def json_schema(kind: str, context: Context | None = None) -> dict[str, Any]:
     """The JSON Schema (OpenAPI 3.0 dialect) of a request body kind."""
+    ctx = context or Context()
     props: dict[str, Any] = {}
     required = []
     for key, f in SPECS[kind].items():
-        props[key] = _field_schema(f)
+        props[key] = _field_schema(f, ctx)
         if f.required:
             required.append(key)
     out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
@@ -323,29 +405,49 @@ def json_schema(kind: str) -> dict[str, Any]:
     return out
 
 
-_SIMPLE: dict[str, Callable[[Field], dict]] = {
-    "str": lambda f: {"type": "string"},
-    "b64": lambda f: {"type": "string", "format": "byte"},
-    "text": lambda f: {"type": "string", "minLength": 1},
-    "name": lambda f: {"type": "string", "pattern": NAME_RE.pattern},
-    "int": lambda f: {"type": "integer"},
-    "number": lambda f: {"type": "number"},
-    "bool": lambda f: {"type": "boolean"},
-    "enum": lambda f: {"type": "string", "enum": list(f.choices)},
-    "uris": lambda f: {"type": "array", "items": {"type": "string", "format": "uri"}},
-    "resources": lambda f: {"type": "array", "items": {"type": "string"}},
-    "output": lambda f: {"type": "string", "format": "uri"},
-    "ints": lambda f: {"type": "array", "items": {"type": "integer"}},
-    "strs": lambda f: {"type": "array", "items": {"type": "string"}},
-    "requires": lambda f: {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]}},
-    "dict": lambda f: {"type": "object"},
-    "list": lambda f: {"type": "array", "items": ({"$ref": f"#/components/schemas/{f.item}"} if f.item
-                                                  else {})},
+def _int_schema(f: Field) -> dict[str, Any]:
+    # the databases store 64-bit integers at most: that is the range when the field names none
+    return {"type": "integer", "minimum": INT64_MIN if f.minimum is None else f.minimum,
+            "maximum": INT64_MAX if f.maximum is None else f.maximum}
+
+
+def _uri(ctx: Context, actions: bool = False) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": uris.MAX_LENGTH,
+            "pattern": uris.uri_pattern(allow_actions=actions, remotes=ctx.remotes, file_roots=ctx.file_roots)}
+
+
+_SIMPLE: dict[str, Callable[[Field, Context], dict]] = {
+    "str": lambda f, c: {"type": "string", "maxLength": f.max_length or MAX_STR, "pattern": STR_PATTERN,
+                         **({"minLength": f.min_length} if f.min_length is not None else {})},
+    "options": lambda f, c: {"type": "string", "maxLength": MAX_STR,
+                             "pattern": c.container_options or STR_PATTERN},
+    "stats": lambda f, c: {"type": "object"},
+    "b64": lambda f, c: {"type": "string", "format": "byte", "maxLength": MAX_B64},
+    "text": lambda f, c: {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN},
+    "name": lambda f, c: {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 200},
+    "int": lambda f, c: _int_schema(f),
+    "number": lambda f, c: {"type": "number"},
+    "bool": lambda f, c: {"type": "boolean"},
+    # OpenAPI 3.0: a nullable enum lists null among its values, or null is not valid
+    "enum": lambda f, c: {"type": "string", "enum": list(f.choices) + ([None] if f.nullable else [])},
+    "uris": lambda f, c: {"type": "array", "items": _uri(c)},
+    "resources": lambda f, c: {"type": "array", "items": _uri(c, actions=True)},
+    "output": lambda f, c: _uri(c),
+    "ints": lambda f, c: {"type": "array", "items": _int_schema(Field("int", "", minimum=f.minimum))},
+    "strs": lambda f, c: {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 4096,
+                                                     "pattern": TEXT_PATTERN}},
+    "requires": lambda f, c: {"type": "array", "items": {"oneOf": [
+        _int_schema(Field("int", "", minimum=1)),
+        {"type": "string", "minLength": 1, "maxLength": 200, "pattern": LINE_PATTERN}]}},
+    "dict": lambda f, c: {"type": "object"},
+    "list": lambda f, c: {"type": "array", "items": ({"$ref": f"#/components/schemas/{f.item}"} if f.item
+                                                     else {}),
+                          **({"maxItems": int(f.maximum)} if f.maximum is not None else {})},
 }
 
 
-def _field_schema(f: Field) -> dict[str, Any]:
-    s = dict(_SIMPLE[f.kind](f))
+def _field_schema(f: Field, ctx: Context) -> dict[str, Any]:
+    s = dict(_SIMPLE[f.kind](f, ctx))
     s["description"] = f.doc
     if f.minimum is not None and f.kind in ("int", "number"):
         s["minimum"] = f.minimum

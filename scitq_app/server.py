@@ -19,20 +19,21 @@ import re
 import threading
 import time
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from . import __version__
 from .api import PREFIX, ROUTES, Route, openapi_document, parse_query
 from .config import Config
-from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MissingDependency,
+from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MisdirectedRequest, MissingDependency,
                      NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized, UnsupportedMediaType)
 from .models import Identity, Role
-from .schema import validate
+from .container_policy import check_allowed, options_pattern, parse_rules
+from .schema import Context, validate
 from .store import Store
+from .roots import parse_roots
 from .uris import rclone_remotes
 
 log = logging.getLogger(__name__)
-
-ANONYMOUS = Identity("anonymous", Role.ADMIN)
 
 
 class Notifier:
@@ -138,14 +139,60 @@ class HeartbeatBuffer:
         self.flush()
 
 
-PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+class HostCheck:
+    """Which Host headers the server answers (DNS rebinding defence).
+
+    A page a browser loaded from evil.example can make its name resolve to this
+    server's address, and the browser then sends `Host: evil.example` with requests
+    it lets that page read. So a DNS name is served only when it is `localhost`, one
+    of this host's own names, `[server] public_url`'s host, or in `[server]
+    server_names`; an IP literal cannot be rebound and always passes. Ports do not
+    matter, and a request with no Host (HTTP/1.0) passes."""
+
+    def __init__(self, server_names: str, public_url: str = "") -> None:
+        names = {n.strip().lower().rstrip(".") for n in server_names.split(",") if n.strip()}
+        names.add("localhost")
+        if public_url:
+            try:
+                host = urlsplit(public_url).hostname
+            except ValueError:
+                host = None
+            if host:
+                names.add(host.lower().rstrip("."))
+        self.names = frozenset(names)
+        self._own: frozenset[str] | None = None
+
+    def allows(self, header: str | None) -> bool:
+        if not header:
+            return True
+        host = header.strip()
+        if host.startswith("["):  # [v6]:port
+            end = host.find("]")
+            return end > 0 and _is_ip(host[1:end])
+        if host.count(":") > 1:  # a bare v6 address, as some clients send it
+            return _is_ip(host)
+        host = host.rsplit(":", 1)[0] if ":" in host else host
+        if _is_ip(host):
+            return True
+        name = host.lower().rstrip(".")
+        if name in self.names:
+            return True
+        if self._own is None:  # looked up once, when a name needs it (getfqdn may ask DNS)
+            from .tokenfiles import own_names
+            self._own = own_names()
+        return name in self._own
+
+    def refusal(self, header: str) -> MisdirectedRequest:
+        name = header.strip()[:100]
+        return MisdirectedRequest(f"this server does not answer to the host name {name!r}: add it to [server] "
+                                  "server_names on the server if it is one of its names (this refusal stops DNS "
+                                  "rebinding; IP addresses always pass)", host=name)
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
+def _is_ip(text: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ipaddress.ip_address(text)
+        return True
     except ValueError:
         return False
 
@@ -195,8 +242,13 @@ class RcloneConfig:
         return self.current()[1]
 
 
+def _scope(ident: Identity) -> str:
+    """Whose idempotency keys these are: the token's (a key from another token is another submission)."""
+    return f"token:{ident.token_id}" if ident.token_id is not None else f"name:{ident.name}"
+
+
 # Request bodies holding URIs: validated against the rclone config's remotes.
-URI_BODIES = frozenset({"task_create", "task_bulk", "task_update"})
+URI_BODIES = frozenset({"task_single", "task_create", "task_bulk", "task_update"})
 
 
 class Api:
@@ -209,25 +261,17 @@ class Api:
         self.notifier = notifier
         self.clock = clock
         self.lease = config.dispatcher.lease
-        self.open_mode_allowed = is_loopback(config.server.listen)
-        self._open_cache: tuple[float, bool] = (0.0, False)
+        self.hosts = HostCheck(config.server.server_names, config.server.public_url)
         # Long polls hold a waitress thread each: keep enough threads for everyone else.
         self._pollers = threading.BoundedSemaphore(max(1, config.server.threads // 2))
         self.beats = HeartbeatBuffer(store, self.lease, clock)
         self.rclone = RcloneConfig(config.server.rclone_config)
+        # the only folders file:// URIs may name (none by default): tasks reach no other host path
+        self.file_roots = parse_roots(config.server.file_roots, "[server] file_roots")
+        self.container_allow = parse_rules(config.server.container_options, "[server] container_options")
+        self.container_pattern = options_pattern(self.container_allow)
 
     # --- auth -----------------------------------------------------------------
-    def open_mode(self) -> bool:
-        """Loopback server and no admin/user token yet: requests need no token."""
-        if not self.open_mode_allowed:
-            return False
-        at, value = self._open_cache
-        now = self.clock()
-        if now - at > 2.0:
-            value = not self.store.has_people_tokens()
-            self._open_cache = (now, value)
-        return value
-
     def identify(self, header: str | None) -> Identity | None:
         if header:
             scheme, _, secret = header.partition(" ")
@@ -237,8 +281,6 @@ class Api:
             if ident is None:
                 raise Unauthorized("this token is unknown or revoked, or a join token used up or expired")
             return ident
-        if self.open_mode():
-            return ANONYMOUS
         return None
 
     @staticmethod
@@ -255,7 +297,9 @@ class Api:
         return {"status": "ok", "version": __version__, "time": self.clock()}
 
     def openapi(self, ident: Identity, **_: Any) -> dict:
-        return openapi_document()
+        # the URI patterns name this server's remotes and file roots: the document states what it accepts
+        return openapi_document(Context(remotes=self.rclone.remotes(), file_roots=self.file_roots,
+                                        container_options=self.container_pattern))
 
     def whoami(self, ident: Identity, **_: Any) -> dict:
         reply: dict[str, Any] = {"name": ident.name, "role": ident.role.value, "worker_id": ident.worker_id}
@@ -275,15 +319,15 @@ class Api:
     def create_task(self, ident: Identity, body: dict, **_: Any) -> dict:
         if any(isinstance(r, str) for r in body.get("requires") or []):
             raise Invalid("refs can only be used in a bulk request; give task ids", field="requires")
+        check_allowed(body.get("container_options"), self.container_allow)
         task_id = self.store.create_tasks([body], actor=ident.name)[0]
         self.notifier.notify()
         return self.store.get_task(task_id).to_dict()
 
     def create_tasks(self, ident: Identity, body: dict, **_: Any) -> dict:
-        key = body.get("key")
-        if key is not None and not 8 <= len(key) <= 100:
-            raise Invalid("must be 8 to 100 characters", field="key")
-        ids = self.store.create_tasks(body["tasks"], actor=ident.name, key=key)
+        for i, task in enumerate(body["tasks"]):
+            check_allowed(task.get("container_options"), self.container_allow, f"tasks[{i}].container_options")
+        ids = self.store.create_tasks(body["tasks"], actor=ident.name, key=body.get("key"), scope=_scope(ident))
         self.notifier.notify()
         return {"ids": ids, "count": len(ids)}
 
@@ -294,6 +338,7 @@ class Api:
         return self.store.get_task(id).to_dict()
 
     def update_task(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        check_allowed(body.get("container_options"), self.container_allow)
         task = self.store.update_task(id, body, actor=ident.name)
         self.notifier.notify()
         return task.to_dict()
@@ -381,9 +426,7 @@ class Api:
     # --- worker protocol ------------------------------------------------------
     def register(self, ident: Identity, body: dict, **_: Any) -> dict:
         worker, token = self.store.register_worker(body, actor=ident.name, identity=ident)
-        return {"worker": worker.to_dict(), "token": token, "lease": self.lease,
-                "heartbeat": min(self.config.worker.heartbeat, self.lease / 3),
-                "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail,
+        return {"worker": worker.to_dict(), "token": token, "lease": self.lease, **self._worker_pace(),
                 "rclone_config": self.rclone.digest()}
 
     def claim(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
@@ -417,7 +460,13 @@ class Api:
         reply["signals"] = [s for s in reply["signals"] if s["id"] not in acked]
         self.beats.add(id, body.get("stats") or {}, executions, body.get("acks") or [])
         reply["rclone_config"] = self.rclone.digest()  # the worker fetches the config when this changes
+        reply.update(self._worker_pace())  # so a worker restarted since registering follows it too
         return reply
+
+    def _worker_pace(self) -> dict[str, Any]:
+        """What the server sets for every worker: heartbeat interval and output caps."""
+        return {"heartbeat": min(self.config.worker.heartbeat, self.lease / 3),
+                "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail}
 
     def worker_rclone_config(self, ident: Identity, id: int, **_: Any) -> dict:
         self._own_worker(ident, id)
@@ -487,7 +536,6 @@ class Api:
 
     def create_token(self, ident: Identity, body: dict, **_: Any) -> dict:
         token, secret = self.store.create_token(body["name"], body["role"], actor=ident.name)
-        self._open_cache = (0.0, False)
         return {"token": token.to_dict(), "secret": secret}
 
     def revoke_token(self, ident: Identity, name: str, **_: Any) -> dict:
@@ -571,9 +619,6 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
             try:
                 # raw (latin-1) header: a non-UTF-8 value is just an unknown token, not an error
                 ident = api.identify(request.environ.get("HTTP_AUTHORIZATION"))
-                if ident is ANONYMOUS and any(h in request.environ for h in PROXY_HEADERS):
-                    # open mode is for this host only: a reverse proxy on it would open it to everyone
-                    ident = None
                 if route.roles:
                     if ident is None:
                         raise Unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
@@ -593,8 +638,9 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
                     # PATCH changes only the fields given: nothing required, no defaults filled in.
                     kwargs["body"] = validate(route.body, _read_json(request, max_body, bool(route.body)),
                                               partial=route.method == "PATCH",
-                                              remotes=api.rclone.remotes() if route.body in URI_BODIES else None)
-                result = handler(ident or ANONYMOUS, **kwargs)
+                                              remotes=api.rclone.remotes() if route.body in URI_BODIES else None,
+                                              file_roots=api.file_roots if route.body in URI_BODIES else None)
+                result = handler(ident, **kwargs)
                 return _json_response(bottle, route.status, result)
             except ScitqError as e:
                 if e.http_status >= 500:
@@ -611,6 +657,14 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
 
     for route in ROUTES:
         app.route(PREFIX + route.path, route.method, bind(route))
+
+    @app.hook("before_request")
+    def check_host() -> None:
+        # Before routing and authentication, for every route (/health too) and unknown paths.
+        header = bottle.request.environ.get("HTTP_HOST")
+        if not api.hosts.allows(header):
+            e = api.hosts.refusal(header)
+            raise _json_response(bottle, e.http_status, e.to_dict())
 
     def http_error(err: Any) -> str:
         bottle.response.content_type = "application/json"
@@ -699,12 +753,37 @@ def limit_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
+def check_server_config(config: Config) -> None:
+    """ConfigError for what the configuration checks alone cannot see: an address to listen
+    on that this host does not have, an allow-list that is not a list of options. The CLI
+    calls it before it opens (and maybe initialises) the database."""
+    parse_rules(config.server.container_options, "[server] container_options")
+    check_listen(config.server.listen, config.server.port)
+
+
+def check_listen(listen: str, port: int) -> None:
+    """ConfigError naming [server] listen unless it is an address (or a host name) this host
+    can listen on: waitress's own error for it is a bare ValueError, after threads started."""
+    import socket
+    try:
+        socket.getaddrinfo(listen, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError, ValueError) as e:
+        raise ConfigError(f"[server] listen {listen!r} is not an address this host can listen on "
+                          f"({getattr(e, 'strerror', None) or e}): give an IP address such as 127.0.0.1 or "
+                          "0.0.0.0") from None
+
+
 def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
           ready: Callable[[str], None] | None = None) -> None:
-    """Run the API on waitress until interrupted, with the dispatcher thread unless disabled."""
-    if not is_loopback(config.server.listen) and not store.has_people_tokens():
-        raise ConfigError(f"refusing to listen on {config.server.listen} with no API token: create one first "
-                          "with `scitq.pyz token create --role admin NAME` (or listen on 127.0.0.1)")
+    """Run the API on waitress until interrupted, with the dispatcher thread unless disabled.
+    While it listens, its entry in the user's server registry tells a CLI on this host
+    where its admin token file is (`tokenfiles`)."""
+    check_server_config(config)
+    if not store.has_people_tokens():
+        # A database initialised without its first admin token (or whose tokens were all
+        # revoked with the CLI): nobody can use the API until someone makes one.
+        log.warning("no admin or user token exists: create one on this host with `scitq token create --role "
+                    "admin NAME`")
     try:
         import waitress
     except ImportError:
@@ -733,11 +812,15 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
     else:
         log.info("no rclone remote in %s: tasks may use http, https, ftp and file URIs only",
                  config.server.rclone_config)
+    from .tokenfiles import register_server, unregister_server
+    port = int(server.effective_port)  # type: ignore[union-attr]
+    register_server(url, port, config.server.token_file)
     if ready:
         ready(url)
     try:
         server.run()
     finally:
+        unregister_server(port)
         stop.set()
         app.config["scitq.api"].beats.close()
         if thread is not None:

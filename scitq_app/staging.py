@@ -10,14 +10,16 @@ import logging
 import os
 import shutil
 import tempfile
+import stat
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import MissingDependency, StorageError
 from .job import Stager, StagingError
 from .storage import (Deadline, Rclone, TransferCanceled, TransferError, TransferTimeout, apply_actions,
                       find_rclone, join, tree_files, tree_size)
+from .roots import describe, resolve
 from .uris import Uri, parse, parse_output, rclone_remotes
 
 log = logging.getLogger(__name__)
@@ -271,6 +273,7 @@ BUCKET_TYPES = frozenset({"s3", "gcs", "google cloud storage", "azureblob", "b2"
                           "storj", "tardigrade"})
 ATTEMPT_PREFIX = ".scitq-attempt-"
 LOGS_DIR = ".scitq-logs"
+UPLOAD_DIR = ".upload"  # in the execution's dir, next to output/: the worker's, not the task's
 
 
 class _Either:
@@ -300,8 +303,13 @@ class RcloneStager(Stager):
       URI as input/NAME, a folder URI's content into input/), within the task's
       download_timeout or else a timeout scaled with the size rclone reports;
     - resources: through the `ResourceCache`, hard-linked into resource/;
-    - outputs: output/ (and the task's stdout/stderr logs, in .scitq-logs/TASK/)
-      uploaded to OUTPUT/.scitq-attempt-TASK-EXECUTION/; on success that attempt
+    - file:// URIs: only under `file_roots` ([worker] file_roots), symlinks resolved
+      (`roots.resolve`); rclone is given the resolved path. Outside: StagingError;
+    - outputs: the regular files of output/ are hard-linked into a snapshot the task
+      cannot write (`snapshot`: never following a symlink, even one swapped in while it
+      runs), with the task's stdout/stderr logs in .scitq-logs/TASK/, and that snapshot
+      is uploaded (rclone without --copy-links: it skips symlinks itself too) to
+      OUTPUT/.scitq-attempt-TASK-EXECUTION/; on success that attempt
       is then moved server-side into OUTPUT/ (promoted) and the leftovers of the
       task's earlier attempts are removed, so a half-uploaded or failed attempt
       never looks like a result. A failed attempt's upload stays in its attempt
@@ -309,8 +317,10 @@ class RcloneStager(Stager):
     rclone is found at first use; a worker without it runs tasks that move no data."""
 
     def __init__(self, workdir: str, config_path: str, *, rclone: str = "", retries: int = 3,
-                 cache_limit: float = 85.0, recheck: float = 5.0, parallel: int = 4) -> None:
+                 cache_limit: float = 85.0, recheck: float = 5.0, parallel: int = 4,
+                 file_roots: Iterable[str] = ()) -> None:
         self.workdir = workdir
+        self.file_roots = tuple(file_roots)
         self.config_path = config_path
         self.explicit = rclone
         self.retries = retries
@@ -372,10 +382,25 @@ class RcloneStager(Stager):
         except MissingDependency as e:
             raise StagingError(e.message) from None
 
+    def confine(self, kind: str, uri: Uri) -> Uri:
+        """A file:// URI with its path resolved, when that lies under this worker's file roots;
+        StagingError otherwise. Other URIs are returned as they are."""
+        if uri.scheme.lower() != "file":
+            return uri
+        real = resolve(uri.path.rstrip("/") or "/", self.file_roots)
+        if real is None:
+            raise StagingError(f"{kind} {uri.raw}: outside this worker's file roots, symlinks resolved "
+                               f"({describe(self.file_roots, '[worker] file_roots')})")
+        path = real.rstrip("/") + "/" if uri.folder else real
+        return Uri(uri.raw, uri.scheme, path, uri.actions)  # raw kept: messages and cache keys name the URI
+
     # --- in -----------------------------------------------------------------------
     def stage_in(self, execution: dict, dirs: dict[str, str], cancel: threading.Event) -> None:
-        inputs = [parse(u, "inputs") for u in execution.get("inputs") or []]
-        resources = [parse(u, "resources", allow_actions=True) for u in execution.get("resources") or []]
+        inputs = [self.confine("input", parse(u, "inputs")) for u in execution.get("inputs") or []]
+        resources = [self.confine("resource", parse(u, "resources", allow_actions=True))
+                     for u in execution.get("resources") or []]
+        if execution.get("output"):  # refused before the command runs, not after
+            self.confine("output", parse_output(execution["output"]))
         if not inputs and not resources:
             return
         rc = self._engine_or_fail()
@@ -425,18 +450,31 @@ class RcloneStager(Stager):
                   succeeded: bool = True) -> list[str]:
         if not execution.get("output"):
             return []
-        out = parse_output(execution["output"])
+        out = self.confine("output", parse_output(execution["output"]))
         rc = self._engine_or_fail()
         eid, tid = int(execution["id"]), execution.get("task_id", "x")
         name = f"{ATTEMPT_PREFIX}{tid}-{eid}"
         attempt = join(out, name + "/")
-        files = tree_files(dirs["output"], exclude_top=[LOGS_DIR])
-        self._link_logs(dirs, tid)
-        if not tree_files(dirs["output"]):
-            return []
+        upload = os.path.join(os.path.dirname(dirs["output"]), UPLOAD_DIR)
+        try:
+            files, skipped = snapshot(dirs["output"], upload, exclude_top=[LOGS_DIR])
+            if skipped:
+                _note(dirs, f"scitq: not uploaded (symlinks and special files are never followed): "
+                            f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}\n")
+            self._link_logs(dirs, upload, tid)
+            if not tree_files(upload):
+                return []
+            return self._upload(rc, upload, out, attempt, name, files, execution, dirs, cancel, succeeded)
+        finally:
+            shutil.rmtree(upload, ignore_errors=True)
+
+    def _upload(self, rc: Rclone, upload: str, out: Uri, attempt: Uri, name: str, files: list[str],
+                execution: dict, dirs: dict[str, str], cancel: threading.Event, succeeded: bool) -> list[str]:
+        eid, tid = int(execution["id"]), execution.get("task_id", "x")
         started = time.monotonic()
         try:
-            rc.transfer(["copy", dirs["output"], rc.path(attempt), "--copy-links", "--no-traverse"],
+            # no --copy-links: the snapshot holds no symlink, and rclone skips any it would meet
+            rc.transfer(["copy", upload, rc.path(attempt), "--no-traverse"],
                         deadline=Deadline(), cancel=cancel, what=f"uploading to {attempt.location}")
             with self._lock:
                 self.counters["uploads"] += 1
@@ -481,22 +519,78 @@ class RcloneStager(Stager):
             log.warning("could not remove the earlier attempts of task %s in %s: %s", tid, out.location, e.message)
 
     @staticmethod
-    def _link_logs(dirs: dict[str, str], tid: Any) -> None:
-        """The full stdout/stderr logs travel with the outputs (the database keeps only head and tail)."""
+    def _link_logs(dirs: dict[str, str], upload: str, tid: Any) -> None:
+        """The full stdout/stderr logs travel with the outputs (the database keeps only head and tail),
+        into the snapshot: never into output/, where the task could have put a symlink to write through."""
         root = os.path.dirname(dirs["output"])
-        logs = os.path.join(dirs["output"], LOGS_DIR, str(tid))
+        logs = os.path.join(upload, LOGS_DIR, str(tid))
         for stream in ("stdout", "stderr"):
             src = os.path.join(root, f"{stream}.log")
-            if not os.path.exists(src):
-                continue
-            os.makedirs(logs, exist_ok=True)
-            dst = os.path.join(logs, f"{stream}.log")
-            if os.path.lexists(dst):
-                os.unlink(dst)
             try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
+                if not stat.S_ISREG(os.lstat(src).st_mode):
+                    continue  # not the worker's log file: never follow a link out
+            except FileNotFoundError:
+                continue
+            os.makedirs(logs, mode=0o700, exist_ok=True)
+            _link_or_copy(src, os.path.join(logs, f"{stream}.log"))
+
+
+def snapshot(output: str, dest: str, exclude_top: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """Hard-link (or copy) the regular files under `output` into `dest`, made afresh, without ever
+    following a symlink: `os.fwalk` enters no symlinked directory (nor `output` itself when it is
+    one) and links are made with follow_symlinks=False, so a symlink swapped in by a process of the
+    task still running is at worst linked as a symlink, which rclone skips. Returns (the files
+    linked, the names skipped: symlinks and special files), relative, sorted."""
+    if os.path.lexists(dest):
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            shutil.rmtree(dest)
+        else:
+            os.unlink(dest)
+    os.mkdir(dest, 0o700)
+    if os.path.islink(output) or not os.path.isdir(output):
+        raise StagingError("output/ is not a directory (replaced by a symlink?): nothing uploaded")
+    skip = set(exclude_top)
+    files: list[str] = []
+    skipped: list[str] = []
+    for dirpath, dirs, names, dirfd in os.fwalk(output):
+        rel = os.path.relpath(dirpath, output)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        if rel == ".":
+            dirs[:] = [d for d in dirs if d not in skip]
+            names = [n for n in names if n not in skip]
+        target = dest if rel == "." else os.path.join(dest, rel)
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        for d in list(dirs):
+            if os.path.islink(os.path.join(dirpath, d)):
+                skipped.append(prefix + d)
+                dirs.remove(d)  # fwalk would not enter it anyway
+        for n in names:
+            try:
+                mode = os.stat(n, dir_fd=dirfd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(mode):
+                skipped.append(prefix + n)
+                continue
+            try:
+                os.link(n, os.path.join(target, n), src_dir_fd=dirfd, follow_symlinks=False)
+            except OSError:  # another file system, or a link the kernel refuses: copy it, not following
+                fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+                with os.fdopen(fd, "rb") as fin, open(os.path.join(target, n), "xb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+            files.append(prefix + n)
+    return sorted(files), sorted(skipped)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fin, open(dst, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def _note(dirs: dict[str, str], text: str) -> None:

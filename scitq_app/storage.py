@@ -31,6 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from .archives import UnsafeArchive, extract_tar, extract_zip
 from .errors import MissingDependency, StorageError
 from .uris import Uri
 
@@ -463,7 +464,11 @@ def _gunzip(root: str) -> None:
             found = True
             dst = src[:-3]
             tmp = dst + ".scitq-part"
-            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            # O_EXCL|O_NOFOLLOW: never write through a symlink an archive left under that name
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
             os.replace(tmp, dst)
             os.unlink(src)
@@ -476,40 +481,11 @@ def _extract(root: str, kind: str) -> None:
     if not archives:
         raise ActionError(f"|un{kind}: no {kind} archive found")
     for path in archives:
-        if kind == "tar":
-            with tarfile.open(path, "r:*") as tar:
-                _safe_untar(tar, root)
-        else:
-            with zipfile.ZipFile(path) as z:
-                for member in z.infolist():
-                    _check_member(member.filename, root)
-                z.extractall(root)
-        os.unlink(path)
-
-
-def _check_member(name: str, root: str) -> None:
-    target = os.path.realpath(os.path.join(root, name))
-    if os.path.isabs(name) or not (target == os.path.realpath(root) or
-                                   target.startswith(os.path.realpath(root) + os.sep)):
-        raise ActionError(f"archive member {name!r} would land outside the resource folder")
-
-
-def _safe_untar(tar: tarfile.TarFile, root: str) -> None:
-    data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is not None:
         try:
-            tar.extractall(root, filter=data_filter)
-        except tarfile.FilterError as e:
-            raise ActionError(f"unsafe archive: {e}") from None
-        return
-    # Python without extraction filters (3.10 before 3.10.12): refuse what the data filter refuses
-    for m in tar.getmembers():
-        _check_member(m.name, root)
-        if m.islnk() or m.issym():
-            _check_member(os.path.join(os.path.dirname(m.name), m.linkname) if m.issym() else m.linkname, root)
-        if m.isdev():
-            raise ActionError(f"archive member {m.name!r} is a device file")
-    tar.extractall(root)  # noqa: S202 - members checked above
+            (extract_tar if kind == "tar" else extract_zip)(path, root)
+        except UnsafeArchive as e:
+            raise ActionError(f"|un{kind}: {e.message}") from None
+        os.unlink(path)
 
 
 def _move_into(root: str, sub: str) -> None:
@@ -524,17 +500,18 @@ def _move_into(root: str, sub: str) -> None:
 
 
 def tree_files(root: str, exclude_top: Iterable[str] = ()) -> list[str]:
-    """Relative paths (with '/') of the files under `root`, symlinks followed, sorted."""
+    """Relative paths (with '/') of the regular files under `root`, sorted. Symlinks are
+    neither followed nor listed: uploads never follow them either."""
     skip = set(exclude_top)
     out = []
-    for dirpath, dirs, names in os.walk(root, followlinks=True):
+    for dirpath, dirs, names in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         if rel == ".":
             dirs[:] = [d for d in dirs if d not in skip]
             names = [n for n in names if n not in skip]
         for n in names:
             p = os.path.join(dirpath, n)
-            if os.path.isfile(p):
+            if os.path.isfile(p) and not os.path.islink(p):
                 out.append(os.path.normpath(os.path.join(rel, n)).replace(os.sep, "/"))
     return sorted(out)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import Invalid
+from .roots import describe, lexically_under
 
 BUILTIN_SCHEMES = frozenset({"http", "https", "ftp", "file"})
 ACTIONS = frozenset({"gunzip", "untar", "unzip", "mv"})
@@ -48,11 +49,13 @@ class Uri:
 
 
 def parse(value: object, field: str = "uri", *, allow_actions: bool = False,
-          remotes: Iterable[str] | None = None) -> Uri:
+          remotes: Iterable[str] | None = None, file_roots: Iterable[str] | None = None) -> Uri:
     """Parse and validate one URI; raise Invalid (naming `field`) when it is bad.
 
     `remotes`, when given, is the set of rclone remote names the server knows:
-    a non-built-in scheme outside it is refused.
+    a non-built-in scheme outside it is refused. `file_roots`, when given (the
+    server's `[server] file_roots`; empty refuses every file:// URI), are the only
+    folders a file:// URI may name. None (the CLI, `scitq fetch`) checks no roots.
     """
     if not isinstance(value, str):
         raise Invalid(f"must be a URI string, not {type(value).__name__}", field=field)
@@ -79,6 +82,9 @@ def parse(value: object, field: str = "uri", *, allow_actions: bool = False,
     if remotes is not None and scheme.lower() not in BUILTIN_SCHEMES and scheme not in set(remotes):
         raise Invalid(f"{value!r}: unknown storage remote {scheme!r} (not in the server's rclone config)",
                       field=field)
+    if file_roots is not None and scheme.lower() == "file" and not lexically_under(path, file_roots):
+        raise Invalid(f"{value!r}: file:// URIs must lie under one of the server's file roots "
+                      f"({describe(file_roots, '[server] file_roots')})", field=field, rule="file_roots")
     return Uri(value, scheme, path, actions)
 
 
@@ -113,20 +119,67 @@ def _check_action(text: str, value: str, field: str) -> str:
     return name
 
 
+# --- the grammar parse() enforces, as a regular expression for the OpenAPI document -----------
+# Python's re and ECMA read it alike; schemathesis generates valid and invalid URIs from it, so it
+# must accept exactly what parse() accepts (for file:// under configured roots: a subset, see below).
+_C = r"\x00-\x1f\x7f"
+_BUILTIN_RE = "(?:[Hh][Tt][Tt][Pp][Ss]?|[Ff][Tt][Pp])"   # schemes compare case-insensitively
+_FILE_RE = "[Ff][Ii][Ll][Ee]"
+_REMOTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]*")
+
+
+def _segment(exclude: str = "") -> str:
+    """A non-empty path segment other than `..` (characters other than / | controls and `exclude`)."""
+    ch = f"[^/|{_C}{exclude}]"
+    first = f"[^./|{_C}{exclude}]"
+    return f"(?:{first}{ch}*|\\.(?:{first}{ch}*)?|\\.\\.{ch}+)"
+
+
+def uri_pattern(*, allow_actions: bool = False, remotes: Iterable[str] | None = None,
+                file_roots: Iterable[str] | None = None) -> str:
+    """The regular expression of the URIs parse() accepts with these arguments. Under configured
+    file roots it states `file:///ROOT/...` as written, a subset of what parse() accepts (which
+    also reads `/ROOT/./x` or `//ROOT/x` as under ROOT)."""
+    seg = _segment()
+    rest = f"(?:/{seg})*/*"   # no empty segment but trailing slashes
+    alternatives = [f"{_BUILTIN_RE}://{_segment('@')}{rest}"]   # no credentials before the first /
+    if remotes is None:
+        names = "[A-Za-z][A-Za-z0-9_+.-]*"
+    else:
+        usable = sorted(r for r in remotes if _REMOTE_NAME.fullmatch(r) and r.lower() not in BUILTIN_SCHEMES)
+        names = "(?:" + "|".join(re.escape(r) for r in usable) + ")" if usable else ""
+    if names:
+        # a remote's authority may hold @ or : but not both (user:password@host)
+        alternatives.append(f"{names}://(?:{_segment('@')}|{_segment(':')}){rest}")
+    if file_roots is None:
+        alternatives.append(f"{_FILE_RE}://(?:/(?:/?{seg}(?:/{seg})*/*|/+))")
+    else:
+        for root in file_roots:
+            prefix = "".join("/" + re.escape(c) for c in root.split("/") if c not in ("", "."))
+            alternatives.append(f"{_FILE_RE}://{prefix}{rest}" if prefix else
+                                f"{_FILE_RE}://(?:/(?:/?{seg}(?:/{seg})*/*|/+))")
+    actions = ""
+    if allow_actions:
+        arg = f"{seg}(?:/(?:{seg})?)*"
+        actions = f"(?:\\|(?:(?:gunzip|untar|unzip):?|mv:{arg}))*"
+    return "^(?:" + "|".join(alternatives) + ")" + actions + "$"
+
+
 def parse_list(values: object, field: str, *, allow_actions: bool = False,
-               remotes: Iterable[str] | None = None) -> list[Uri]:
+               remotes: Iterable[str] | None = None, file_roots: Iterable[str] | None = None) -> list[Uri]:
     """Parse a list of URIs (a single string counts as a one-element list)."""
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, list):
         raise Invalid("must be a list of URIs", field=field)
-    return [parse(v, f"{field}[{i}]", allow_actions=allow_actions, remotes=remotes)
+    return [parse(v, f"{field}[{i}]", allow_actions=allow_actions, remotes=remotes, file_roots=file_roots)
             for i, v in enumerate(values)]
 
 
-def parse_output(value: object, field: str = "output", remotes: Iterable[str] | None = None) -> Uri:
+def parse_output(value: object, field: str = "output", remotes: Iterable[str] | None = None,
+                 file_roots: Iterable[str] | None = None) -> Uri:
     """An output is a folder: a missing trailing '/' is added."""
-    uri = parse(value, field, remotes=remotes)
+    uri = parse(value, field, remotes=remotes, file_roots=file_roots)
     if not uri.folder:
         uri = Uri(uri.raw + "/", uri.scheme, uri.path + "/")
     return uri

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 from typing import Any, Callable
@@ -28,11 +29,14 @@ from . import __version__
 from .client import Server, normalize_fingerprint, split_join_token
 from .config import Config
 from .containers import make_runner
-from .errors import Conflict, ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, Unauthorized
+from .errors import (Conflict, ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, TlsMismatch,
+                     Unauthorized)
 from .job import Job, Slots, Stager
 from .machine import Machine
+from .outage import Outage, backoff
 from .outbox import Outbox, StreamShipper
-from .runner import Process, Runner, kill_group, wait_gone
+from .runner import Process, Runner, TaskUser, find_task_user, kill_group, wait_gone
+from .roots import parse_roots
 from .staging import RcloneStager
 
 log = logging.getLogger(__name__)
@@ -61,8 +65,13 @@ class Worker:
         except OSError as e:
             raise ConfigError(f"worker work dir {self.root} is not usable ({e.strerror or e}): set "
                               "[worker] workdir or --workdir to a writable directory") from None
+        # The worker's token, rclone config and journal: the worker's user alone may read them.
         self.state_dir = os.path.join(self.root, ".scitq")
-        os.makedirs(self.state_dir, exist_ok=True)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.task_user, warning = task_account(w.task_user, os.geteuid(), self.root)
+        if warning:
+            log.warning("%s", warning, extra={"action": "task_user"})
         # Credentials (see `_register_once`): this worker's own token, saved in its state once
         # registered; else a join token; else [worker] token, which must be a worker token.
         self.join_secret, join_pin = split_join_token(w.join_token) if w.join_token.strip() else (None, None)
@@ -75,10 +84,11 @@ class Worker:
             self.client.fingerprint = (
                 normalize_fingerprint(w.fingerprint, "[worker] fingerprint") if w.fingerprint.strip()
                 else saved.get("fingerprint") if self._is_own_state(saved) else None) or join_pin
-        self.runner = runner or make_runner(config, self.root, self.state_dir)
+        self.runner = runner or make_runner(config, self.root, self.state_dir, self.task_user)
         self.stager = stager or RcloneStager(self.root, os.path.join(self.state_dir, "rclone.conf"),
                                              rclone=w.rclone, retries=w.transfer_retries,
-                                             cache_limit=w.cache_disk_limit)
+                                             cache_limit=w.cache_disk_limit,
+                                             file_roots=parse_roots(w.file_roots, "[worker] file_roots"))
         self._rclone_digest = _digest_of(os.path.join(self.state_dir, "rclone.conf"))
         self.clock = clock
         self.say = say or (lambda text: log.info("%s", text))
@@ -102,6 +112,10 @@ class Worker:
         self._need_register = threading.Event()
         self._abandon = threading.Event()   # stop trying to deliver: the rest waits on disk
         self._last_clean = 0.0
+        say = self.say
+        self._claims = Outage("scitq worker: claims", say, clock)
+        self._beats = Outage("scitq worker: heartbeats", say, clock)
+        self._deliveries = Outage("scitq worker: reports", say, clock)
 
     # --- registration -----------------------------------------------------------
     def _state_path(self) -> str:
@@ -133,17 +147,19 @@ class Worker:
             try:
                 self._register_once()
                 self._need_register.clear()
+                self._claims.ok()
                 return
             except ServerUnreachable as e:
-                self.say(f"scitq worker: {e.message}; retrying in {delay:.0f} s")
-                if self._done.wait(delay):
+                self._claims.failed(e.message)
+                pause, delay = backoff(delay, 10.0)
+                self._wake.clear()
+                if self._wake.wait(pause) and self.stopping:
                     return
-                delay = min(delay * 2, 10.0)
 
     def _register_once(self) -> None:
         """(a) this worker's own token (state.json) re-attaches it; (b) else a join token
         registers it; (c) else [worker] token is adopted if it is a worker token (people's
-        tokens are refused); (d) else it registers with no credential (open mode)."""
+        tokens are refused); (d) else it tries with none, which the server refuses (ConfigError)."""
         state = self._load_state()
         if self._is_own_state(state):
             if self.config_token and self.config_token != state["token"] and not self._token_warned:
@@ -247,6 +263,7 @@ class Worker:
             self._acks = acks + self._acks
             raise
         self._apply_settings(reply["settings"])
+        self._apply_pace(reply)
         self._sync_rclone_config(reply.get("rclone_config"))
         for s in reply.get("signals", []):
             self._handle_signal(s)
@@ -256,6 +273,14 @@ class Worker:
             if job is not None:
                 log.warning("execution %s was given to another worker: stopping it", eid)
                 job.fence()
+
+    def _apply_pace(self, reply: dict[str, Any]) -> None:
+        """The server's heartbeat interval (when shorter than ours) and output caps, as it sends them
+        with every heartbeat: a worker restarted since it registered follows them too."""
+        if "heartbeat" in reply:
+            self.heartbeat_every = min(self.config.worker.heartbeat, float(reply["heartbeat"]))
+        self.head = int(reply.get("output_head", self.head))
+        self.tail = int(reply.get("output_tail", self.tail))
 
     def _sync_rclone_config(self, digest: str | None) -> None:
         """Keep WORKDIR/.scitq/rclone.conf (mode 600) equal to the server's rclone config,
@@ -301,8 +326,9 @@ class Worker:
                 continue
             try:
                 self._heartbeat()
+                self._beats.ok()
             except ServerUnreachable as e:
-                log.warning("heartbeat: %s", e.message)
+                self._beats.failed(e.message)
             except (Unauthorized, NotFound):
                 self._need_register.set()
                 self._wake.set()
@@ -329,10 +355,11 @@ class Worker:
             try:
                 sent = self.outbox.flush(self._send)
                 delay = 0.5
+                self._deliveries.ok()
             except ServerUnreachable as e:
-                log.warning("delivery: %s; retrying in %.0f s", e.message, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self._deliveries.failed(e.message)
+                pause, delay = backoff(delay, 5.0)
+                time.sleep(pause)
                 continue
             except (Unauthorized, NotFound):
                 self._need_register.set()
@@ -340,9 +367,9 @@ class Worker:
                 time.sleep(0.5)
                 continue
             except ScitqError as e:
-                log.warning("delivery refused: %s", e.message)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self._deliveries.failed(f"refused: {e.message}")
+                pause, delay = backoff(delay, 5.0)
+                time.sleep(pause)
                 continue
             if not sent:
                 self.outbox.wait(0.5)
@@ -353,6 +380,7 @@ class Worker:
 
     def _start(self, execution: dict, process: Process | None = None) -> None:
         job = Job(execution, root=self.root, runner=self.runner, stager=self.stager, outbox=self.outbox,
+                  task_user=self.task_user,
                   slots=self.slots, cpu_per_slot=self._cpu_per_slot, head=self.head, tail=self.tail,
                   on_done=self._finished, process=process)
         with self._jobs_lock:
@@ -499,13 +527,18 @@ class Worker:
                 try:
                     executions = self.client.claim(self.worker_id, free, wait=0 if once else CLAIM_WAIT)
                     delay = 0.5
-                except ServerUnreachable as e:
-                    self.say(f"scitq worker: {e.message}; retrying in {delay:.0f} s")
-                    self._wake.wait(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
+                    self._claims.ok()
                 except (Unauthorized, NotFound):
                     self._need_register.set()
+                    continue
+                except (ConfigError, TlsMismatch):
+                    raise
+                except ScitqError as e:  # unreachable, or an answer no retry loop should die of
+                    self._claims.failed(e.message)
+                    pause, delay = backoff(delay, 5.0)
+                    # cleared first: a wake left set (a task ended) would turn this wait into a spin
+                    self._wake.clear()
+                    self._wake.wait(pause)
                     continue
                 for e in executions:
                     self._start(e)
@@ -534,6 +567,30 @@ class Worker:
                 return
             for job in jobs:
                 job.thread.join(timeout=0.5)
+
+
+def task_account(name: str, euid: int, workdir: str) -> tuple[TaskUser | None, str | None]:
+    """Who plain tasks run as, and a warning to log once: a root worker runs them as `[worker]
+    task_user` (refusing to start when that account is missing or cannot reach the work dir), or as
+    root only when told so; a worker that is not root can only run them as itself."""
+    if euid != 0:
+        return None, (f"this worker does not run as root: its tasks run as its own user and can read its token "
+                      f"and storage keys in {workdir}/.scitq")
+    if name == "root":
+        return None, ("[worker] task_user = root: tasks run as root and can read this worker's token and storage "
+                      "keys; run it through install.sh worker for an unprivileged task user")
+    user = find_task_user(name)
+    # the task user must reach its own work dir (exec-N/...) but list nothing else: o+x all the way
+    os.chmod(workdir, 0o711)
+    path = os.path.dirname(workdir)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & stat.S_IXOTH:
+            raise ConfigError(f"[worker] task_user {name} cannot reach the work dir {workdir}: {path} is mode "
+                              f"{stat.S_IMODE(mode):o}; allow traversal with `chmod o+x {path}`")
+        if path == os.path.dirname(path):
+            return user, None
+        path = os.path.dirname(path)
 
 
 def _digest_of(path: str) -> str | None:

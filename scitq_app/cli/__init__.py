@@ -95,7 +95,7 @@ class Context:
     def client(self) -> Any:
         from ..client import Server
         cfg = self.config()
-        token = cfg.client.token or local_token(cfg.client.server, cfg.client.token_file)
+        token = cfg.client.token or local_token(cfg.client.server, cfg.client.token_file, self.env)
         return Server(cfg.client.server, token, fingerprint=cfg.client.fingerprint.strip() or None,
                       timeout=cfg.client.timeout)
 
@@ -128,18 +128,11 @@ class Context:
             self.say("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
 
 
-def local_token(server: str, path: str) -> str | None:
-    """The admin token install.sh keeps on the server host ([client] token_file), for a server on
-    this host, when the file is readable by this user (root or the server's user); else None."""
-    from urllib.parse import urlsplit
-    host = urlsplit(server).hostname or ""
-    if not path or not (host == "localhost" or host.startswith("127.") or host == "::1"):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+def local_token(server: str, path: str, env: Mapping[str, str] | None = None) -> str | None:
+    """For a server on this host when no token is given: the admin token its registry entry
+    points to, else [client] token_file (see `tokenfiles`); None when neither is readable."""
+    from ..tokenfiles import local_token as find
+    return find(server, path, env)
 
 
 def _cell(v: Any) -> str:

@@ -1,12 +1,16 @@
 """Commands run on the server host: server, dispatcher, db, token, config (and `config rclone`, anywhere)."""
 from __future__ import annotations
 
+import logging
+import os
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from ..config import OPTIONS
-from ..errors import ConfigError, UsageError
+from ..errors import Conflict, ConfigError, UsageError
 from . import Context, merge_options, parse
+
+log = logging.getLogger(__name__)
 
 SERVER_DOC = """Run the scitq HTTP API (and, unless told not to, the dispatcher).
 
@@ -20,9 +24,12 @@ Options:
   --threads N       HTTP worker threads (env SCITQ_SERVER_THREADS)
   --no-dispatcher   do not run the dispatcher loops in this process (run `scitq dispatcher`)
 
-An empty database is initialised at start; an outdated one must be upgraded
-with `scitq db upgrade` first. Listening on a non-loopback address requires an
-API token to exist (`scitq token create --role admin NAME`).
+An empty database is initialised at start, with a first admin token named
+`admin` whose secret goes to [server] token_file (default ./admin.token, mode
+600); an outdated database must be upgraded with `scitq db upgrade` first.
+The `scitq` CLI of the same user on this host finds that token by itself.
+Requests whose Host is a DNS name other than localhost, this host's names and
+[server] server_names are refused (421).
 """
 
 DISPATCHER_DOC = """Run the dispatcher loops alone: lease expiry, deadlines, dependencies, offline workers.
@@ -50,6 +57,8 @@ Options:
 
 init creates the schema in an empty database; upgrade applies pending
 migrations one by one (an empty database is built migration by migration).
+Initialising a database also creates its first admin token, `admin`, whose
+secret is written to [server] token_file (default ./admin.token, mode 600).
 """
 
 TOKEN_DOC = """Manage API tokens (run on the server host: talks to the database directly).
@@ -65,7 +74,9 @@ Options:
   --json            machine-readable output
 
 A token's secret is printed once at creation and stored only as a hash.
-Give it to clients as SCITQ_TOKEN or [client] token. Workers never get these:
+Give it to clients as SCITQ_TOKEN or [client] token. The last admin token
+cannot be revoked: create another first (this is also how to recover a lost
+admin token, or rotate one). Workers never get these:
 they register with a join token (`scitq worker join-token`), which `list`
 shows with its uses left and expiry, and `revoke` revokes by its name.
 """
@@ -89,13 +100,31 @@ the one it hands to its workers.
 """
 
 
+def _admin_secret_writer(ctx: Context) -> Callable[[str], None]:
+    """The callback that keeps the first admin token's secret in [server] token_file, inside
+    the transaction initialising the database (a file it cannot write rolls it back)."""
+    from ..tokenfiles import write_secret_file
+
+    def write(secret: str) -> None:
+        path = write_secret_file(ctx.config().server.token_file, secret)
+        log.info("created the admin token 'admin'; its secret is in %s (mode 600)", path,
+                 extra={"action": "first_admin"})
+    return write
+
+
 def _open_ready_store(ctx: Context, database: str | None) -> Any:
     store = ctx.store(database)
     status = store.schema_status()
     if status["current"] == 0:
-        version = store.init_schema()
-        ctx.warn(f"scitq: initialised an empty {store.dialect} database (schema version {version})")
-    elif status["pending"]:
+        try:
+            version = store.init_schema(_admin_secret_writer(ctx))
+            ctx.warn(f"scitq: initialised an empty {store.dialect} database (schema version {version})")
+        except Conflict:
+            # Another process initialised it between our look and our turn: use its schema.
+            status = store.schema_status()
+            if status["current"] == 0:
+                raise
+    if status["pending"] and status["current"]:
         raise ConfigError(f"the database schema is at version {status['current']} but this scitq needs "
                           f"{status['latest']}: run `scitq db upgrade` first")
     return store
@@ -112,8 +141,9 @@ def cmd_server(ctx: Context, argv: list[str]) -> int:
     merge_options(args, ctx)
     ctx.config(server_listen=args["--listen"], server_port=args["--port"], server_database=args["--database"],
                server_threads=args["--threads"])
+    from ..server import check_server_config, serve
+    check_server_config(ctx.config())  # before the database: a bad setting must not initialise one
     store = _open_ready_store(ctx, args["--database"])
-    from ..server import serve
     _sigterm_exits()
     try:
         serve(store, ctx.config(), dispatcher=False if args["--no-dispatcher"] else None,
@@ -150,10 +180,11 @@ def cmd_db(ctx: Context, argv: list[str]) -> int:
     store = ctx.store(args["--database"])
     try:
         if args["init"]:
-            version = store.init_schema()
-            ctx.say(f"initialised the {store.dialect} database at schema version {version}")
+            version = store.init_schema(_admin_secret_writer(ctx))
+            ctx.say(f"initialised the {store.dialect} database at schema version {version}; admin token in "
+                    f"{os.path.abspath(ctx.config().server.token_file)}")
         elif args["upgrade"]:
-            applied = store.upgrade_schema()
+            applied = store.upgrade_schema(_admin_secret_writer(ctx))
             if applied:
                 for name in applied:
                     ctx.say(f"applied {name}")

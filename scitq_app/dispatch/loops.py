@@ -24,8 +24,11 @@ class Dispatcher:
     """One dispatcher. `tick()` runs one round; `run()` loops until `stop` is set.
 
     After it takes the lock (at start, or when taking over from a dead one) it
-    waits one lease period before expiring leases: workers that kept running
-    while no dispatcher was there must get a chance to heartbeat first."""
+    waits one lease period before expiring leases, and `offline_after` before
+    marking workers offline: workers that kept running while no dispatcher was
+    there must get a chance to heartbeat first. A round that fails (the database
+    away, most often) starts that grace again: while the database is away the
+    server cannot record heartbeats, so that time says nothing of the workers."""
 
     def __init__(self, store: Store, config: Config, *, clock: Callable[[], float] = time.time,
                  holder: str | None = None, on_change: Callable[[], None] | None = None) -> None:
@@ -60,13 +63,20 @@ class Dispatcher:
         if now - self.active_since >= self.lease:
             done["lost"] = self.store.expire_leases()
             done["timed_out"] = self.store.enforce_deadlines(self.lease)
-        done["offline"] = self.store.mark_offline(self.offline_after)
+        done["offline"] = self.store.mark_offline(self.offline_after) \
+            if now - self.active_since >= self.offline_after else []
         for key in ("lost", "timed_out", "offline"):
             if done[key]:
                 log.info("dispatcher: %s %s", key, done[key], extra={"action": key})
         if done["released"] or done["lost"] or done["timed_out"]:
             self.on_change()
         return done
+
+    def _failed_round(self) -> None:
+        if self.active_since is not None:
+            log.warning("dispatcher %s: a round failed; leases and offline workers are judged again only after "
+                        "a new grace period", self.holder, extra={"action": "grace"})
+        self.active_since = None
 
     def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -75,10 +85,12 @@ class Dispatcher:
                 try:
                     self.tick()
                 except ScitqError as e:
+                    self._failed_round()
                     log.warning("dispatcher round failed: %s", e.message)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception:
+                    self._failed_round()
                     log.exception("dispatcher round crashed; continuing")
                 if once or stop.wait(self.interval):
                     return

@@ -13,7 +13,7 @@ suite against both.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..models import (ApiToken, Batch, Event, Execution, Identity, OutputSlice, Task, Worker)
 
@@ -28,13 +28,21 @@ class Store:
         """{'current': int, 'latest': int, 'pending': [migration names]}; current 0 = empty DB."""
         raise NotImplementedError
 
-    def init_schema(self) -> int:
+    def init_schema(self, on_admin_secret: Callable[[str], None] | None = None) -> int:
         """Create the current schema in an empty database; return its version.
-        Raise Conflict if the database already has a schema."""
+        Raise Conflict if the database already has a schema (also when another process
+        initialised it meanwhile: schema changes take turns on a database-wide lock).
+
+        With `on_admin_secret` (every command that initialises a database passes it),
+        the same transaction creates the first admin token, named `admin`, and hands its
+        secret to the callback before committing: if the callback raises, nothing is
+        created. Without it the schema has no token (tests, libraries)."""
         raise NotImplementedError
 
-    def upgrade_schema(self) -> list[str]:
-        """Apply pending migrations in order, each in its own transaction; return their names."""
+    def upgrade_schema(self, on_admin_secret: Callable[[str], None] | None = None) -> list[str]:
+        """Apply pending migrations in order, each in its own transaction; return their names.
+        On an empty database the first migration's transaction also creates the first admin
+        token, exactly as `init_schema` does."""
         raise NotImplementedError
 
     def describe_schema(self) -> dict[str, Any]:
@@ -68,7 +76,9 @@ class Store:
         `signal` also acts on executions in progress: `pause` SIGSTOPs them (their
         tasks become paused), `resume` continues them, `term`/`kill` ends them (their
         tasks go back to pending without spending a retry). `go` resumes the
-        batch's paused tasks."""
+        batch's paused tasks. Each task is changed as `signal_task` would change it, on
+        its locked row: finished and canceled tasks are never touched, uploads are not
+        paused. Invalid for a worker-level signal (`clean`)."""
         raise NotImplementedError
 
     def delete_batch(self, name: str, actor: str | None = None) -> int:
@@ -79,16 +89,19 @@ class Store:
 
     # --- tasks --------------------------------------------------------------
     def create_tasks(self, specs: Sequence[Mapping[str, Any]], actor: str | None = None,
-                     key: str | None = None) -> list[int]:
+                     key: str | None = None, scope: str = "") -> list[int]:
         """Create tasks (validated dicts, see schema 'task_create'); return their ids in order.
 
-        `key` makes the call idempotent: if tasks were already created with this
-        key, their ids are returned and nothing is created.
+        `key` makes the call idempotent within `scope` (the token that sent it): if
+        tasks were already created with this key and the same specs, their ids are
+        returned and nothing is created; with other specs it is a Conflict naming
+        the key. The same key in another scope is another submission. Concurrent
+        calls with one key create the tasks once.
 
         All or nothing. Missing batches are created. `requires` lists task ids, or
         the `ref` of another task in the same call; a task with unmet
         requirements is `waiting`, else `pending` (or `paused` if asked).
-        Invalid for an unknown required id or ref, or a cycle among refs."""
+        NotFound for an unknown required id or ref; Invalid for a cycle among refs."""
         raise NotImplementedError
 
     def get_task(self, task_id: int) -> Task:
@@ -123,7 +136,10 @@ class Store:
 
     def signal_task(self, task_id: int, action: str, actor: str | None = None) -> Task:
         """pause / resume / stop / kill a task, queueing a signal for its worker if it
-        is executing. stop and kill make it canceled."""
+        is executing. stop and kill make it canceled; Conflict for a finished or
+        canceled task, and for pausing an upload. If the canceled task's attempt then
+        reports success (its command exited 0 before the stop reached it), the task
+        is succeeded: the work is recorded, not run again."""
         raise NotImplementedError
 
     # --- executions and output ---------------------------------------------
@@ -219,7 +235,7 @@ class Store:
         when the execution is not its task's current attempt or was ended by the
         server (lost, timed out). A failed attempt sends the task back to pending
         while it has retries left for counted failure classes; a success releases
-        the tasks that were waiting for it."""
+        the tasks that were waiting for it (and ends a canceled task succeeded)."""
         raise NotImplementedError
 
     def append_output(self, execution_id: int, worker_id: int | None, stream: str, offset: int,
@@ -284,6 +300,9 @@ class Store:
         raise NotImplementedError
 
     def revoke_token(self, name: str, actor: str | None = None) -> ApiToken:
+        """Revoke a token by name (again: no change). Conflict when it is the last
+        unrevoked admin token: that would lock everyone out (checked in the revoking
+        transaction, so two concurrent revocations cannot both pass)."""
         raise NotImplementedError
 
     def authenticate(self, secret: str) -> Identity | None:

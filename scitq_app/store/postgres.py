@@ -76,8 +76,13 @@ class PgTx(Tx):
 
 def parse_url(url: str) -> dict[str, Any]:
     """postgresql://user:password@host:port/database -> pg8000 connect() arguments."""
-    u = urlparse(url)
-    if u.scheme not in ("postgresql", "postgres") or not u.path.strip("/"):
+    try:
+        u = urlparse(url)
+        port = u.port  # a ValueError for a port that is not a number from 0 to 65535
+    except ValueError as e:
+        # the URL holds a password: name only what is wrong with it
+        raise ConfigError(f"database URL must look like postgresql://USER:PASSWORD@HOST:PORT/DB ({e})") from None
+    if u.scheme not in ("postgresql", "postgres") or not u.path.strip("/") or port == 0:
         raise ConfigError(f"database URL must look like postgresql://USER:PASSWORD@HOST:PORT/DB, "
                           f"not {u.scheme}://…")
     args: dict[str, Any] = {"user": unquote(u.username or "postgres"), "database": unquote(u.path.lstrip("/"))}
@@ -87,7 +92,7 @@ def parse_url(url: str) -> dict[str, Any]:
         args["unix_sock"] = unquote(u.hostname)
     else:
         args["host"] = u.hostname or "127.0.0.1"
-        args["port"] = u.port or 5432
+        args["port"] = port or 5432
     return args
 
 
@@ -186,23 +191,40 @@ class PostgresStore(ProtocolStore):
         except self._pg.DatabaseError as e:
             if _code(e) in ("23505", "23503"):  # unique / foreign key: a concurrent change won
                 raise Conflict(f"the change conflicts with existing data: {_message(e)}") from None
+            if _unavailable(e):
+                healthy = False
+                raise StoreUnavailable(f"PostgreSQL at {self._where} is unavailable: {_message(e)}") from None
             raise
         finally:
             if healthy:
                 self._pool.put(con)
             else:
                 self._discard(con)
+                # one dead connection (a restart, a failover) means the idle ones are dead too:
+                # drop them now rather than fail one request for each
+                self._drain()
 
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self._pg.DatabaseError) and _code(exc) in RETRYABLE_CODES
 
-    def close(self) -> None:
+    def _drain(self) -> None:
         while True:
             try:
                 con = self._pool.get_nowait()
             except queue.Empty:
                 break
             self._discard(con)
+
+    def close(self) -> None:
+        self._drain()
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """A server-side error that says the database is away, not that the statement is wrong:
+    connection exceptions (class 08), operator intervention (57P01 terminated by an admin or a
+    shutdown, 57P02 crash shutdown, 57P03 cannot connect now), too many connections (53300)."""
+    code = _code(exc) or ""
+    return code.startswith("08") or code in ("57P01", "57P02", "57P03", "53300")
 
 
 def _broken(exc: BaseException) -> bool:

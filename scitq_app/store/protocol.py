@@ -61,12 +61,12 @@ class ProtocolStore(TaskStore):
     @write
     def delete_worker(self, tx: Tx, worker_id: int, actor: str | None = None) -> None:
         row = self._worker_row(tx, worker_id)
-        for e in tx.all("worker_active_executions", worker_id=worker_id):
-            task = self._task_row(tx, e["task_id"], lock=True)
-            self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.LOST, {},
-                                message="worker deleted")
+        for task, e in self._lock_ended(tx, tx.all("worker_active_executions", worker_id=worker_id)):
+            if e["status"] in _ACTIVE_EXEC:
+                self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.LOST, {},
+                                    message="worker deleted")
         tx.run("worker_delete", id=worker_id)  # its tokens go with it (ON DELETE CASCADE)
-        self._token_cache.clear()
+        self._revoked(tx)
         self._event(tx, "worker.delete", f"worker:{row['name']}", None, actor)
 
     @write
@@ -115,6 +115,7 @@ class ProtocolStore(TaskStore):
             tx.run("worker_reattach", id=worker_id, hostname=fields.get("hostname"), cpu=fields.get("cpu"),
                    mem=fields.get("mem"), gpu=fields.get("gpu"), version=fields.get("version"), now=tx.now)
             tx.run("token_revoke_worker", worker_id=worker_id, now=tx.now)
+            self._revoked(tx)
             if identity is not None and identity.role == Role.JOIN and identity.pinned_batch is not None:
                 tx.run("worker_set_batch", id=worker_id, batch_id=self._batch_id(tx, identity.pinned_batch,
                                                                                    create=True), now=tx.now)
@@ -136,8 +137,12 @@ class ProtocolStore(TaskStore):
     # --- claim ----------------------------------------------------------------
     @write
     def claim(self, tx: Tx, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
+        # A claim is a sign of life, and this write comes first for a reason: it locks the worker's
+        # row, so overlapping claims of one worker take turns, and the count of its active
+        # executions read next includes what the previous one just gave it (on PostgreSQL, reading
+        # first let two claims both see free slots: concurrency + prefetch exceeded).
+        tx.run("worker_seen", id=worker_id, now=tx.now)
         w = self._worker_row(tx, worker_id)
-        tx.run("worker_seen", id=worker_id, now=tx.now)  # a claim is a sign of life too
         if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
             return []
         allowed = int(w["concurrency"]) + int(w["prefetch"]) - int(w["active"])
@@ -186,15 +191,20 @@ class ProtocolStore(TaskStore):
                 "signals": signals, "fenced": fenced, "server_time": tx.now}
 
     def _record(self, tx: Tx, beats: Sequence[Mapping[str, Any]], lease: float) -> None:
-        tx.many("worker_heartbeat", [{"id": b["worker_id"], "stats": dumps(dict(b.get("stats") or {})),
-                                      "now": b.get("at", tx.now)} for b in beats])
+        # Executions, then workers, each locked in ascending id over the whole flush (the lock
+        # order in tasks.py), and no task: a flush of many workers' beats holds execution locks
+        # that reports, signals and the dispatcher wait for, so it must never wait in a cycle.
+        leases = sorted(({"worker_id": b["worker_id"], "id": e, "lease_expires": b.get("at", tx.now) + lease}
+                         for b in beats for e in set(b.get("executions") or ())), key=lambda r: r["id"])
+        if leases:
+            tx.all("executions_lock_ids", ids=dumps([r["id"] for r in leases]))
+            tx.many("lease_renew_one", leases)
+        tx.all("workers_lock_ids", ids=dumps(sorted({b["worker_id"] for b in beats})))
+        tx.many("worker_heartbeat", sorted(({"id": b["worker_id"], "stats": dumps(dict(b.get("stats") or {})),
+                                             "now": b.get("at", tx.now)} for b in beats), key=lambda r: r["id"]))
         acks = [{"worker_id": b["worker_id"], "id": a} for b in beats for a in b.get("acks") or ()]
         if acks:
             tx.many("signal_ack_one", acks)
-        leases = [{"worker_id": b["worker_id"], "id": e, "lease_expires": b.get("at", tx.now) + lease}
-                  for b in beats for e in sorted(set(b.get("executions") or ()))]
-        if leases:
-            tx.many("lease_renew_one", leases)
 
     @write
     def heartbeat(self, tx: Tx, worker_id: int, stats: Mapping[str, Any], execution_ids: Iterable[int],
@@ -232,6 +242,13 @@ class ProtocolStore(TaskStore):
     @write
     def apply_outbox(self, tx: Tx, worker_id: int | None, items: Sequence[tuple[str, int, Mapping[str, Any]]],
                      head: int, tail: int) -> list[Any]:
+        # Reports lock a task, then its execution, and output locks an execution: take every
+        # task, then every execution, up front (the lock order in tasks.py), so that no item
+        # waits for a task while an earlier one holds an execution.
+        reported = [execution_id for kind, execution_id, _ in items if kind == "report"]
+        if reported:
+            self._lock_tasks(tx, [int(r["task_id"]) for r in tx.all("executions_task_ids", ids=dumps(reported))])
+        self._lock_executions(tx, [execution_id for _, execution_id, _ in items])
         out: list[Any] = []
         for kind, execution_id, body in items:
             if kind == "report":
@@ -289,8 +306,12 @@ class ProtocolStore(TaskStore):
                failure_class=fclass.value if fclass else None, return_code=body.get("return_code"),
                output_files=dumps(list(body.get("output_files") or [])), peak_mem=body.get("peak_mem"),
                cpu_time=body.get("cpu_time"), message=message or body.get("message"))
-        if task["current_execution_id"] != e["id"] or task["status"] == TaskStatus.CANCELED.value:
-            return  # people canceled the task: it stays canceled whatever the attempt did
+        if task["current_execution_id"] != e["id"]:
+            return
+        if task["status"] == TaskStatus.CANCELED.value and status != ExecutionStatus.SUCCEEDED:
+            # People canceled the task: it stays canceled whatever the attempt did, unless the
+            # command exited 0 before the stop reached it: that success is recorded below.
+            return
         paused = task["status"] == TaskStatus.PAUSED.value
         if status == ExecutionStatus.SUCCEEDED:
             self._set_status(tx, task, TaskStatus.SUCCEEDED)
@@ -351,13 +372,20 @@ class ProtocolStore(TaskStore):
         return size
 
     # --- dispatcher -----------------------------------------------------------
+    def _lock_ended(self, tx: Tx, found: Sequence[Mapping[str, Any]]
+                    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(task, execution) pairs for rows {id, task_id} of executions to end: every task
+        locked first, then every execution (the lock order in tasks.py), in ascending ids."""
+        tasks = {int(t["id"]): t for t in self._lock_tasks(tx, [r["task_id"] for r in found])}
+        executions = self._lock_executions(tx, [r["id"] for r in found])
+        return [(tasks[int(e["task_id"])], e) for _, e in sorted(executions.items())
+                if int(e["task_id"]) in tasks]
+
     @write
     def expire_leases(self, tx: Tx) -> list[int]:
         ended = []
-        for r in tx.all("leases_expired", now=tx.now):
-            task = self._task_row(tx, r["task_id"], lock=True)
-            e = tx.one("execution_lock", id=r["id"])
-            if e is None or e["status"] not in _ACTIVE_EXEC or e["lease_expires"] >= tx.now:
+        for task, e in self._lock_ended(tx, tx.all("leases_expired", now=tx.now)):
+            if e["status"] not in _ACTIVE_EXEC or e["lease_expires"] is None or e["lease_expires"] >= tx.now:
                 continue
             self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.LOST, {},
                                 message="lease expired: worker silent")
@@ -369,10 +397,8 @@ class ProtocolStore(TaskStore):
     @write
     def enforce_deadlines(self, tx: Tx, grace: float) -> list[int]:
         ended = []
-        for r in tx.all("deadlines_passed", now=tx.now - grace):
-            task = self._task_row(tx, r["task_id"], lock=True)
-            e = tx.one("execution_lock", id=r["id"])
-            if e is None or e["status"] != ExecutionStatus.RUNNING.value:
+        for task, e in self._lock_ended(tx, tx.all("deadlines_passed", now=tx.now - grace)):
+            if e["status"] != ExecutionStatus.RUNNING.value:
                 continue
             self._end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.TIMEOUT, {},
                                 message="run_timeout passed: ended by the server")

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from ..errors import Conflict, Invalid, NotFound, Unauthorized
-from ..models import ApiToken, Batch, BatchStatus, Event, Identity, Role, SignalAction, TaskStatus
+from ..models import ApiToken, Batch, BatchStatus, Event, Identity, Role, SignalAction
 from . import queries
 from .contract import Store
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_BATCH = "Default"
+FIRST_ADMIN = "admin"  # the admin token the initialisation of a database creates
 TOKEN_PREFIX = "scitq_"
 JOIN_PREFIX = TOKEN_PREFIX + "join_"  # join secrets say what they are, for people and the worker
 MAX_JOIN_USES = 10_000
@@ -31,6 +32,13 @@ MAX_JOIN_TTL = 30 * 86400.0
 LAST_USED_EVERY = 60.0  # seconds between two last_used writes for one token
 WORKER_TOKEN_CACHE_SECONDS = 30.0
 PEOPLE_TOKEN_CACHE_SECONDS = 2.0
+EPOCH_EVERY = 1.0  # seconds between two reads of the revocation epoch (one query, whatever the load)
+
+
+# A batch's signal to its executing tasks, as the per-task action it applies: term and kill
+# interrupt the attempt without canceling the task (its canceled report requeues it).
+_BATCH_ACTIONS = {SignalAction.PAUSE: "pause", SignalAction.RESUME: "resume", SignalAction.TERM: "stop",
+                  SignalAction.KILL: "kill"}
 
 
 def hash_secret(secret: str) -> str:
@@ -108,7 +116,9 @@ class SqlStore(Store):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.sql = queries.load(self.dialect)
-        self._token_cache: dict[str, tuple[float, Identity | None]] = {}
+        self._token_cache: dict[str, tuple[float, int, Identity | None]] = {}  # hash -> (at, epoch, identity)
+        self._epoch = 0
+        self._epoch_at = float("-inf")
         self._last_used: dict[int, float] = {}
         self._touched: dict[int, float] = {}  # token id -> last use not yet written
         self._touch_lock = threading.Lock()
@@ -156,8 +166,9 @@ class SqlStore(Store):
         return {"current": current, "latest": migrations[-1][0] if migrations else 0,
                 "pending": [name for v, name in migrations if v > current], "dialect": self.dialect}
 
-    def init_schema(self) -> int:
+    def init_schema(self, on_admin_secret: Callable[[str], None] | None = None) -> int:
         def do(tx: Tx) -> int:
+            tx.run("schema_lock")
             if self._current_version(tx) or tx.value("schema_table_count"):
                 raise Conflict("the database already has tables: use `db upgrade` or an empty database")
             tx.script(queries.ddl(queries.read_resource("sql", "schema.sql"), self.dialect))
@@ -165,19 +176,26 @@ class SqlStore(Store):
             for version, name in self._migrations():
                 tx.run("schema_record", version=version, name=name, now=tx.now)
             self._ensure_default(tx)
+            self._first_admin(tx, on_admin_secret)
             return self._migrations()[-1][0]
         return self._run(do, write=True)
 
-    def upgrade_schema(self) -> list[str]:
+    def upgrade_schema(self, on_admin_secret: Callable[[str], None] | None = None) -> list[str]:
         applied = []
         for version, name in self._migrations():
             def step(tx: Tx, version: int = version, name: str = name) -> bool:
-                if self._current_version(tx) >= version:
+                tx.run("schema_lock")
+                current = self._current_version(tx)
+                if current >= version:
                     return False
+                if current == 0 and tx.value("schema_table_count"):
+                    raise Conflict("the database has tables but no scitq schema version: use an empty database")
                 tx.script(queries.ddl(queries.read_resource("sql", "versions.sql"), self.dialect))
                 tx.script(queries.ddl(queries.read_resource("sql", "migrations", name + ".sql"), self.dialect))
                 tx.run("schema_record", version=version, name=name, now=tx.now)
                 self._ensure_default(tx)
+                if current == 0:  # this transaction initialises the database: same as init_schema
+                    self._first_admin(tx, on_admin_secret)
                 return True
             if self._run(step, write=True):
                 log.info("applied migration %s", name, extra={"action": "migrate"})
@@ -198,6 +216,20 @@ class SqlStore(Store):
             t["columns"].sort()
             t["indexes"].sort()
         return tables
+
+    def _first_admin(self, tx: Tx, on_admin_secret: Callable[[str], None] | None) -> None:
+        """The admin token of a database being initialised, in the initialising transaction:
+        two processes initialising one database cannot both make one. The callback
+        stores the secret (a file) before the commit, so a secret it cannot keep rolls
+        everything back instead of leaving a database nobody can use."""
+        if on_admin_secret is None:
+            return
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        # token_insert's columns exist since the first migration, which may be this one
+        tx.insert("token_insert", name=FIRST_ADMIN, role=Role.ADMIN.value, hash=hash_secret(secret), worker_id=None,
+                  now=tx.now)
+        self._event(tx, "token.create", f"token:{FIRST_ADMIN}", {"role": Role.ADMIN.value, "first": True}, "scitq")
+        on_admin_secret(secret)
 
     def _ensure_default(self, tx: Tx) -> None:
         if tx.value("batch_id_by_name", name=DEFAULT_BATCH) is None:
@@ -231,8 +263,10 @@ class SqlStore(Store):
         if bid is None:
             if not create:
                 raise NotFound(f"no batch named {name!r}", batch=name)
-            bid = tx.insert("batch_insert", name=name, status=BatchStatus.RUNNING.value, priority=0,
-                            now=tx.now)
+            # Submissions racing to create one batch: the losers' inserts wait for the
+            # winner's commit and do nothing, then all read the same row (no 409).
+            tx.run("batch_insert_missing", name=name, status=BatchStatus.RUNNING.value, priority=0, now=tx.now)
+            bid = tx.value("batch_id_by_name", name=name)
         return int(bid)
 
     def _batches(self, tx: Tx, name: str | None) -> list[Batch]:
@@ -274,6 +308,8 @@ class SqlStore(Store):
         bid = row["id"]
         tx.run("batch_set_status", id=bid, status=status, now=tx.now)
         signal = None if signal in (None, "none") else SignalAction(signal).value
+        if signal is not None and SignalAction(signal) not in _BATCH_ACTIONS:
+            raise Invalid(f"a batch cannot be sent {signal!r}", field="signal")
         if status == BatchStatus.RUNNING.value:
             # `go`: resume everything the batch holds paused.
             self._resume_batch_tasks(tx, bid)
@@ -284,17 +320,19 @@ class SqlStore(Store):
         return self._batches(tx, name)[0]
 
     def _signal_batch(self, tx: Tx, batch_id: int, action: str) -> None:
-        rows = tx.all("batch_active_executions", batch_id=batch_id)
-        for r in rows:
-            tx.run("signal_insert", worker_id=r["worker_id"], execution_id=r["execution_id"],
-                   action=action, now=tx.now)
-        if action == SignalAction.PAUSE.value:
-            self._set_tasks_status(tx, [r["task_id"] for r in rows if r["task_status"] != "uploading"],
-                                   TaskStatus.PAUSED)
+        # The batch's executing tasks, each changed by the per-task logic (the transition
+        # check included) on rows locked tasks first, then executions, as every writer does:
+        # the candidate list is read without locks and may be stale by the time a row is
+        # locked (a report committed in between), so each row is judged as locked.
+        ids = [int(r["id"]) for r in tx.all("batch_executing_tasks", batch_id=batch_id)]
+        for row, execution in self._lock_with_executions(tx, ids):
+            if execution is not None:  # queued tasks: the batch's status already keeps them unclaimed
+                self._control(tx, row, execution, _BATCH_ACTIONS[SignalAction(action)], batch=True)
 
     def _resume_batch_tasks(self, tx: Tx, batch_id: int) -> None:
-        for r in tx.all("batch_paused_tasks", batch_id=batch_id):
-            self._resume(tx, r)
+        ids = [int(r["id"]) for r in tx.all("batch_paused_tasks", batch_id=batch_id)]
+        for row, execution in self._lock_with_executions(tx, ids):
+            self._control(tx, row, execution, "resume", batch=True)
 
     @write
     def delete_batch(self, tx: Tx, name: str, actor: str | None = None) -> int:
@@ -316,10 +354,12 @@ class SqlStore(Store):
         return n
 
     # implemented in tasks.py
-    def _resume(self, tx: Tx, task_row: Mapping[str, Any]) -> None:
+    def _lock_with_executions(self, tx: Tx, task_ids: Sequence[int]
+                              ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
         raise NotImplementedError
 
-    def _set_tasks_status(self, tx: Tx, ids: Sequence[int], status: TaskStatus) -> None:
+    def _control(self, tx: Tx, row: Mapping[str, Any], execution: Mapping[str, Any] | None, action: str,
+                 batch: bool = False) -> bool:
         raise NotImplementedError
 
     # --- tokens -------------------------------------------------------------
@@ -377,25 +417,50 @@ class SqlStore(Store):
         if row is None:
             raise NotFound(f"no token named {name!r}", token=name)
         if row["revoked"] is None:
+            if row["role"] == Role.ADMIN.value:
+                admins = [int(r["id"]) for r in tx.all("token_admins_lock")]
+                if admins == [int(row["id"])]:
+                    raise Conflict(f"token {name!r} is the last admin token: revoking it would lock everyone out. "
+                                   "Create another first (`scitq token create --role admin NAME` on the server "
+                                   "host), then revoke this one", token=name)
             tx.run("token_revoke", id=row["id"], now=tx.now)
             self._event(tx, "token.revoke", f"token:{name}", None, actor)
-        self._token_cache.clear()
+        self._revoked(tx)
         return ApiToken.from_row(tx.one("token_by_id", id=row["id"]) or {})
+
+    def _revoked(self, tx: Tx) -> None:
+        """Make a revocation in `tx` (a token revoked, a worker's tokens deleted or replaced)
+        visible to every process: each polls the epoch this bumps and drops its cache."""
+        tx.run("token_epoch_bump")
+        self._token_cache.clear()
+        self._epoch_at = float("-inf")  # this process: read the epoch again at the next request
+
+    def _token_epoch(self, now: float) -> int:
+        """The revocation epoch, read from the database at most every EPOCH_EVERY seconds;
+        the token cache is dropped when it changed."""
+        if not 0 <= now - self._epoch_at < EPOCH_EVERY:
+            epoch = int(self._run(lambda tx: tx.value("token_epoch_get") or 0, write=False))
+            if epoch != self._epoch:
+                self._token_cache.clear()
+            self._epoch, self._epoch_at = epoch, now
+        return self._epoch
 
     def authenticate(self, secret: str) -> Identity | None:
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
             return None
         now = self.clock()
         h = hash_secret(secret)
+        # Read before the token: an entry is only as fresh as the epoch known before its row
+        # was read, so a revocation committed after that read drops it at the next poll.
+        epoch = self._token_epoch(now)
         cached = self._token_cache.get(h)
         # Worker tokens are cached for several heartbeat periods, so 2,000 heart-beating
-        # workers do not cost a query each; people's tokens only briefly, so a revocation
-        # made elsewhere (the CLI on the server host, another server process) bites fast.
-        # Revocation through this store clears the cache at once.
-        if cached is not None and now - cached[0] < (
-                WORKER_TOKEN_CACHE_SECONDS if cached[1] is not None and cached[1].role == Role.WORKER
+        # workers do not cost a query each; people's tokens only briefly. A revocation
+        # anywhere bumps the epoch, which drops every process's cache within EPOCH_EVERY.
+        if cached is not None and cached[1] == epoch and 0 <= now - cached[0] < (
+                WORKER_TOKEN_CACHE_SECONDS if cached[2] is not None and cached[2].role == Role.WORKER
                 else PEOPLE_TOKEN_CACHE_SECONDS):
-            ident = cached[1]
+            ident = cached[2]
         else:
             row = self._run(lambda tx: tx.one("token_by_hash", hash=h), write=False)
             ident = None
@@ -406,7 +471,7 @@ class SqlStore(Store):
                                  pinned_batch=row["pinned_batch"], pinned_name=row["pinned_name"])
             if len(self._token_cache) > 10_000:
                 self._token_cache.clear()
-            self._token_cache[h] = (now, ident)
+            self._token_cache[h] = (now, epoch, ident)
         if ident is not None and ident.token_id is not None:
             with self._touch_lock:
                 if now - self._last_used.get(ident.token_id, 0.0) > LAST_USED_EVERY:

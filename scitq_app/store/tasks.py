@@ -1,6 +1,7 @@
 """Tasks, their dependencies, executions and output, as people see them."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
@@ -12,6 +13,7 @@ from .sqlstore import DEFAULT_BATCH, SqlStore, Tx, dumps, read, write
 _ACTIVE_EXEC = {s.value for s in ACTIVE_EXECUTION_STATUSES}
 _FINAL = {s.value for s in FINAL_TASK_STATUSES}
 _BLOCKING = {TaskStatus.FAILED.value, TaskStatus.CANCELED.value}
+_LOCK_CHUNK = 5000  # ids per locking statement (locks stay in ascending order across chunks)
 
 
 def task_row(task_id: int, batch_id: int, spec: Mapping[str, Any], status: str, now: float,
@@ -28,6 +30,12 @@ def task_row(task_id: int, batch_id: int, spec: Mapping[str, Any], status: str, 
         "run_timeout": spec.get("run_timeout"), "use_cache": 1 if spec.get("use_cache") else 0, "now": now,
         "submit_key": key,
     }
+
+
+def _submit_key(scope: str, key: str) -> str:
+    """The task column's form of a scoped key: the separator is a control character, which
+    validated keys cannot hold, so two scopes never share a stored key."""
+    return f"{scope}\x1f{key}"
 
 
 def _find_cycle(edges: dict[int, list[int]]) -> list[int] | None:
@@ -61,13 +69,20 @@ class TaskStore(SqlStore):
     # --- creation -----------------------------------------------------------
     @write
     def create_tasks(self, tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None = None,
-                     key: str | None = None) -> list[int]:
+                     key: str | None = None, scope: str = "") -> list[int]:
         if not specs:
             return []
-        if key is not None and not tx.run("submission_insert", key=key, now=tx.now):
-            # A retried submission: the tasks exist already (a concurrent first try
-            # holding the key made this insert wait for its commit).
-            return [int(r["id"]) for r in tx.all("task_ids_by_key", key=key)]
+        if key is not None:
+            digest = hashlib.sha256(dumps(list(specs)).encode("utf-8")).hexdigest()
+            if not tx.run("submission_insert", scope=scope, key=key, digest=digest, now=tx.now):
+                # A retried submission (a concurrent first try holding the key made this
+                # insert wait for its commit): the same request gets the same ids, another
+                # one is refused rather than answered with ids that are not its tasks.
+                if tx.value("submission_digest", scope=scope, key=key) != digest:
+                    raise Conflict(f"idempotency key {key!r} was already used by this token for a different "
+                                   "request: use a new key for new tasks", key=key)
+                return [int(r["id"]) for r in tx.all("task_ids_by_key", key=_submit_key(scope, key))]
+            key = _submit_key(scope, key)
         batch_ids = {name: self._batch_id(tx, name, create=True)
                      for name in unique(s.get("batch") or DEFAULT_BATCH for s in specs)}
         refs: dict[str, int] = {}
@@ -88,11 +103,12 @@ class TaskStore(SqlStore):
             for r in s.get("requires") or []:
                 where = f"tasks[{i}].requires" if len(specs) > 1 else "requires"
                 if isinstance(r, str):
-                    if r not in refs:
-                        raise Invalid(f"no task with ref {r!r} in this request", field=where)
+                    if r not in refs:  # like an unknown id: the task it names does not exist (404)
+                        raise NotFound(f"{where}: no task with ref {r!r} in this request", field=where)
                     ref_edges.setdefault(i, []).append(refs[r])
                 elif r not in known:
-                    raise Invalid(f"no task {r}", field=where)
+                    # a well-formed id naming no task: the object is missing (404), the body is not invalid
+                    raise NotFound(f"{where}: no task {r}", field=where, task_id=r)
         cycle = _find_cycle(ref_edges)
         if cycle:
             raise Invalid("requirements form a cycle: " + " -> ".join(f"tasks[{i}]" for i in cycle),
@@ -165,19 +181,52 @@ class TaskStore(SqlStore):
         tx.run("task_set_status", id=row["id"], status=status.value, now=tx.now,
                retries_used=extra.get("retries_used", row["retries_used"]))
 
-    def _set_tasks_status(self, tx: Tx, ids: Sequence[int], status: TaskStatus) -> None:
-        if ids:
-            tx.run("tasks_set_status", ids=dumps(list(ids)), status=status.value, now=tx.now)
+    # LOCK ORDER. Every transaction that changes a task's or an execution's status locks the
+    # task rows first, then the execution rows, each set in ascending id order, and never waits
+    # for a task lock while it holds an execution lock. Batch signals, reports, the dispatcher's
+    # repairs and worker deletion follow it; the heartbeat flush locks executions (ascending)
+    # then workers and no task; a claim waits only for its worker's row (its tasks are taken
+    # SKIP LOCKED). One order means no cycle, so none of them deadlocks another on PostgreSQL
+    # (SQLite serialises writers with BEGIN IMMEDIATE). Holding a task's lock also freezes its
+    # current execution's status, since every change of that status takes the task lock first.
+    def _lock_tasks(self, tx: Tx, task_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Lock these tasks in ascending id order; return their rows (deleted ones left out)."""
+        ids = sorted(set(task_ids))
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(ids), _LOCK_CHUNK):
+            rows.extend(tx.all("tasks_lock", ids=dumps(ids[start:start + _LOCK_CHUNK])))
+        return rows
+
+    def _lock_executions(self, tx: Tx, execution_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Lock these executions in ascending id order; return their rows by id."""
+        ids = sorted(set(execution_ids))
+        rows: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), _LOCK_CHUNK):
+            rows.update((int(r["id"]), r) for r in tx.all("executions_lock", ids=dumps(ids[start:start + _LOCK_CHUNK])))
+        return rows
+
+    def _lock_with_executions(self, tx: Tx, task_ids: Sequence[int]
+                              ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Lock the tasks, then their current executions (the lock order above); return each
+        task's row with its active execution, or None, in ascending task id order."""
+        rows = self._lock_tasks(tx, task_ids)
+        executions = self._lock_executions(tx, [r["current_execution_id"] for r in rows
+                                                if r["current_execution_id"] is not None])
+        out = []
+        for r in rows:
+            e = executions.get(r["current_execution_id"]) if r["current_execution_id"] is not None else None
+            out.append((r, e if e is not None and e["status"] in _ACTIVE_EXEC else None))
+        return out
 
     def _queued_status(self, tx: Tx, task_id: int) -> TaskStatus:
         """pending if every requirement succeeded, else waiting."""
         unmet = tx.value("task_unmet_count", id=task_id)
         return TaskStatus.WAITING if unmet else TaskStatus.PENDING
 
-    def _active_execution(self, tx: Tx, row: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _active_execution(self, tx: Tx, row: Mapping[str, Any], lock: bool = False) -> dict[str, Any] | None:
         if row["current_execution_id"] is None:
             return None
-        e = tx.one("execution_get", id=row["current_execution_id"])
+        e = tx.one("execution_lock" if lock else "execution_get", id=row["current_execution_id"])
         return e if e is not None and e["status"] in _ACTIVE_EXEC else None
 
     def _signal(self, tx: Tx, execution: Mapping[str, Any], action: SignalAction) -> None:
@@ -185,11 +234,10 @@ class TaskStore(SqlStore):
             tx.run("signal_insert", worker_id=execution["worker_id"], execution_id=execution["id"],
                    action=action.value, now=tx.now)
 
-    def _resume(self, tx: Tx, row: Mapping[str, Any]) -> None:
-        """Un-pause a task: back to its execution's phase (and SIGCONT), or queued."""
+    def _resume(self, tx: Tx, row: Mapping[str, Any], e: Mapping[str, Any] | None) -> None:
+        """Un-pause a locked task: back to its active execution `e`'s phase (and SIGCONT), or queued."""
         if row["status"] != TaskStatus.PAUSED.value:
             return
-        e = self._active_execution(tx, row)
         if e is not None:
             self._set_status(tx, row, TaskStatus(e["status"]))
             self._signal(tx, e, SignalAction.RESUME)
@@ -259,29 +307,46 @@ class TaskStore(SqlStore):
 
     @write
     def signal_task(self, tx: Tx, task_id: int, action: str, actor: str | None = None) -> Task:
+        if action not in ("pause", "resume", "stop", "kill"):
+            raise Invalid(f"unknown action {action!r}", field="action")
         row = self._task_row(tx, task_id, lock=True)
+        self._control(tx, row, self._active_execution(tx, row, lock=True), action)
+        self._event(tx, f"task.{action}", f"task:{task_id}", {"from": row["status"]}, actor)
+        return self._task(tx, task_id)
+
+    def _control(self, tx: Tx, row: Mapping[str, Any], execution: Mapping[str, Any] | None, action: str,
+                 batch: bool = False) -> bool:
+        """The one behaviour of a person's pause / resume / stop / kill of one task, whose row
+        and then active execution (or None) this transaction locked; True if it applied.
+
+        A finished or canceled task is refused (Conflict), and so is pausing an upload. For a
+        batch (`batch=True`) refusals are skipped instead (a batch signal never touches such
+        tasks), and stop / kill interrupt the attempt without canceling the task: its canceled
+        report requeues it."""
         status = row["status"]
-        execution = self._active_execution(tx, row)
+
+        def refuse(message: str) -> bool:
+            if batch:
+                return False
+            raise Conflict(message, task_id=row["id"], status=status)
+
         if status in _FINAL:
-            raise Conflict(f"task {task_id} is already {status}", task_id=task_id, status=status)
+            return refuse(f"task {row['id']} is already {status}")
         if action == "pause":
             if status == TaskStatus.UPLOADING.value:
-                raise Conflict(f"task {task_id} is uploading its results and cannot be paused", task_id=task_id,
-                               status=status)
+                return refuse(f"task {row['id']} is uploading its results and cannot be paused")
             if status != TaskStatus.PAUSED.value:
                 self._set_status(tx, row, TaskStatus.PAUSED)
                 if execution is not None:
                     self._signal(tx, execution, SignalAction.PAUSE)
         elif action == "resume":
-            self._resume(tx, row)
-        elif action in ("stop", "kill"):
-            self._set_status(tx, row, TaskStatus.CANCELED)
+            self._resume(tx, row, execution)
+        else:
+            if not batch:
+                self._set_status(tx, row, TaskStatus.CANCELED)
             if execution is not None:
                 self._signal(tx, execution, SignalAction.TERM if action == "stop" else SignalAction.KILL)
-        else:
-            raise Invalid(f"unknown action {action!r}", field="action")
-        self._event(tx, f"task.{action}", f"task:{task_id}", {"from": status}, actor)
-        return self._task(tx, task_id)
+        return True
 
     # --- executions and output ---------------------------------------------
     @read

@@ -174,3 +174,40 @@ def test_delete_batch_is_refused_while_unfinished_tasks_elsewhere_require_its_ta
     store.signal_task(outside, "stop")
     assert store.delete_batch("b") == 2
     assert store.get_task(outside).requires == ()
+
+
+@pytest.mark.parametrize("signal", ["pause", "resume", "term", "kill"])
+def test_batch_signals_never_touch_a_canceled_task(store, start, signal):
+    e = start("running", batch="b")
+    w = e["worker_id"]
+    store.signal_task(e["task_id"], "stop")
+    assert signals(store, w) == [(e["id"], "term")]
+    ack = [s["id"] for s in store.heartbeat(w, {}, [], [], LEASE)["signals"]]
+    store.heartbeat(w, {}, [], ack, LEASE)
+    store.set_batch_status("b", "stopped" if signal in ("term", "kill") else "paused", signal=signal)
+    assert status_of(store, e["task_id"]) == "canceled"
+    store.set_batch_status("b", "running")
+    assert status_of(store, e["task_id"]) == "canceled"
+    assert signals(store, w) == []
+    store.report(e["id"], w, {"phase": "failed", "failure_class": "canceled", "return_code": -15})
+    assert status_of(store, e["task_id"]) == "canceled"
+    assert store.claim(w, 5, LEASE) == []
+
+
+def test_batch_signals_never_touch_finished_tasks(store, start):
+    done = start("running", batch="b")
+    store.report(done["id"], done["worker_id"], {"phase": "succeeded", "return_code": 0})
+    failed = start("running", batch="b", max_retries=0)
+    store.report(failed["id"], failed["worker_id"], {"phase": "failed", "return_code": 1})
+    for status, signal in (("paused", "pause"), ("stopped", "term"), ("running", None)):
+        store.set_batch_status("b", status, signal=signal)
+        assert [status_of(store, e["task_id"]) for e in (done, failed)] == ["succeeded", "failed"]
+    assert store.claim(done["worker_id"], 5, LEASE) == []
+
+
+def test_a_worker_level_signal_is_not_a_batch_signal(store, start):
+    from scitq_app.errors import Invalid
+    e = start("running", batch="b")
+    with pytest.raises(Invalid):
+        store.set_batch_status("b", "paused", signal="clean")
+    assert (store.get_batch("b").status, status_of(store, e["task_id"])) == ("running", "running")

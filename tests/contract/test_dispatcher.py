@@ -48,7 +48,7 @@ def _succeed_without_release(store, task_id: int) -> None:
     # finishing in concurrent transactions each still see the other unfinished.
     # release_waiting is the safety net for it. No contract call makes this
     # state on purpose, so it is written here through the SQL store's own query.
-    store._run(lambda tx: tx.run("tasks_set_status", ids=f"[{task_id}]", status="succeeded", now=tx.now),
+    store._run(lambda tx: tx.run("task_set_status", id=task_id, status="succeeded", now=tx.now, retries_used=0),
                write=True)
 
 

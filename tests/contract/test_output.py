@@ -174,3 +174,20 @@ def test_output_of_an_unknown_execution_is_not_found(store):
         store.append_output(999, None, "stdout", 0, b"x", False, HEAD, TAIL)
     with pytest.raises(NotFound):
         store.read_output(999, "stdout")
+
+
+def test_a_stream_s_size_never_goes_backwards_when_two_deliveries_race(store, start):
+    import threading
+    for trial in range(15):
+        e = start("running")
+        barrier = threading.Barrier(2)
+
+        def deliver(data: bytes) -> None:
+            barrier.wait(10)
+            store.append_output(e["id"], e["worker_id"], "stdout", 0, data, False, HEAD, TAIL)
+        threads = [threading.Thread(target=deliver, args=(b"x" * n,)) for n in (1000, 400)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert store.get_execution(e["id"]).to_dict()["stdout_size"] == 1000, f"trial {trial}"

@@ -127,12 +127,23 @@ def test_resuming_a_paused_task_whose_requirements_are_unmet_makes_it_wait(store
     assert store.signal_task(b, "resume").status == "waiting"
 
 
-def test_a_canceled_task_stays_canceled_whatever_its_attempt_reports(store, start):
-    e = start("running")
+@pytest.mark.parametrize("failure_class", ["app", "canceled", "lost"])
+def test_a_canceled_task_stays_canceled_whatever_its_failed_attempt_reports(store, start, failure_class):
+    e = start("running", max_retries=3)
+    store.signal_task(e["task_id"], "stop")
+    store.report(e["id"], e["worker_id"], {"phase": "failed", "failure_class": failure_class, "return_code": 1})
+    assert status_of(store, e["task_id"]) == "canceled"
+    assert store.get_execution(e["id"]).status == "failed"
+
+
+def test_a_stop_that_arrives_after_the_command_exited_0_records_the_success(store, start, submit):
+    e = start("uploading")
+    dependent = submit(requires=[e["task_id"]])
     store.signal_task(e["task_id"], "stop")
     store.report(e["id"], e["worker_id"], {"phase": "succeeded", "return_code": 0})
-    assert status_of(store, e["task_id"]) == "canceled"
+    assert status_of(store, e["task_id"]) == "succeeded"
     assert store.get_execution(e["id"]).status == "succeeded"
+    assert status_of(store, dependent) == "pending"
 
 
 def test_a_canceled_attempt_does_not_spend_a_retry(store, start):

@@ -50,7 +50,7 @@ def test_unknown_secrets_authenticate_nobody(store, secret):
 
 
 def test_a_revoked_token_authenticates_nobody(store, clock):
-    _, secret = store.create_token("alice", "admin")
+    _, secret = store.create_token("alice", "user")
     assert store.authenticate(secret) is not None
     t = store.revoke_token("alice")
     assert t.revoked == clock()
@@ -92,6 +92,102 @@ def test_secrets_are_stored_hashed(store, database_url):
         assert b"alice" in raw
         for s in (secret, worker_secret):
             assert s[len("scitq_"):].encode() not in raw
+
+
+def test_the_last_admin_token_cannot_be_revoked(store):
+    store.create_token("alice", "admin")
+    store.create_token("bob", "user")
+    with pytest.raises(Conflict) as e:
+        store.revoke_token("alice")
+    assert "last admin token" in e.value.message and "token create --role admin" in e.value.message
+    assert store.list_tokens()[0].revoked is None
+    store.revoke_token("bob")  # other roles: no such rule
+    store.create_token("carol", "admin")
+    assert store.revoke_token("alice").revoked is not None, "a second admin token makes the first revocable"
+    with pytest.raises(Conflict):
+        store.revoke_token("carol")
+    assert store.revoke_token("alice").revoked is not None, "revoking a revoked token again changes nothing"
+
+
+def test_concurrent_revocations_never_revoke_every_admin_token(make_store):
+    import threading
+    stores = [make_store() for _ in range(2)]
+    for round_ in range(5):
+        names = [f"a{round_}-{i}" for i in range(2)]
+        for n in names:
+            stores[0].create_token(n, "admin")
+        results: list[object] = []
+        barrier = threading.Barrier(2)
+
+        def revoke(i: int) -> None:
+            barrier.wait()
+            try:
+                results.append(stores[i].revoke_token(names[i]))
+            except Conflict as e:
+                results.append(e)
+        threads = [threading.Thread(target=revoke, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        live = [t for t in stores[0].list_tokens() if t.role == "admin" and t.revoked is None]
+        assert len(live) >= 1, results
+        for t in live[1:]:  # back to one live admin token before the next round
+            stores[0].revoke_token(t.name)
+
+
+def test_initialising_a_database_creates_its_first_admin_token_in_the_same_transaction(make_store):
+    kept: list[str] = []
+    store = make_store(init=False)
+    store.init_schema(kept.append)
+    [token] = store.list_tokens()
+    assert (token.name, token.role, token.revoked) == ("admin", "admin", None)
+    assert store.authenticate(kept[0]).name == "admin"
+    with pytest.raises(Conflict):
+        store.init_schema(kept.append)
+    assert len(kept) == 1 and len(store.list_tokens()) == 1
+
+
+def test_concurrent_initialisations_of_one_database_make_one_admin_token(make_store):
+    import threading
+    stores = [make_store(init=False) for _ in range(4)]
+    kept: list[str] = []
+    outcomes: list[object] = []
+    barrier = threading.Barrier(len(stores))
+
+    def init(s, upgrade: bool) -> None:
+        barrier.wait(10)
+        try:
+            outcomes.append(s.upgrade_schema(kept.append) if upgrade else s.init_schema(kept.append))
+        except Conflict as e:
+            outcomes.append(e)
+    threads = [threading.Thread(target=init, args=(s, i % 2 == 1)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(outcomes) == 4, outcomes
+    assert len(kept) == 1, outcomes
+    assert [(t.name, t.role) for t in stores[0].list_tokens()] == [("admin", "admin")]
+    assert stores[0].authenticate(kept[0]) is not None
+    assert stores[0].schema_status()["pending"] == []
+
+
+def test_a_secret_the_callback_cannot_keep_rolls_the_initialisation_back(make_store):
+    from scitq_app.errors import ConfigError
+    store = make_store(init=False)
+
+    def cannot_write(secret: str) -> None:
+        raise ConfigError("cannot write the admin token file /nope/admin.token")
+    with pytest.raises(ConfigError):
+        store.init_schema(cannot_write)
+    assert store.schema_status()["current"] == 0, "nothing was created"
+    with pytest.raises(ConfigError):
+        store.upgrade_schema(cannot_write)
+    assert store.schema_status()["current"] == 0
+    kept: list[str] = []
+    assert store.upgrade_schema(kept.append)
+    assert [t.name for t in store.list_tokens()] == ["admin"] and store.authenticate(kept[0]) is not None
 
 
 def test_people_tokens_ignore_worker_tokens(store):

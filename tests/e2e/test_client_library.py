@@ -33,7 +33,7 @@ def test_join_gives_up_relaunching_after_the_retry_budget(cluster):
 
 
 def test_resilient_client_queues_writes_in_order_through_a_server_restart(cluster):
-    client = Server(cluster.server.url, resilient=True, timeout=5)
+    client = Server(cluster.server.url, cluster.server.admin_token, resilient=True, timeout=5)
     try:
         first = client.submit("echo before", batch="queued")
         assert first["ids"], "the server was up: the write went through"

@@ -9,6 +9,7 @@ The machines reach only the test bridge; their apt source is the session's local
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -79,7 +80,7 @@ class Install:
         script = ("import json, sys\n"
                   f"sys.path.insert(0, {PYZ!r})\n"
                   "from scitq_app.client import Server\n"
-                  "s = Server('http://127.0.0.1:5000', open('/etc/scitq/admin.token').read().strip())\n"
+                  "s = Server('http://127.0.0.1:5000', open('/var/lib/scitq/admin.token').read().strip())\n"
                   f"{code}\n"
                   "print(json.dumps(out))\n")
         return json.loads(self.srv.run("python3 -", input=script).stdout)
@@ -145,14 +146,17 @@ def test_install_server_on_a_fresh_machine(install: Install) -> None:
     assert srv.run("systemctl is-enabled scitq-server scitq-dispatcher scitq.target").stdout.split() == ["enabled"] * 3
     # PostgreSQL holds the data; the admin token is the server user's and root's alone
     assert "database = postgresql://scitq:" in srv.read("/etc/scitq.conf")
-    assert srv.run("stat -c '%a %U' /etc/scitq/admin.token /etc/scitq.conf /etc/scitq/tls/scitq.key").stdout.split() \
+    assert srv.run("stat -c '%a %U' /var/lib/scitq/admin.token /etc/scitq.conf /etc/scitq/tls/scitq.key").stdout.split() \
         == ["600", "scitq", "640", "root", "600", "root"]
     assert "scitq: server listening on http://127.0.0.1:5000 (postgres)" in \
         srv.run("journalctl -u scitq-server --no-pager").stdout  # logs go to the journal
     install.fingerprint = srv.run("openssl x509 -in /etc/scitq/tls/scitq.crt -outform DER | sha256sum").stdout.split()[0]
     assert install.fingerprint in done.stdout
-    # the CLI on the server host works without configuration (it reads the admin token file)
-    assert "admin@" in srv.run("scitq token list").stdout
+    # one admin token, made with the schema; the CLI on the server host uses it through the API with
+    # no configuration (it reads the token file)
+    assert [(t["name"], t["role"]) for t in json.loads(srv.run("scitq token list --json").stdout)] == \
+        [("admin", "admin")]
+    assert srv.run("scitq batch list --json").returncode == 0
 
 
 def test_the_api_behind_tls_needs_a_token_even_from_loopback_through_the_proxy(install: Install) -> None:
@@ -193,6 +197,34 @@ def test_install_workers_with_join_tokens_and_run_a_batch_over_tls(install: Inst
     install.assert_each_ran_once(names)
 
 
+def test_a_user_token_s_task_on_an_installed_worker_reads_none_of_its_secrets(install: Install) -> None:
+    user = json.loads(install.srv.run("scitq token create --role user attacker --json").stdout)["secret"]
+    # whichever worker claims it: its agent is the oldest `worker run` process of that machine
+    attack = ("id -un; cat /etc/scitq.conf; cat /var/lib/scitq/work/.scitq/state.json; "
+              "cat /proc/$(pgrep -o -f 'scitq.pyz worker run')/environ; ls /var/lib/scitq/work; "
+              "touch /etc/scitq-owned || true; echo done")
+    tid = install.api(f"s.token = {user!r}\n"
+                      f"out = s.submit({attack!r}, shell='sh', name='attack', batch='attack')['ids'][0]")
+    task = install.wait_succeeded([tid], 120)[tid]
+    stdout, stderr = install.api(f"out = [s.task_output({tid})['data'], s.task_output({tid}, 'stderr')['data']]")
+    assert stdout == "scitq-task\ndone\n", stdout
+    lines = stderr.splitlines()
+    assert re.fullmatch(r"cat: /proc/[0-9]+/environ: Permission denied", lines.pop(2)), stderr
+    assert lines == [
+        "cat: /etc/scitq.conf: Permission denied", "cat: /var/lib/scitq/work/.scitq/state.json: Permission denied",
+        "ls: cannot open directory '/var/lib/scitq/work': Permission denied",
+        "touch: cannot touch '/etc/scitq-owned': Permission denied"], stderr
+    out = stdout + stderr
+    for m in install.workers:
+        state = json.loads(m.read("/var/lib/scitq/work/.scitq/state.json"))
+        join_line = [ln for ln in m.read("/etc/scitq.conf").splitlines() if ln.startswith("join_token")][0]
+        for secret in (state["token"], join_line.split("=", 1)[1].strip()):
+            assert secret not in out
+        assert m.run("test -e /etc/scitq-owned; echo $?").stdout.strip() == "1"
+    assert install.srv.read("/var/lib/scitq/admin.token").strip() not in out
+    assert task["status"] == "succeeded"
+
+
 def test_join_tokens_are_refused_used_expired_or_for_a_live_name_and_admin_tokens_never_register(
         install: Install) -> None:
     w1 = install.workers[0]
@@ -215,7 +247,7 @@ def test_join_tokens_are_refused_used_expired_or_for_a_live_name_and_admin_token
     late = second_agent("extra-3", SCITQ_WORKER_JOIN_TOKEN=short)
     assert late.returncode == 2 and "used up, expired or revoked" in late.stdout, late.stdout
 
-    admin = install.srv.read("/etc/scitq/admin.token").strip()
+    admin = install.srv.read("/var/lib/scitq/admin.token").strip()
     refused = second_agent("extra-4", SCITQ_WORKER_TOKEN=admin, SCITQ_WORKER_FINGERPRINT=install.fingerprint)
     assert refused.returncode == 2 and "join token" in refused.stdout, refused.stdout
     assert admin not in refused.stdout

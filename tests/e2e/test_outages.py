@@ -36,6 +36,31 @@ def test_tasks_finishing_while_the_server_is_down_for_30_s_are_all_reported_once
         assert cluster.output(tid) == f"out-{i}\n"
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = read_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.slow
+def test_a_worker_waits_out_a_server_outage_quietly_and_carries_on(cluster):
+    w = cluster.worker("quiet")
+    first = cluster.client.submit("echo before")["ids"][0]
+    assert cluster.wait_final([first], 30)[first]["status"] == "succeeded"  # a finished task wakes the loop
+    cluster.server.kill()
+    wait_for(lambda: "retrying" in w.log(), 20, what="the worker to notice the outage")
+    time.sleep(2)
+    cpu, size = _cpu_seconds(w.proc.pid), os.path.getsize(w.log_path)
+    time.sleep(30)  # the outage itself: what the worker spends meanwhile is the measure
+    spent, grown = _cpu_seconds(w.proc.pid) - cpu, os.path.getsize(w.log_path) - size
+    assert spent < 0.02 * 30, f"{spent:.2f} s of CPU in 30 s of outage"
+    assert grown < 10_000 / 2, f"{grown} bytes of log in 30 s of outage"
+    assert w.log().count("retrying (said again when it changes") <= 3  # claims, heartbeats, reports
+    cluster.server.start()
+    after = cluster.client.submit("echo after")["ids"][0]
+    assert cluster.wait_final([after], 60)[after]["status"] == "succeeded"
+    assert "the server answers again after" in w.log()
+
+
 @pytest.mark.netns
 @pytest.mark.skipif(not netns.available(), reason="needs root, ip, iptables and nsenter")
 def test_a_partitioned_worker_loses_its_task_and_its_late_report_is_refused(database_url, tmp_path):
@@ -44,7 +69,8 @@ def test_a_partitioned_worker_loses_its_task_and_its_late_report_is_refused(data
     server = None
     workers: list[WorkerProcess] = []
     try:
-        subprocess.run([sys.executable, "-m", "scitq_app", "db", "init"], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "scitq_app", "db", "init"], env=env, check=True, capture_output=True,
+                       cwd=str(tmp_path))  # it writes the first admin token to ./admin.token
         token = subprocess.run([sys.executable, "-m", "scitq_app", "token", "create", "--role", "admin", "ops"],
                                env=env, check=True, capture_output=True, text=True).stdout.strip()
         server = ServerProcess(database_url, str(tmp_path), listen=hosts.gateway, env=FAST).start()

@@ -300,13 +300,18 @@ def test_server_launch_list_and_worker_from_the_archive_alone(pyz: Path, python:
         assert listed.returncode == 0, listed.stderr
         assert [(t["id"], t["command"], t["status"]) for t in json.loads(listed.stdout)] == \
             [(task_id, "echo hi", "pending")]
+        # the CLI found the server's admin token by itself; the worker joins with a join token
+        joined = run_pyz(pyz, "-s", server.url, "worker", "join-token", python=python)
+        assert joined.returncode == 0, joined.stderr
         # the real worker role, run through the archive's __main__, reporting what it loaded
         worker = subprocess.run(
             [python, *ISOLATED, "-c", "import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n"
              "    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
              f"print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in {SERVER_ONLY!r}), code)",
              str(pyz), "-s", server.url, "worker", "run", "--once", "--name", "pyz-e2e", "--workdir",
-             str(tmp_path / "work")], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+             str(tmp_path / "work")], cwd=tmp_path, env=_env(SCITQ_WORKER_TASK_USER="root",
+                                              SCITQ_WORKER_JOIN_TOKEN=joined.stdout.strip()), capture_output=True,
+            text=True, timeout=120)
         assert worker.stdout.strip().splitlines()[-1] == "LOADED [] 0", worker.stdout + worker.stderr
         shown = run_pyz(pyz, "-s", server.url, "task", "show", str(task_id), "--json", python=python)
         assert json.loads(shown.stdout)["status"] == "succeeded", shown.stdout + shown.stderr

@@ -59,7 +59,9 @@ def world(tmp_path_factory):
         flaky = StorageServer("s3", remote="S3K").start()  # the one a test kills
         servers.append(flaky)
         config = write_config(str(root / "rclone.conf"), s3, sftp, flaky)
-        cluster = Cluster(f"sqlite:///{root}/scitq.db", str(root), env={"SCITQ_SERVER_RCLONE_CONFIG": config})
+        # file:// URIs of the tests' own temporary folders are allowed (each worker narrows it again)
+        cluster = Cluster(f"sqlite:///{root}/scitq.db", str(root), env={
+            "SCITQ_SERVER_RCLONE_CONFIG": config, "SCITQ_SERVER_FILE_ROOTS": str(tmp_path_factory.getbasetemp())})
         cluster.start()
         yield World(cluster, s3, sftp, flaky, config)
     except BaseException:
@@ -408,7 +410,7 @@ def test_http_ftp_and_file_uris_need_no_rclone_config(world, web, tmp_path, diag
     local_in = tmp_path / "local-in.txt"
     local_in.write_bytes(b"from a local path\n")
     out = tmp_path / "results"
-    world.worker("builtin", concurrency=1)
+    world.worker("builtin", concurrency=1, env={"SCITQ_WORKER_FILE_ROOTS": str(tmp_path)})
     tid = world.submit("set -e; cd $INPUT; sha256sum reads.fq local-in.txt > $OUTPUT/inputs.sha256; "
                        "cd $RESOURCE; find . -type f | sort > $OUTPUT/resources.txt", "builtin",
                        inputs=[http.uri("pub/reads.fq?token=abc"), f"file://{local_in}"],

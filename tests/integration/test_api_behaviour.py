@@ -178,6 +178,9 @@ def test_batches_list_pause_go_stop_delete_with_counts(srv):
     assert stopped["status"] == "stopped"
     hb = srv.ok("POST", f"/workers/{wid}/heartbeat", {"executions": []}, token=token)
     assert sorted(s["action"] for s in hb["signals"]) == ["term", "term"]
+    # every heartbeat carries the server's pace, so a worker restarted since it registered follows it
+    assert {k: type(hb[k]) for k in ("heartbeat", "output_head", "output_tail")} == \
+        {"heartbeat": float, "output_head": int, "output_tail": int}
     assert srv.ok("POST", f"/workers/{wid}/claim", {"slots": 2}, token=token)["executions"] == []
     counts = srv.ok("GET", f"/batches/{name}")["counts"]
     assert sum(counts.values()) == 4

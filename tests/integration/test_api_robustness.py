@@ -62,6 +62,7 @@ def valid_bodies(w: SimpleNamespace) -> dict[str, dict]:
     task = {"command": "echo hi", "batch": w.batch}
     return {
         "task_create": task,
+        "task_single": task,   # POST /tasks: task_create without refs
         "task_update": {"priority": 1},
         "task_bulk": {"tasks": [task]},
         "task_signal": {"action": "pause"},

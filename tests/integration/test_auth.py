@@ -1,6 +1,6 @@
-"""Authentication and roles over real HTTP: open mode on loopback, tokens made
-by the CLI, admin/user/worker permissions, revocation, and the refusal to
-listen on a non-loopback address without a token."""
+"""Authentication and roles over real HTTP: no open mode (a first start makes an
+admin token and keeps it in a 0600 file), tokens made by the CLI, admin/user/worker
+permissions, revocation and the last admin token, and the Host check."""
 from __future__ import annotations
 
 import subprocess
@@ -13,29 +13,18 @@ from tests.support.postgres import free_port
 from tests.support.processes import ServerProcess, api, scitq_env
 
 
-def test_open_mode_on_loopback_without_tokens(servers):
-    srv = servers.start("sqlite", tokens=())
-    assert srv.call("GET", "/tasks", token=None)[0] == 200
-    code, task = srv.call("POST", "/tasks", {"command": "echo open"}, token=None)
-    assert code == 201 and task["command"] == "echo open"
-    assert srv.call("GET", "/tokens", token=None) == (200, {"tokens": []})
-    # a token that is given must still be valid
-    assert_error(srv.call("GET", "/tasks", token="scitq_nope"), 401, "unauthorized")
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_token_created_with_the_cli_ends_open_mode(backend, servers):
+def test_token_created_with_the_cli_authenticates(backend, servers):
     srv = servers.start(backend, tokens=())
-    assert srv.call("GET", "/tasks", token=None)[0] == 200
+    assert_error(srv.call("GET", "/tasks", token=None), 401, "unauthorized")
     r = cli("token", "create", "--role", "admin", "x", env={"SCITQ_SERVER_DATABASE": srv.database})
     assert r.code == 0, r
     secret = r.out.strip()
     assert secret.startswith("scitq_") and len(r.out.splitlines()) == 1
     assert secret not in r.err
-    # the server notices the new token (it caches the answer for at most a couple of seconds)
-    wait_for(lambda: srv.call("GET", "/tasks", token=None)[0] == 401, 10, 0.05, "open mode to end")
     assert_error(srv.call("GET", "/tasks", token=None), 401, "unauthorized")
     assert_error(srv.call("POST", "/tasks", {"command": "x"}, token=None), 401, "unauthorized")
+    assert_error(srv.call("GET", "/tasks", token="scitq_nope"), 401, "unauthorized")
     assert srv.call("GET", "/tasks", token=secret)[0] == 200
     assert srv.call("GET", "/health", token=None)[0] == 200  # liveness stays public
 
@@ -131,26 +120,32 @@ def _server_argv(database: str, *extra: str) -> list[str]:
             *extra]
 
 
-def test_server_refuses_a_non_loopback_address_without_a_token(databases, tmp_path):
+def test_a_server_that_cannot_write_its_token_file_initialises_nothing(databases, tmp_path):
     database = databases.new("sqlite")
-    prepare_database(database)  # an initialised database without any token
-    proc = subprocess.run(_server_argv(database, "--listen", "0.0.0.0"), env=scitq_env(), cwd=str(tmp_path),
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    path = str(blocker / "admin.token")
+    proc = subprocess.run(_server_argv(database), env=scitq_env(SCITQ_SERVER_TOKEN_FILE=path), cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-    assert len(lines) == 1, lines
-    assert "0.0.0.0" in lines[0] and "token create --role admin" in lines[0]
-    assert "Traceback" not in proc.stderr
-    # a worker token is not enough either: people need a token to reach it
+    assert proc.returncode == 2, proc.stderr
+    assert path in proc.stderr and "[server] token_file" in proc.stderr and "Traceback" not in proc.stderr
     from scitq_app.store import open_store
     store = open_store(database)
     try:
-        store.register_worker({"name": "w1"})
+        assert store.schema_status()["current"] == 0, "rolled back: no database nobody can use"
     finally:
         store.close()
-    proc = subprocess.run(_server_argv(database, "--listen", "0.0.0.0"), env=scitq_env(), cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "token create" in proc.stderr
+
+
+def test_a_server_on_a_database_without_people_tokens_starts_and_says_how_to_make_one(servers, databases,
+                                                                                     tmp_path):
+    database = databases.new("sqlite")
+    prepare_database(database)  # initialised elsewhere, without the first admin token
+    proc = ServerProcess(database, str(tmp_path), listen="0.0.0.0").start()
+    servers.running.append(proc)
+    assert proc.admin_token is None
+    assert_error(api(f"http://127.0.0.1:{proc.port}/api/v1", "GET", "/tasks"), 401, "unauthorized")
+    assert "token create --role admin" in proc.log()
 
 
 def test_server_listens_on_a_non_loopback_address_once_a_token_exists(servers, databases, tmp_path):
@@ -160,5 +155,5 @@ def test_server_listens_on_a_non_loopback_address_once_a_token_exists(servers, d
     proc = ServerProcess(database, str(tmp_path), port=port, listen="0.0.0.0").start()
     servers.running.append(proc)
     url = f"http://127.0.0.1:{port}/api/v1"
-    assert_error(api(url, "GET", "/tasks"), 401, "unauthorized")  # never open mode off loopback
+    assert_error(api(url, "GET", "/tasks"), 401, "unauthorized")
     assert api(url, "GET", "/tasks", token=secret)[0] == 200

@@ -259,24 +259,30 @@ def test_a_token_is_needed_once_tokens_exist(srv):
 # --- on the server host: db, token, config ------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_db_status_init_and_upgrade(backend, databases):
-    env = {"SCITQ_SERVER_DATABASE": databases.new(backend)}
+def test_db_status_init_and_upgrade(backend, databases, tmp_path):
+    token_file = tmp_path / "first" / "admin.token"
+    env = {"SCITQ_SERVER_DATABASE": databases.new(backend), "SCITQ_SERVER_TOKEN_FILE": str(token_file)}
     r = cli("db", "status", env=env)
     assert r.code == 0 and "empty" in r.out, r
     status = cli("db", "status", "--json", env=env).json()
     assert status["current"] == 0 and status["latest"] >= 1 and len(status["pending"]) == status["latest"]
     r = cli("db", "init", env=env)
-    assert r.code == 0 and f"version {status['latest']}" in r.out, r
+    assert r.code == 0 and f"version {status['latest']}" in r.out and str(token_file) in r.out, r
+    secret = token_file.read_text().strip()
+    assert (token_file.stat().st_mode & 0o777) == 0o600 and secret not in r.out + r.err
     after = cli("db", "status", "--json", env=env).json()
     assert (after["current"], after["pending"]) == (status["latest"], [])
     r = cli("db", "upgrade", env=env)
     assert r.code == 0 and "up to date" in r.out, r
     r = cli("db", "init", env=env)  # not twice
     assert r.code != 0 and r.err_lines[-1].startswith("scitq: ") and "Traceback" not in r.err, r
-    # an empty database is built migration by migration by `upgrade`
-    env2 = {"SCITQ_SERVER_DATABASE": databases.new(backend)}
+    assert token_file.read_text().strip() == secret, "a refused init leaves the token file alone"
+    # an empty database is built migration by migration by `upgrade`, with its first admin token too
+    env2 = {"SCITQ_SERVER_DATABASE": databases.new(backend), "SCITQ_SERVER_TOKEN_FILE": str(tmp_path / "t2")}
     r = cli("db", "upgrade", env=env2)
     assert r.code == 0, r
+    assert [t["name"] for t in cli("token", "list", "--json", env=env2).json()] == ["admin"]
+    assert (tmp_path / "t2").stat().st_mode & 0o777 == 0o600
     assert [ln.split()[-1] for ln in r.out.splitlines() if ln.startswith("applied")] == status["pending"]
     assert cli("db", "status", "--json", env=env2).json()["pending"] == []
     # --database works like the variable
@@ -285,8 +291,8 @@ def test_db_status_init_and_upgrade(backend, databases):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_token_create_list_revoke(backend, databases):
-    env = {"SCITQ_SERVER_DATABASE": databases.new(backend)}
+def test_token_create_list_revoke(backend, databases, tmp_path):
+    env = {"SCITQ_SERVER_DATABASE": databases.new(backend), "SCITQ_SERVER_TOKEN_FILE": str(tmp_path / "t")}
     r = cli("token", "create", "--role", "admin", "early", env=env)
     assert r.code == 2 and "db init" in r.err, r  # no schema yet
     assert cli("db", "init", env=env).code == 0
@@ -300,13 +306,14 @@ def test_token_create_list_revoke(backend, databases):
     assert cli("token", "create", "--role", "worker", "w", env=env).code == 2
     assert cli("token", "create", "--role", "admin", "bad name", env=env).code == 2
     listed = cli("token", "list", "--json", env=env).json()
-    assert [(t["name"], t["role"], t["revoked"]) for t in listed] == [("alice", "admin", None), ("bob", "user", None)]
+    assert [(t["name"], t["role"], t["revoked"]) for t in listed] == [
+        ("admin", "admin", None), ("alice", "admin", None), ("bob", "user", None)]
     text = cli("token", "list", "--json", env=env).out + cli("token", "list", env=env).out
     assert secret not in text and "hash" not in text
     r = cli("token", "revoke", "bob", env=env)
     assert r.code == 0 and "bob" in r.out, r
     assert {t["name"]: t["revoked"] is not None for t in cli("token", "list", "--json", env=env).json()} == \
-        {"alice": False, "bob": True}
+        {"admin": False, "alice": False, "bob": True}
     r = cli("token", "revoke", "nobody", env=env)
     assert r.code == 4 and len(r.err_lines) == 1, r
 

@@ -123,11 +123,9 @@ def test_a_live_worker_s_name_is_refused_with_a_409_that_says_what_to_do(srv):
     assert srv.ok("POST", "/workers/register", {"name": name})["worker"]["id"] != wid
 
 
-def test_open_mode_refuses_a_second_agent_under_a_live_name(servers):
-    srv = servers.start("sqlite", tokens=())
-    name = unique("w")
-    srv.ok("POST", "/workers/register", {"name": name}, token=None)
-    assert_error(srv.call("POST", "/workers/register", {"name": name}, token=None), 409, "conflict")
+def test_a_worker_without_a_credential_cannot_register_even_on_loopback(servers):
+    srv = servers.start("sqlite", tokens=())  # no open mode, not even with no token in the database
+    assert_error(srv.call("POST", "/workers/register", {"name": unique("w")}, token=None), 401, "unauthorized")
 
 
 @pytest.mark.skipif(not openssl_available(), reason="needs the openssl command")

@@ -68,10 +68,13 @@ def test_uris_are_checked_against_the_remotes_of_the_config(servers, conf):
 
 
 def test_a_server_without_rclone_config_accepts_only_the_built_in_schemes(servers, tmp_path):
-    srv = servers.start("sqlite", env={"SCITQ_SERVER_RCLONE_CONFIG": str(tmp_path / "absent.conf")})
+    srv = servers.start("sqlite", env={"SCITQ_SERVER_RCLONE_CONFIG": str(tmp_path / "absent.conf"),
+                                       "SCITQ_SERVER_FILE_ROOTS": "/data"})
     for uri in ("https://example.org/r1.fq.gz", "http://example.org/dir/", "ftp://ftp.example.org/pub/x",
                 "file:///data/r1.fq.gz"):
         srv.ok("POST", "/tasks", {"command": "true", "inputs": [uri]})
+    body = assert_error(srv.call("POST", "/tasks", {"command": "true", "inputs": ["file:///etc/scitq.conf"]}), 422)
+    assert "[server] file_roots: /data" in body["detail"]
     body = assert_error(srv.call("POST", "/tasks", {"command": "true", "output": "s3://bucket/out/"}), 422)
     assert "not in the server's rclone config" in body["detail"]
     w, t = srv.register()

@@ -24,11 +24,19 @@ class Cluster:
         self.client: Server | None = None
 
     def start(self) -> "Cluster":
+        """Start the server; `client` holds the admin token it created on the empty database."""
         self.server.start()
-        self.client = Server(self.server.url)
+        self.client = Server(self.server.url, self.server.admin_token)
         return self
 
     def worker(self, name: str, start: bool = True, **kw: Any) -> WorkerProcess:
+        """A worker in workdir/NAME. Unless the test gives it a credential (`token`, `join_token`,
+        or one in `env`), it registers with a single-use join token the admin client mints."""
+        env = kw.get("env") or {}
+        if not (kw.get("token") or kw.get("join_token") or env.get("SCITQ_WORKER_TOKEN")
+                or env.get("SCITQ_WORKER_JOIN_TOKEN")):
+            assert self.client is not None, "start the cluster first"
+            kw["join_token"] = self.client.create_join_token(uses=1, ttl=3600)["join_token"]
         w = WorkerProcess(self.server.url, os.path.join(self.workdir, name), name, **kw)
         self.workers.append(w)
         return w.start() if start else w

@@ -40,7 +40,8 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
 
 
 class ServerProcess:
-    """`python -m scitq_app server` on a free port."""
+    """`python -m scitq_app server` on a free port, run in `workdir`: a first start on an
+    empty database writes the admin token there (`token_file`; `admin_token` reads it)."""
 
     def __init__(self, database: str, workdir: str, *, port: int | None = None, listen: str = "127.0.0.1",
                  env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
@@ -52,13 +53,26 @@ class ServerProcess:
         self.args = args or []
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(workdir, f"server-{self.port}.log")
+        self.token_file = os.path.join(workdir, "admin.token")
 
     @property
     def url(self) -> str:
         return f"http://{self.listen}:{self.port}"
 
+    @property
+    def admin_token(self) -> str | None:
+        """The admin secret this server (or an earlier one in the same workdir) wrote at the
+        first start on its empty database; None when the database was initialised elsewhere."""
+        try:
+            return read_text(self.token_file).strip() or None
+        except FileNotFoundError:
+            return None
+
     def start(self, wait: bool = True) -> "ServerProcess":
         env = scitq_env(**{"SCITQ_SERVER_RCLONE_CONFIG": EXAMPLE_RCLONE_CONFIG,
+                           "SCITQ_SERVER_TOKEN_FILE": self.token_file,
+                           # its registry entry (tokenfiles) stays in the workdir, not the tester's home
+                           "XDG_STATE_HOME": os.path.join(self.workdir, "state"),
                            "SCITQ_SERVER_DATABASE": self.database, "SCITQ_SERVER_PORT": str(self.port),
                            "SCITQ_SERVER_LISTEN": self.listen, **self.extra_env})
         self._log = open(self.log_path, "ab")
@@ -131,12 +145,16 @@ class WorkerProcess:
         self.log_path = os.path.join(workdir, "worker.log")
 
     def start(self) -> "WorkerProcess":
-        env = scitq_env(SCITQ_WORKER_SERVER=self.server_url, SCITQ_WORKER_WORKDIR=self.workdir,
-                        SCITQ_WORKER_NAME=self.name, SCITQ_WORKER_CONCURRENCY=str(self.concurrency),
-                        SCITQ_WORKER_PREFETCH=str(self.prefetch), SCITQ_WORKER_HEARTBEAT=str(self.heartbeat),
-                        **({"SCITQ_WORKER_TOKEN": self.token} if self.token else {}),
-                        **({"SCITQ_WORKER_JOIN_TOKEN": self.join_token} if self.join_token else {}),
-                        **self.extra_env)
+        settings = {"SCITQ_WORKER_SERVER": self.server_url, "SCITQ_WORKER_WORKDIR": self.workdir,
+                    "SCITQ_WORKER_NAME": self.name, "SCITQ_WORKER_CONCURRENCY": str(self.concurrency),
+                    "SCITQ_WORKER_PREFETCH": str(self.prefetch), "SCITQ_WORKER_HEARTBEAT": str(self.heartbeat),
+                    # not an installed worker: tasks run as the test's user unless a test says otherwise
+                    "SCITQ_WORKER_TASK_USER": "root"}
+        if self.token:
+            settings["SCITQ_WORKER_TOKEN"] = self.token
+        if self.join_token:
+            settings["SCITQ_WORKER_JOIN_TOKEN"] = self.join_token
+        env = scitq_env(**{**settings, **self.extra_env})  # a test's own env wins
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.prefix + [sys.executable, "-m", "scitq_app", "worker", "run"],
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)

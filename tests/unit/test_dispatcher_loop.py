@@ -49,3 +49,37 @@ def test_run_once_releases_the_lock_so_a_restart_is_not_blocked(store, clock, fa
     a.run(once=True)
     b = Dispatcher(store, fast, clock=clock, holder="b")
     assert b.tick()["active"]
+
+
+def test_a_round_that_cannot_reach_the_database_starts_the_grace_again(store, clock, fast, backend, monkeypatch):
+    from scitq_app.errors import StoreUnavailable
+    tid, eid = _running(store, clock)
+    d = Dispatcher(store, fast, clock=clock, holder="a")
+    d.tick()
+    clock.advance(25)
+    real = store.release_waiting
+
+    def away() -> int:
+        raise StoreUnavailable("the database is unreachable")
+    monkeypatch.setattr(store, "release_waiting", away)  # the database goes away for a while
+    for _ in range(40):
+        d.run(once=True)
+        clock.advance(1)
+    monkeypatch.setattr(store, "release_waiting", real)
+    # 65 s since the last heartbeat, past the lease and offline_after: none of it is the worker's fault
+    done = d.tick()
+    assert (done["lost"], done["offline"]) == ([], [])
+    clock.advance(29)
+    assert d.tick()["lost"] == [], "the worker gets a whole lease to be heard again"
+    clock.advance(2)
+    assert d.tick()["lost"] == [eid]
+    assert store.get_task(tid).status == "pending"
+
+
+def test_workers_are_marked_offline_only_after_the_grace(store, clock, fast, backend):
+    store.register_worker({"name": "quiet"})
+    clock.advance(120)  # well past offline_after with no heartbeat
+    d = Dispatcher(store, fast, clock=clock, holder="a")
+    assert d.tick()["offline"] == []
+    clock.advance(fast.dispatcher.offline_after)
+    assert len(d.tick()["offline"]) == 1

@@ -17,16 +17,44 @@ FROM information_schema.columns WHERE table_schema = current_schema()
 -- name: schema_indexes
 SELECT tablename AS tbl, indexdef AS definition FROM pg_indexes WHERE schemaname = current_schema()
 
+-- name: schema_lock
+-- A transaction-scoped advisory lock: two processes initialising one empty database
+-- take turns, and the second finds the schema (and the admin token) the first made.
+SELECT pg_advisory_xact_lock(5358192731) AS locked
+
+-- name: token_admins_lock
+SELECT id FROM api_token WHERE role = 'admin' AND revoked IS NULL ORDER BY id FOR UPDATE
+
+-- Row locks. One order everywhere (see LOCK ORDER in store/tasks.py): batch, then tasks,
+-- then executions, then workers, each set in ascending id. NO KEY UPDATE, not UPDATE: we never
+-- change ids, and it leaves the KEY SHARE locks of foreign-key checks (a signal or an output
+-- chunk inserted for an execution) free to proceed instead of queueing behind us.
+
 -- name: task_lock
-SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id FOR UPDATE OF t
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id FOR NO KEY UPDATE OF t
 
 -- name: task_lock_by_execution
 SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
-WHERE t.id = (SELECT task_id FROM execution WHERE id = :id) FOR UPDATE OF t
+WHERE t.id = (SELECT task_id FROM execution WHERE id = :id) FOR NO KEY UPDATE OF t
+
+-- name: tasks_lock
+-- ORDER BY before the lock: PostgreSQL locks the rows in this order.
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.id IN {{ints :ids}} ORDER BY t.id FOR NO KEY UPDATE OF t
 
 -- name: execution_lock
 SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
-WHERE e.id = :id FOR UPDATE OF e
+WHERE e.id = :id FOR NO KEY UPDATE OF e
+
+-- name: executions_lock
+SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.id IN {{ints :ids}} ORDER BY e.id FOR NO KEY UPDATE OF e
+
+-- name: executions_lock_ids
+SELECT id FROM execution WHERE id IN {{ints :ids}} ORDER BY id FOR NO KEY UPDATE
+
+-- name: workers_lock_ids
+SELECT id FROM worker WHERE id IN {{ints :ids}} ORDER BY id FOR NO KEY UPDATE
 
 -- name: claim_pick
 SELECT t.id FROM task t
@@ -68,7 +96,7 @@ ORDER BY m.priority DESC, m.id
 SELECT e.id, e.task_id FROM execution e JOIN task t ON t.id = e.task_id
 WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
 ORDER BY e.id LIMIT 500
-FOR UPDATE OF t SKIP LOCKED
+FOR NO KEY UPDATE OF t SKIP LOCKED
 
 -- name: reserve_ids
 SELECT nextval(pg_get_serial_sequence(:table, 'id')) AS id FROM generate_series(1, :n)

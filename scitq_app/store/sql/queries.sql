@@ -28,6 +28,10 @@ SELECT * FROM batch WHERE name = :name
 -- name: batch_insert
 INSERT INTO batch (name, status, priority, created, modified) VALUES (:name, :status, :priority, :now, :now)
 
+-- name: batch_insert_missing
+INSERT INTO batch (name, status, priority, created, modified) VALUES (:name, :status, :priority, :now, :now)
+ON CONFLICT (name) DO NOTHING
+
 -- name: batch_list
 SELECT b.*, (SELECT COUNT(*) FROM worker w WHERE w.batch_id = b.id) AS workers
 FROM batch b WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
@@ -43,13 +47,16 @@ UPDATE batch SET priority = :priority, modified = :now WHERE name = :name
 -- name: batch_set_status
 UPDATE batch SET status = :status, modified = :now WHERE id = :id
 
--- name: batch_active_executions
-SELECT e.id AS execution_id, e.worker_id, t.id AS task_id, t.status AS task_status
-FROM task t JOIN execution e ON e.id = t.current_execution_id
+-- name: batch_executing_tasks
+-- Candidates only (read without locks): each is locked and looked at again before it changes.
+SELECT t.id FROM task t JOIN execution e ON e.id = t.current_execution_id
 WHERE t.batch_id = :batch_id AND e.status IN ('assigned', 'running', 'uploading')
+  AND t.status NOT IN ('succeeded', 'failed', 'canceled')
+ORDER BY t.id
 
 -- name: batch_paused_tasks
-SELECT * FROM task WHERE batch_id = :batch_id AND status = 'paused' ORDER BY id
+-- Candidates only, as above.
+SELECT id FROM task WHERE batch_id = :batch_id AND status = 'paused' ORDER BY id
 
 -- name: batch_active_count
 SELECT COUNT(*) AS n FROM task t JOIN execution e ON e.id = t.current_execution_id
@@ -84,7 +91,10 @@ VALUES (:id, :batch_id, :name, :command, :shell, :container, :container_options,
 INSERT INTO task_dependency (task_id, required_id) VALUES (:task_id, :required_id)
 
 -- name: submission_insert
-INSERT INTO submission (key, created) VALUES (:key, :now) ON CONFLICT DO NOTHING
+INSERT INTO submission (scope, key, digest, created) VALUES (:scope, :key, :digest, :now) ON CONFLICT DO NOTHING
+
+-- name: submission_digest
+SELECT digest FROM submission WHERE scope = :scope AND key = :key
 
 -- name: task_ids_by_key
 SELECT id FROM task WHERE submit_key = :key ORDER BY id
@@ -118,9 +128,6 @@ GROUP BY status
 -- name: task_set_status
 UPDATE task SET status = :status, status_changed = :now, modified = :now, retries_used = :retries_used
 WHERE id = :id
-
--- name: tasks_set_status
-UPDATE task SET status = :status, status_changed = :now, modified = :now WHERE id IN {{ints :ids}}
 
 -- name: task_unmet_count
 SELECT COUNT(*) AS n FROM task_dependency d JOIN task r ON r.id = d.required_id
@@ -158,6 +165,9 @@ SELECT e.*, w.name AS worker_name, t.current_execution_id AS current_id
 FROM execution e JOIN task t ON t.id = e.task_id LEFT JOIN worker w ON w.id = e.worker_id
 WHERE e.id = :id
 
+-- name: executions_task_ids
+SELECT DISTINCT task_id FROM execution WHERE id IN {{ints :ids}}
+
 -- name: execution_list
 SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
 WHERE e.task_id = :task_id ORDER BY e.id DESC
@@ -192,11 +202,15 @@ INSERT INTO output_chunk (execution_id, stream, pos, size, data) VALUES (:execut
 ON CONFLICT DO NOTHING
 
 -- name: output_size_stdout
-UPDATE execution SET stdout_size = :size, stdout_done = CASE WHEN stdout_done = 1 THEN 1 ELSE :done END
+-- never backwards: two deliveries of one stream may commit in either order
+UPDATE execution SET stdout_size = CASE WHEN stdout_size > :size THEN stdout_size ELSE :size END,
+    stdout_done = CASE WHEN stdout_done = 1 THEN 1 ELSE :done END
 WHERE id = :id
 
 -- name: output_size_stderr
-UPDATE execution SET stderr_size = :size, stderr_done = CASE WHEN stderr_done = 1 THEN 1 ELSE :done END
+-- never backwards: two deliveries of one stream may commit in either order
+UPDATE execution SET stderr_size = CASE WHEN stderr_size > :size THEN stderr_size ELSE :size END,
+    stderr_done = CASE WHEN stderr_done = 1 THEN 1 ELSE :done END
 WHERE id = :id
 
 -- name: output_trim
@@ -367,11 +381,25 @@ WHERE id = :id AND role = 'join' AND revoked IS NULL AND uses_left > 0 AND expir
 -- name: token_revoke
 UPDATE api_token SET revoked = :now WHERE id = :id
 
+-- name: token_epoch_get
+SELECT COALESCE(MAX(epoch), 0) AS epoch FROM token_epoch
+
+-- name: token_epoch_bump
+INSERT INTO token_epoch (id, epoch) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET epoch = token_epoch.epoch + 1
+
 -- name: token_revoke_worker
 UPDATE api_token SET revoked = :now WHERE worker_id = :worker_id AND revoked IS NULL
 
 -- name: token_touch
 UPDATE api_token SET last_used = :now WHERE id = :id
+
+-- name: token_admins_lock
+-- The unrevoked admin tokens, locked (PostgreSQL) so concurrent revocations take turns.
+SELECT id FROM api_token WHERE role = 'admin' AND revoked IS NULL ORDER BY id
+
+-- name: schema_lock
+-- Schema changes take turns (SQLite: the write transaction already holds the lock).
+SELECT 1 AS locked
 
 -- name: token_people_count
 SELECT COUNT(*) AS n FROM api_token WHERE role IN ('admin', 'user') AND revoked IS NULL

@@ -175,7 +175,17 @@ CREATE TABLE dispatcher_lock (
     expires {real} NOT NULL
 );
 
+-- An idempotency key is the token's own (scope), bound to the request it answered (digest).
 CREATE TABLE submission (
-    key TEXT PRIMARY KEY,
-    created {real} NOT NULL
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created {real} NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+
+-- One row, bumped by every revocation: each server process polls it to drop its token cache.
+CREATE TABLE token_epoch (
+    id INTEGER PRIMARY KEY,
+    epoch {bigint} NOT NULL
 );

@@ -27,6 +27,20 @@ WHERE t.id = (SELECT task_id FROM execution WHERE id = :id)
 SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
 WHERE e.id = :id
 
+-- name: tasks_lock
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.id IN {{ints :ids}} ORDER BY t.id
+
+-- name: executions_lock
+SELECT e.*, w.name AS worker_name FROM execution e LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.id IN {{ints :ids}} ORDER BY e.id
+
+-- name: executions_lock_ids
+SELECT id FROM execution WHERE id IN {{ints :ids}} ORDER BY id
+
+-- name: workers_lock_ids
+SELECT id FROM worker WHERE id IN {{ints :ids}} ORDER BY id
+
 -- name: claim_pick
 SELECT t.id FROM task t
 WHERE {{include claimable}}

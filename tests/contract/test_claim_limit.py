@@ -1,0 +1,35 @@
+"""One worker's overlapping claims (a retried request, two server processes answering it) never
+give it more than concurrency + prefetch executions, under any interleaving."""
+from __future__ import annotations
+
+import threading
+
+from .scene import LEASE, task_spec
+
+TRIALS = 20
+CLAIMS = 6
+
+
+def test_overlapping_claims_of_one_worker_never_exceed_concurrency_plus_prefetch(store, register):
+    store.create_tasks([task_spec(command=f"echo {i}") for i in range(TRIALS * 3 * CLAIMS)])
+    for trial in range(TRIALS):
+        worker = register(f"overlap-{trial}", concurrency=2, prefetch=1)
+        barrier = threading.Barrier(CLAIMS)
+        got: list[list[dict]] = []
+        errors: list[BaseException] = []
+
+        def claim() -> None:
+            try:
+                barrier.wait(10)
+                got.append(store.claim(worker.id, 3, LEASE))
+            except BaseException as e:  # reported below, not lost in a thread
+                errors.append(e)
+        threads = [threading.Thread(target=claim) for _ in range(CLAIMS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        claimed = [e["id"] for batch in got for e in batch]
+        assert len(claimed) == 3, f"trial {trial}: the worker was given {len(claimed)} executions, limit 3"
+        assert store.get_worker(worker.id).to_dict()["active"] == 3
