@@ -132,8 +132,9 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(engine, registry):
     root = make_owned_dir(f"scitq-ctr-{engine.name}-")
-    # A longer lease than the other e2e tests: the restart test must not race the dispatcher.
-    cluster = Cluster(f"sqlite:///{root}/scitq.db", root, env={"SCITQ_DISPATCHER_LEASE": "15"}).start()
+    # A longer lease than the other e2e tests: the restart test must not race the dispatcher, even on a
+    # loaded CI host where killing, removing a container and restarting the worker took over 15 s.
+    cluster = Cluster(f"sqlite:///{root}/scitq.db", root, env={"SCITQ_DISPATCHER_LEASE": "45"}).start()
     s = Setup(cluster, engine, registry, root)
     try:
         yield s

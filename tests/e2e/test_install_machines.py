@@ -225,6 +225,52 @@ def test_a_user_token_s_task_on_an_installed_worker_reads_none_of_its_secrets(in
     assert task["status"] == "succeeded"
 
 
+EVIL_TAR = """import io, tarfile
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w") as t:
+    for name, target in (("sub/l", ".."), ("sub/l/l2", "..")):
+        info = tarfile.TarInfo(name); info.type = tarfile.SYMTYPE; info.linkname = target; t.addfile(info)
+    data = b"pwned"
+    info = tarfile.TarInfo("sub/l/l2/x"); info.size = len(data); t.addfile(info, io.BytesIO(data))
+open("/root/evil/evil.tar", "wb").write(buf.getvalue())
+"""
+
+
+def test_on_installed_machines_file_uris_host_mounts_and_escaping_archives_are_refused(install: Install) -> None:
+    user = json.loads(install.srv.run("scitq token create --role user attacker2 --json").stdout)["secret"]
+
+    def refused(**fields: Any) -> str:
+        out = install.api(f"s.token = {user!r}\ntry:\n    s.submit('true', **{fields!r})\n    out = 'accepted'\n"
+                          "except Exception as e:\n    out = type(e).__name__ + ': ' + e.message")
+        assert out.startswith("Invalid: "), out
+        return out
+    # an installed server has no file roots: every file:// URI is refused at submission
+    assert "[server] file_roots" in refused(inputs=["file:///etc/scitq.conf"])
+    assert "[server] file_roots" in refused(output="file:///root/.ssh/")
+    assert "[server] container_options" in refused(container="busybox", container_options="-v /:/host")
+    # an archive that escapes its folder through chained symlinks, served over HTTP from the server
+    srv = install.srv
+    srv.run("mkdir -p /root/evil && python3 -", input=EVIL_TAR)
+    srv.run(f"systemd-run --unit scitq-evil-http python3 -m http.server 8765 --bind {srv.addr} "
+            "--directory /root/evil")
+    try:
+        wait_until("the archive server", lambda: srv.run(f"timeout 2 bash -c 'exec 3<>/dev/tcp/{srv.addr}/8765'",
+                                                         check=False).returncode == 0, 30)
+        tid = install.api(f"s.token = {user!r}\nout = s.submit('ls -R $RESOURCE', shell='sh', batch='attack', "
+                          f"resources=['http://{srv.addr}:8765/evil.tar|untar'])['ids'][0]")
+        task = wait_until("the archive task to end", lambda: (t := install.tasks([tid])[tid])["status"] in (
+            "succeeded", "failed") and t, 120, 2.0)
+        assert task["status"] == "failed"
+        assert install.api(f"out = s.executions({tid})[0]['failure_class']") == "staging"
+        stderr = install.api(f"out = s.task_output({tid}, 'stderr')['data']")
+        assert "member 'sub/l/l2' goes through a link made earlier" in stderr, stderr
+        for m in install.workers:
+            written = m.run("find /var/lib/scitq /tmp /root -xdev -name x -type f -exec grep -lx pwned {} + || true")
+            assert written.stdout.strip() == "", f"the archive wrote {written.stdout} on {m.name}"
+    finally:
+        srv.run("systemctl stop scitq-evil-http", check=False)
+
+
 def test_join_tokens_are_refused_used_expired_or_for_a_live_name_and_admin_tokens_never_register(
         install: Install) -> None:
     w1 = install.workers[0]
