@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .api import PREFIX, ROUTES, Route, openapi_document, parse_query
+from .beats import HeartbeatBuffer, Notifier
 from .config import Config
 from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MisdirectedRequest, MissingDependency,
                      NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized, UnsupportedMediaType)
@@ -34,109 +35,6 @@ from .roots import parse_roots
 from .uris import rclone_remotes
 
 log = logging.getLogger(__name__)
-
-
-class Notifier:
-    """Wakes long-polling claims when tasks become pending in this process."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._generation = 0
-
-    def notify(self) -> None:
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
-
-    def generation(self) -> int:
-        return self._generation
-
-    def wait(self, since: int, timeout: float) -> None:
-        with self._cond:
-            if self._generation == since:
-                self._cond.wait(timeout)
-
-
-class HeartbeatBuffer:
-    """Writes heartbeats to the store in batches, about twice a second.
-
-    2,000 workers beating every 5 s are 400 small writes a second; one
-    transaction for all the beats of half a second costs the database (and
-    SQLite's single writer) far less. What waits here is hint data — last seen,
-    stats, lease renewals, signal acks — so a beat's reply is computed at once
-    from the store, and a server crash only delays some renewals by a beat."""
-
-    def __init__(self, store: Store, lease: float, clock: Callable[[], float] = time.time,
-                 interval: float = 0.5, max_pending: int = 1000) -> None:
-        self.store = store
-        self.lease = lease
-        self.clock = clock
-        self.interval = interval
-        self.max_pending = max_pending
-        self._pending: dict[int, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def add(self, worker_id: int, stats: dict, executions: list[int], acks: list[int]) -> None:
-        with self._lock:
-            beat = self._pending.get(worker_id)
-            if beat is None:
-                beat = self._pending[worker_id] = {"worker_id": worker_id, "executions": set(), "acks": set()}
-            beat["stats"] = stats
-            beat["at"] = self.clock()
-            beat["executions"] = set(executions)  # the latest list is what the worker holds now
-            beat["acks"].update(acks)
-            full = len(self._pending) >= self.max_pending
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
-                self._thread.start()
-        if full:
-            self._wake.set()
-
-    def pending_acks(self, worker_id: int) -> set[int]:
-        with self._lock:
-            beat = self._pending.get(worker_id)
-            return set(beat["acks"]) if beat else set()
-
-    def flush(self) -> None:
-        try:
-            self.store.flush_token_use()
-        except ScitqError as e:
-            log.warning("could not record token use: %s", e.message)
-        with self._lock:
-            beats, self._pending = list(self._pending.values()), {}
-        if not beats:
-            return
-        try:
-            self.store.record_heartbeats([{**b, "executions": sorted(b["executions"]), "acks": sorted(b["acks"])}
-                                          for b in beats], self.lease)
-        except ScitqError as e:
-            log.warning("could not record %d heartbeats: %s; keeping them for the next round", len(beats), e.message)
-            with self._lock:
-                for b in beats:
-                    newer = self._pending.get(b["worker_id"])
-                    if newer is None:
-                        self._pending[b["worker_id"]] = b
-                    else:
-                        newer["acks"].update(b["acks"])
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception:  # a bug must not stop the recording of heartbeats
-                log.exception("heartbeat recording crashed; continuing")
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.flush()
 
 
 class HostCheck:
