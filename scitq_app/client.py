@@ -151,6 +151,18 @@ class Server:
             with self._conns_lock:
                 self._conns.discard(conn)
 
+    def interrupt(self) -> None:
+        """Break off the request the calling thread is blocked in (a long poll), without the retry a
+        dropped connection otherwise gets: it raises ServerUnreachable. Meant for a signal handler,
+        which runs in the main thread, between two of its steps."""
+        conn = getattr(self._local, "conn", None)
+        self._local.interrupted = True
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         """Close the connections of every thread that used this client."""
         with self._conns_lock:
@@ -232,6 +244,7 @@ class Server:
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = "application/json"
+        self._local.interrupted = False
         for attempt in (1, 2):
             conn = self._conn()
             conn.timeout = timeout or self.timeout
@@ -257,7 +270,7 @@ class Server:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
                 self._drop()
                 # A kept-alive connection the server closed meanwhile: retry once on a new one.
-                if attempt == 2:
+                if attempt == 2 or getattr(self._local, "interrupted", False):
                     raise ServerUnreachable(f"scitq server at {self.url} closed the connection: {e}",
                                             sent=True) from None
             except (OSError, http.client.HTTPException) as e:

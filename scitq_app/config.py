@@ -116,6 +116,12 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                                       "resources are evicted, least recently used first",
                                        minimum=1),
     ("worker", "transfer_retries"): _o(3, "int", "tries of a failed transfer (backoff 1, 2, 4... s)", minimum=1),
+    ("worker", "min_free"): _o(1.0, "float", "GiB that must stay free on the work dir's disk: below it the worker "
+                                             "claims nothing (and says why in `worker list`) until there is room "
+                                             "again, and a task failing meanwhile fails as the worker's (infra)",
+                               minimum=0),
+    ("worker", "min_free_inodes"): _o(1000, "int", "free inodes the work dir's disk must keep, likewise",
+                                      minimum=0),
     ("client", "server"): _o("http://127.0.0.1:5000", "str", "URL of the scitq server (env SCITQ_SERVER too)"),
     ("client", "token"): _o("", "str", "API token (env SCITQ_TOKEN too)", secret=True),
     ("client", "fingerprint"): _o("", "str", "sha256 of the server's TLS certificate to pin (hex), for a "

@@ -30,6 +30,7 @@ from .config import Config
 from .container_policy import DEFAULT_DENY, denied, parse_rules
 from .errors import ConfigError
 from .runner import LocalProcess, LocalRunner, Outcome, Process, RunSpec, Runner, StartError, TaskUser, clean_env
+from .supervisor import Lease
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,11 @@ class ContainerRunner(Runner):
         started = time.monotonic()
         result = self.call(*args, timeout=PULL_TIMEOUT, env=env)
         if result.returncode != 0:
-            raise StartError(f"cannot pull image {image}: {_message(result, 'pull failed')}", "infra")
+            message = _message(result, "pull failed")
+            # an image the registry does not have is the task's error (a retry may be spent on it);
+            # anything else (registry down, credentials, disk) is this worker's trouble
+            missing = any(m in message.lower() for m in _IMAGE_MISSING)
+            raise StartError(f"cannot pull image {image}: {message}", "app" if missing else "infra")
         log.info("pulled image %s in %.1f s", image, time.monotonic() - started, extra={"action": "pulled"})
 
     # --- running ---------------------------------------------------------------------
@@ -505,6 +510,9 @@ class WorkerRunner(Runner):
             return self.engine.start(spec)
         return self.local.start(spec)
 
+    def adopt(self, exec_dir: str) -> Process | None:
+        return self.local.adopt(exec_dir)
+
     def attach(self, name: str) -> Process | None:
         if self.engine is None:
             log.warning("container of %s: this worker has no [worker] engine now, so it cannot re-attach to it "
@@ -513,14 +521,20 @@ class WorkerRunner(Runner):
         return self.engine.attach(name)
 
 
-def make_runner(config: Config, workdir: str, state_dir: str, user: TaskUser | None = None) -> WorkerRunner:
+# what docker, podman and apptainer say when the registry answers that the image does not exist
+_IMAGE_MISSING = ("manifest unknown", "name unknown", "not found", "does not exist", "repository does not exist")
+
+
+def make_runner(config: Config, workdir: str, state_dir: str, user: TaskUser | None = None,
+                lease: Lease | None = None) -> WorkerRunner:
     """The runner `[worker] engine` asks for, its engine checked (ConfigError with the fix); plain
-    commands run as `user` when given."""
+    commands run as `user` when given, each under its supervisor when the agent's `lease` is given."""
     w = config.worker
+    local = LocalRunner(user, lease)
     if w.engine == "none":
-        return WorkerRunner(LocalRunner(user))
+        return WorkerRunner(local)
     engine = ContainerRunner(w.engine, workdir=workdir, state_dir=state_dir, engine_options=w.engine_options,
                              run_options=w.run_options, registry=w.registry, registry_user=w.registry_user,
                              registry_password=w.registry_password, deny=w.container_deny)
     engine.check()
-    return WorkerRunner(LocalRunner(user), engine)
+    return WorkerRunner(local, engine)

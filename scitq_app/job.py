@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .errors import ScitqError
 from .outbox import Outbox, StreamShipper
-from .runner import Outcome, Process, RunSpec, Runner, StartError, TaskUser
+from .runner import Outcome, Process, RunSpec, Runner, StartError, TaskUser, process_identity
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,15 @@ class Job:
     def __init__(self, execution: dict, *, root: str, runner: Runner, stager: Stager, outbox: Outbox,
                  slots: Slots, cpu_per_slot: Callable[[], int], head: int, tail: int,
                  on_done: Callable[["Job"], None], clock: Callable[[], float] = time.monotonic,
-                 process: Process | None = None, task_user: TaskUser | None = None) -> None:
+                 process: Process | None = None, task_user: TaskUser | None = None,
+                 short_of: Callable[[], str | None] = lambda: None) -> None:
         """`process`: one a previous run of the worker started, re-attached (`Runner.attach`):
         the Job resumes from "running". `task_user`: the account plain commands run as, which then
-        owns input/, output/ and tmp/ (not their staged files, which may be hard links)."""
+        owns input/, output/ and tmp/ (not their staged files, which may be hard links).
+        `short_of`: what this worker lacks (disk space, inodes), in words, or None: a command
+        that fails while the worker is short of it failed for the worker's reason (infra)."""
+        self.short_of = short_of
+        self.streams: tuple[StreamShipper, StreamShipper] | None = None
         self.task_user = task_user
         self.execution = execution
         self.id = int(execution["id"])
@@ -131,6 +136,7 @@ class Job:
         self.stop_reason: str | None = None  # term | kill | timeout | fenced | canceled
         self.start_error: StartError | None = None
         self.outcome = "failed"
+        self.failure_class: str | None = None  # as reported (infra: the worker's own trouble)
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
@@ -187,9 +193,16 @@ class Job:
     def run(self) -> None:
         try:
             self._run()
+        except OSError as e:
+            # the worker ran out of something (disk, inodes, descriptors, processes): its failure,
+            # which spends no retry; the OS's words go to the stderr tail and the report
+            where = f" ({e.filename})" if e.filename else ""
+            message = f"the worker could not go on: {e.strerror or e}{where}"
+            log.warning("execution %s: %s", self.id, message)
+            self._abort(message)
         except Exception as e:  # a bug in here must not lose the execution
             log.exception("execution %s crashed in the worker", self.id)
-            self._report("failed", failure_class="infra", message=f"worker error: {type(e).__name__}: {e}")
+            self._abort(f"worker error: {type(e).__name__}: {e}")
         finally:
             try:
                 # "done" holds the outcome: the worker removes succeeded work dirs once delivered.
@@ -197,6 +210,20 @@ class Job:
             except OSError:
                 pass
             self.on_done(self)
+
+    def _abort(self, message: str) -> None:
+        """Report the execution failed for the worker's reason (infra), its streams closed so the
+        report is not held back waiting for them; with a live command left, it is killed first."""
+        self._kill_if_alive()
+        if self.streams is not None:
+            for stream in self.streams:
+                if stream.final_size is None:
+                    if stream.stream == "stderr":
+                        stream.note(f"scitq: {message}\n")
+                    stream.finish()
+        self.failure_class = "infra"
+        self._report("failed", failure_class="infra", message=message)
+        self.outbox.wake()
 
     def _run(self) -> None:
         for d in (self.dir, *self.dirs.values()):
@@ -207,8 +234,11 @@ class Job:
         self._mark("execution.json", json.dumps(self.execution))
         stdout = StreamShipper(self.id, "stdout", os.path.join(self.dir, "stdout.log"), self.head, self.tail)
         stderr = StreamShipper(self.id, "stderr", os.path.join(self.dir, "stderr.log"), self.head, self.tail)
+        self.streams = (stdout, stderr)
+        # a re-attached container replays its output from the start; a supervised command wrote it here
+        replays = self.process is not None and self.process.stdout is not None
         for s in (stdout, stderr):
-            open(s.path, "wb" if self.process else "ab").close()  # a re-attached process replays it all
+            open(s.path, "wb" if replays else "ab").close()
             self.outbox.add_stream(s)
         if self.process is not None:  # re-attached: it runs already and holds a slot, free or not
             self.slots.take()
@@ -216,11 +246,12 @@ class Job:
                 outcome = self._execute(stdout, stderr)
             finally:
                 self.slots.release()
-            return self._finish(stdout, stderr, outcome, self._failure_class(outcome), None)
+            return self._finish(stdout, stderr, outcome, self._failure_class(outcome),
+                                outcome.lost if outcome else None)
         try:
             self.stager.stage_in(self.execution, self.dirs, self.cancel)
         except StagingError as e:
-            self._note(stderr.path, f"scitq: staging failed: {e.message}\n")
+            stderr.note(f"scitq: staging failed: {e.message}\n")
             # stopped while downloading (a person, a worker shutdown): not the data's fault
             failure = self._failure_class(None) if self.cancel.is_set() else "staging"
             return self._finish(stdout, stderr, None, failure, e.message)
@@ -241,7 +272,7 @@ class Job:
             err = self.start_error
             return self._finish(stdout, stderr, None, err.failure_class if err else "app",
                                 err.message if err else "the command could not start")
-        return self._finish(stdout, stderr, outcome, self._failure_class(outcome), None)
+        return self._finish(stdout, stderr, outcome, self._failure_class(outcome), outcome.lost)
 
     def _execute(self, stdout: StreamShipper, stderr: StreamShipper) -> Outcome | None:
         e = self.execution
@@ -253,7 +284,7 @@ class Job:
                 self.runner.prepare(spec)  # may pull an image: not under the lock, which signals need
         except StartError as err:
             self.start_error = err
-            self._note(stderr.path, f"scitq: {err.message}\n")
+            stderr.note(f"scitq: {err.message}\n")
             return None
         with self._lock:
             if self.cancel.is_set() and self.process is None:
@@ -265,16 +296,18 @@ class Job:
                     self.process = self.runner.start(spec)
             except StartError as err:
                 self.start_error = err
-                self._note(stderr.path, f"scitq: {err.message}\n")
+                stderr.note(f"scitq: {err.message}\n")
                 return None
             self.started = True
             if not self.resumed.is_set():
                 self.process.send("pause")
         self._report("running")
         if self.process.pid:
-            self._mark("pid", str(self.process.pid))
-        readers = [threading.Thread(target=_copy, args=(self.process.stdout, stdout.path, self.outbox), daemon=True),
-                   threading.Thread(target=_copy, args=(self.process.stderr, stderr.path, self.outbox), daemon=True)]
+            self._mark("pid", json.dumps(process_identity(self.process.pid)))
+        readers = []
+        if self.process.stdout is not None:  # else its supervisor writes the log files itself
+            readers = [threading.Thread(target=_copy, args=(pipe, path, self.outbox), daemon=True)
+                       for pipe, path in ((self.process.stdout, stdout.path), (self.process.stderr, stderr.path))]
         for r in readers:
             r.start()
         timer = None
@@ -306,19 +339,22 @@ class Job:
             return "canceled"
         if outcome is None:
             return "canceled" if self.cancel.is_set() else "app"
+        if outcome.lost:
+            return "lost"
         if outcome.oom:
             return "oom"
-        return None if outcome.return_code == 0 else "app"
-
-    @staticmethod
-    def _note(path: str, text: str) -> None:
-        with open(path, "ab") as f:
-            f.write(text.encode("utf-8", "replace"))
+        if outcome.return_code == 0:
+            return None
+        return "infra" if self.short_of() else "app"
 
     def _finish(self, stdout: StreamShipper, stderr: StreamShipper, outcome: Outcome | None,
                 failure: str | None, message: str | None) -> None:
+        if failure == "infra" and outcome is not None and message is None:
+            short = self.short_of() or "resources"
+            message = f"the command failed while this worker was short of {short}"
+            stderr.note(f"scitq: {message}: counted as the worker's failure, not the task's\n")
         if self.stop_reason == "timeout":
-            self._note(stderr.path, f"scitq: run_timeout of {self.execution.get('run_timeout')} s reached: killed\n")
+            stderr.note(f"scitq: run_timeout of {self.execution.get('run_timeout')} s reached: killed\n")
         output_files: list[str] = []
         if outcome is not None and self.stop_reason != "fenced" and self.execution.get("output"):
             self._report("uploading")
@@ -326,7 +362,7 @@ class Job:
                 output_files = self.stager.stage_out(self.execution, self.dirs, threading.Event(),
                                                      succeeded=failure is None)
             except StagingError as err:
-                self._note(stderr.path, f"scitq: upload failed: {err.message}\n")
+                stderr.note(f"scitq: upload failed: {err.message}\n")
                 if failure is None:  # a failed command keeps its own class
                     failure, message = "staging", err.message
         stdout.finish()
@@ -340,6 +376,7 @@ class Job:
         elif failure is None:
             self._report("succeeded", **fields)
         else:
+            self.failure_class = failure
             self._report("failed", failure_class=failure, **fields)
         self.outbox.wake()
         if failure is None and self.stop_reason is None:

@@ -107,10 +107,11 @@ ACTIVE_EXECUTION_STATUSES = (ExecutionStatus.ASSIGNED, ExecutionStatus.RUNNING, 
 FINAL_EXECUTION_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED)
 
 # Failure classes that spend one of the task's retries. A lost or evicted
-# worker, or an attempt canceled by a person or a worker shutdown, is not
-# the task's fault and must not use up its budget.
+# worker, a worker out of disk, descriptors or processes (infra), or an attempt
+# canceled by a person or a worker shutdown, is not the task's fault and must
+# not use up its budget (UNCOUNTED_ATTEMPTS_LIMIT still bounds such attempts).
 COUNTED_FAILURES = frozenset({FailureClass.APP, FailureClass.TIMEOUT, FailureClass.OOM,
-                              FailureClass.STAGING, FailureClass.INFRA})
+                              FailureClass.STAGING})
 
 _T = TaskStatus
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
@@ -317,6 +318,7 @@ class Execution(Record):
     stderr_size: int = 0
     peak_mem: int | None = None
     cpu_time: float | None = None
+    message: str | None = None  # why it ended so, in words (the worker's or the server's)
     worker_name: str | None = None
     created: float | None = None
     modified: float | None = None

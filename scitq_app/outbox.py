@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 4 * 1024 * 1024
 
 
+RESERVE_BYTES = 1 << 20  # room kept for reports when the disk fills (a report is ~1 KB)
+
+
 def _atomic_write(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -38,10 +41,14 @@ class Journal:
     sequence number; `acked` holds the last sequence the server confirmed.
     A torn last line (crash while writing) is dropped at open."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.dir = directory
+        self.clock = clock
         os.makedirs(directory, exist_ok=True)
         self._lock = threading.Lock()
+        self.reserve_path = os.path.join(directory, "reserve")
+        self._reserve_tried = 0.0
+        self.degraded = False  # an item could not be written even after freeing the reserve
         self._acked = self._read_acked()
         self._items: list[tuple[int, dict]] = []  # unacked items, in order (reports are small)
         self._next = self._acked + 1
@@ -49,6 +56,26 @@ class Journal:
         self._segment: str | None = None
         self._segment_size = 0
         self._cursor_written = 0.0
+        self.keep_reserve()
+
+    def keep_reserve(self) -> None:
+        """Hold RESERVE_BYTES of disk in a file, given up when the disk is full so that the reports
+        of finished tasks can still be written; made again (at most every 10 s) once there is room."""
+        now = self.clock()
+        if os.path.exists(self.reserve_path) or now - self._reserve_tried < 10.0:
+            return
+        self._reserve_tried = now
+        try:
+            with open(self.reserve_path + ".tmp", "wb") as f:
+                f.write(b"\0" * RESERVE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self.reserve_path + ".tmp", self.reserve_path)
+        except OSError:
+            try:
+                os.unlink(self.reserve_path + ".tmp")
+            except OSError:
+                pass
 
     def _read_acked(self) -> int:
         try:
@@ -95,11 +122,39 @@ class Journal:
             # Written through to the OS (survives the worker process dying) but not
             # fsynced: if the machine itself dies, its executions are lost and
             # requeued anyway, so a per-report fsync would buy nothing.
-            with open(self._segment, "ab") as f:
-                f.write(line)
-            self._segment_size += len(line)
+            try:
+                self._append(line)
+            except OSError as e:
+                # a full disk: give up the reserve and try again; if even that fails the item is
+                # still delivered from memory, only not kept across a worker restart
+                log.warning("journal: %s writing %s; using the reserve", e.strerror or e, self._segment)
+                try:
+                    os.unlink(self.reserve_path)
+                except OSError:
+                    pass
+                self._reserve_tried = self.clock()
+                try:
+                    self._append(line)
+                except OSError as again:
+                    self.degraded = True
+                    log.error("journal: %s even after freeing the reserve: report %s kept in memory only",
+                              again.strerror or again, seq)
             self._items.append((seq, item))
             return seq
+
+    def _append(self, line: bytes) -> None:
+        assert self._segment is not None
+        fd = os.open(self._segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(line)
+            while view:  # a write may be short when the disk fills
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.ftruncate(fd, self._segment_size)  # no torn line for the next append to follow
+            raise
+        finally:
+            os.close(fd)
+        self._segment_size += len(line)
 
     def pending(self, limit: int = 1000) -> list[tuple[int, dict]]:
         with self._lock:
@@ -122,7 +177,11 @@ class Journal:
             if now - self._cursor_written < 1.0 and self._items:
                 return
             self._cursor_written = now
-            _atomic_write(os.path.join(self.dir, "acked"), str(upto))
+            try:
+                _atomic_write(os.path.join(self.dir, "acked"), str(upto))
+            except OSError as e:  # a full disk: a later ack writes it (replays are harmless)
+                log.warning("journal: cannot save the cursor: %s", e.strerror or e)
+                return
             current = os.path.basename(self._segment) if self._segment else None
             segments = self._segments()
             # A segment can go once the next one starts after the cursor.
@@ -153,6 +212,7 @@ class StreamShipper:
         self.shipped = 0
         self.final_size: int | None = None
         self.final_sent = False
+        self.memo = b""  # worker notes the log file had no room for: shipped after it
 
     def size(self) -> int:
         try:
@@ -160,9 +220,22 @@ class StreamShipper:
         except OSError:
             return 0
 
+    def note(self, text: str) -> None:
+        """Add a worker's note at the end of the stream: in its log file, or, when the file cannot
+        take it (a full disk), in memory, shipped after the file's content."""
+        data = text.encode("utf-8", "replace")
+        if not self.memo:
+            try:
+                with open(self.path, "ab") as f:
+                    f.write(data)
+                return
+            except OSError:
+                pass
+        self.memo += data
+
     def finish(self) -> None:
         """The process ended: the log will not grow any more."""
-        self.final_size = self.size()
+        self.final_size = self.size() + len(self.memo)
 
     def done(self) -> bool:
         return self.final_size is not None and self.final_sent
@@ -174,12 +247,16 @@ class StreamShipper:
         pos = self.shipped
         if pos < size:
             with open(self.path, "rb") as f:
+                in_file = size - len(self.memo) if self.final_size is not None else size
                 while pos < size and budget > 0:
                     if pos >= self.head and size - pos > self.tail:
                         pos = size - self.tail  # the server would cut this part anyway
                     end = min(size, pos + budget, self.head if pos < self.head else size)
-                    f.seek(pos)
-                    data = f.read(end - pos)
+                    if pos >= in_file:
+                        data = self.memo[pos - in_file:end - in_file]
+                    else:
+                        f.seek(pos)
+                        data = f.read(min(end, in_file) - pos)
                     if not data:
                         break
                     items.append(self._item(pos, data, False))

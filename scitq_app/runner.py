@@ -14,8 +14,9 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Mapping
+from typing import IO, Any, Mapping
 
+from . import supervisor
 from .errors import ScitqError
 
 class StartError(ScitqError):
@@ -61,6 +62,7 @@ class Outcome:
     cpu_time: float | None = None    # seconds
     oom: bool = False
     signal: int | None = None        # the signal that ended it, if any
+    lost: str | None = None          # why the attempt was lost, not failed (its supervisor gave up on it)
 
 
 class Process:
@@ -106,6 +108,12 @@ class Runner:
         again and followed to its end, its stdout/stderr replaying its output from the start.
         None when it no longer exists or this runner cannot re-attach; then nothing of it is left
         running (a container found but not resumable is removed)."""
+        return None
+
+    def adopt(self, exec_dir: str) -> Process | None:
+        """After an agent restart: the supervised command a previous agent started in the execution
+        directory `exec_dir`, still running or ended since (its outcome kept), followed to its end;
+        None when there is none to follow."""
         return None
 
 
@@ -173,14 +181,53 @@ class LocalProcess(Process):
             return self._outcome
 
 
+class SupervisedLocalProcess(Process):
+    """A command run under its per-task supervisor (`supervisor.py`): it outlives the agent, and a
+    restarted agent adopts it again. Its output is in the execution's log files (no pipes)."""
+
+    stdout = None  # type: ignore[assignment]
+    stderr = None  # type: ignore[assignment]
+    pid = None     # nothing for `recover` to kill blindly: the supervisor answers for its tree
+
+    def __init__(self, handle: "supervisor.SupervisedProcess") -> None:
+        self.handle = handle
+
+    def send(self, action: str) -> None:
+        self.handle.send(action)
+
+    def alive(self) -> bool:
+        return self.handle.alive()
+
+    def wait(self) -> Outcome:
+        r = self.handle.result()
+        if "return_code" not in r:
+            return Outcome(-1, lost="the task's supervisor vanished before the command ended")
+        cpu = r.get("cpu_time")
+        outcome = Outcome(int(r["return_code"]), peak_mem=r.get("peak_mem"),
+                          cpu_time=float(cpu) if cpu is not None else None, signal=r.get("signal"))
+        if r.get("lease_expired"):
+            outcome.lost = ("no worker agent renewed the lease in time: the task's supervisor killed it "
+                            "before the server could run it elsewhere")
+        return outcome
+
+
 class LocalRunner(Runner):
     """Runs commands on the host, exporting INPUT OUTPUT RESOURCE TEMP CPU; as `user` when given
-    (a root worker's unprivileged task user), else as the worker's own user."""
+    (a root worker's unprivileged task user), else as the worker's own user.
+
+    With a `lease` (the worker agent's), each command runs under its own supervisor, which keeps it
+    and its output across agent restarts and kills it when no agent renews the lease; without one
+    (tools, tests of the runner alone) the command is this process's child."""
 
     name = "none"
 
-    def __init__(self, user: TaskUser | None = None) -> None:
+    def __init__(self, user: TaskUser | None = None, lease: "supervisor.Lease | None" = None) -> None:
         self.user = user
+        self.lease = lease
+
+    def adopt(self, exec_dir: str) -> Process | None:
+        handle = supervisor.adopt(exec_dir)
+        return SupervisedLocalProcess(handle) if handle is not None else None
 
     def start(self, spec: RunSpec) -> Process:
         if spec.container:
@@ -195,6 +242,15 @@ class LocalRunner(Runner):
             # the worker's own HOME (root's) is no place for a task: its tmp is
             env.update({"HOME": spec.dirs["tmp"], "USER": self.user.name, "LOGNAME": self.user.name})
             account = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
+        if self.lease is not None:
+            body = {"argv": spec.argv(), "env": env, "cwd": spec.dirs["tmp"],
+                    "uid": self.user.uid if self.user else None, "gid": self.user.gid if self.user else None}
+            try:
+                return SupervisedLocalProcess(supervisor.launch(os.path.dirname(spec.dirs["tmp"]), body, self.lease))
+            except supervisor.SupervisorRefused as e:
+                raise StartError(e.message, e.failure_class) from None
+            except OSError as e:  # no process, descriptor or disk left for the supervisor itself
+                raise StartError(f"cannot start the task's supervisor: {e.strerror or e}", "infra") from None
         try:
             popen = subprocess.Popen(spec.argv(), cwd=spec.dirs["tmp"], env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -204,7 +260,8 @@ class LocalRunner(Runner):
         except PermissionError as e:
             raise StartError(f"cannot execute {e.filename}: permission denied") from None
         except OSError as e:
-            raise StartError(f"cannot start the command: {e.strerror or e}") from None
+            raise StartError(f"cannot start the command: {e.strerror or e}",
+                             "infra" if e.errno in supervisor.WORKER_ERRNOS else "app") from None
         return LocalProcess(popen)
 
 
@@ -214,8 +271,18 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SCITQ_")}
 
 
-def kill_group(pid: int) -> bool:
-    """SIGKILL a leftover process group (after a worker restart); True if it existed."""
+def process_identity(pid: int) -> dict[str, Any]:
+    """What names a process beyond its pid, for a later agent: the boot and its start time."""
+    return {"pid": pid, "boot_id": supervisor.boot_id(), "start_time": supervisor.start_time(pid)}
+
+
+def kill_group(identity: Mapping[str, Any]) -> bool:
+    """SIGKILL a leftover process group a previous agent recorded with `process_identity`, only if
+    it is still that process (same boot, same start time: pids are reused); True if it was."""
+    pid = int(identity.get("pid") or 0)
+    if not pid or identity.get("boot_id") != supervisor.boot_id() or \
+            identity.get("start_time") is None or supervisor.start_time(pid) != identity["start_time"]:
+        return False
     try:
         os.killpg(pid, signal.SIGKILL)
         return True

@@ -324,7 +324,7 @@ class Api:
     # --- worker protocol ------------------------------------------------------
     def register(self, ident: Identity, body: dict, **_: Any) -> dict:
         worker, token = self.store.register_worker(body, actor=ident.name, identity=ident)
-        return {"worker": worker.to_dict(), "token": token, "lease": self.lease, **self._worker_pace(),
+        return {"worker": worker.to_dict(), "token": token, **self._worker_pace(),
                 "rclone_config": self.rclone.digest()}
 
     def claim(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
@@ -362,8 +362,9 @@ class Api:
         return reply
 
     def _worker_pace(self) -> dict[str, Any]:
-        """What the server sets for every worker: heartbeat interval and output caps."""
-        return {"heartbeat": min(self.config.worker.heartbeat, self.lease / 3),
+        """What the server sets for every worker: heartbeat interval, output caps, and the lease
+        (which bounds how long a task's supervisor lets it run without a live agent)."""
+        return {"heartbeat": min(self.config.worker.heartbeat, self.lease / 3), "lease": self.lease,
                 "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail}
 
     def worker_rclone_config(self, ident: Identity, id: int, **_: Any) -> dict:

@@ -15,6 +15,7 @@ delivered now or at the next start.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from .machine import Machine
 from .outage import Outage, backoff
 from .outbox import Outbox, StreamShipper
 from .runner import Process, Runner, TaskUser, find_task_user, kill_group, wait_gone
+from .supervisor import Lease
 from .roots import parse_roots
 from .staging import RcloneStager
 
@@ -45,6 +47,8 @@ CLAIM_WAIT = 5.0
 EXIT_UPGRADE = 75  # EX_TEMPFAIL: drained for an upgrade; systemd (Restart=on-failure) starts the new version
 CLEAN_EVERY = 30.0
 DISK_PRESSURE = 90.0  # % used on the work dir's disk before old failed work dirs are removed
+RECLAIM_EVERY = 2.0   # seconds between two cleanings while the worker is short of disk
+INFRA_PAUSE_MAX = 60.0
 
 
 class Worker:
@@ -84,7 +88,10 @@ class Worker:
             self.client.fingerprint = (
                 normalize_fingerprint(w.fingerprint, "[worker] fingerprint") if w.fingerprint.strip()
                 else saved.get("fingerprint") if self._is_own_state(saved) else None) or join_pin
-        self.runner = runner or make_runner(config, self.root, self.state_dir, self.task_user)
+        # Renewed while this agent lives; the supervisors of its commands kill them when it is not.
+        saved_lease = self._load_state().get("lease")  # what supervisors left by a previous run were told
+        self.lease = Lease(os.path.join(self.state_dir, "lease"), float(saved_lease) if saved_lease else None)
+        self.runner = runner or make_runner(config, self.root, self.state_dir, self.task_user, self.lease)
         self.stager = stager or RcloneStager(self.root, os.path.join(self.state_dir, "rclone.conf"),
                                              rclone=w.rclone, retries=w.transfer_retries,
                                              cache_limit=w.cache_disk_limit,
@@ -116,6 +123,17 @@ class Worker:
         self._claims = Outage("scitq worker: claims", say, clock)
         self._beats = Outage("scitq worker: heartbeats", say, clock)
         self._deliveries = Outage("scitq worker: reports", say, clock)
+        self._lease_trouble = Outage("scitq worker: lease", say, clock)
+        # one per loop (an Outage is not shared between threads)
+        self._beat_faults = Outage("scitq worker: heartbeat loop", say, clock)
+        self._send_faults = Outage("scitq worker: delivery loop", say, clock)
+        self._lease_faults = Outage("scitq worker: lease loop", say, clock)
+        self.short: str | None = None  # what this worker lacks to take work (disk, inodes), in words
+        self._last_reclaim = 0.0
+        # after failures of its own (infra) the worker waits before claiming again, longer each time,
+        # so a worker out of descriptors or processes does not burn through the queue
+        self._infra_failures = 0
+        self._claim_after = 0.0
 
     # --- registration -----------------------------------------------------------
     def _state_path(self) -> str:
@@ -210,7 +228,7 @@ class Worker:
         self._heartbeat()
         self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
                           "token": token, "fingerprint": self.client.fingerprint, "head": self.head,
-                          "tail": self.tail})
+                          "tail": self.tail, "lease": self.lease.seconds})
         self.say(f"scitq worker {self.name}: attached as worker {self.worker_id} with its worker token")
 
     def _register_with(self, secret: str | None, join: bool) -> None:
@@ -235,14 +253,12 @@ class Worker:
             raise ConfigError(f"the server refused to register this worker: {e.message}") from None
         self.worker_id = int(reply["worker"]["id"])
         self.client.token = reply["token"]
-        self.head = int(reply.get("output_head", self.head))
-        self.tail = int(reply.get("output_tail", self.tail))
-        self.heartbeat_every = min(self.heartbeat_every, float(reply.get("heartbeat", self.heartbeat_every)))
+        self._apply_pace(reply)
         self._apply_settings(reply["worker"])
         self._sync_rclone_config(reply.get("rclone_config"))
         self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
                           "token": reply["token"], "fingerprint": self.client.fingerprint, "head": self.head,
-                          "tail": self.tail})
+                          "tail": self.tail, "lease": self.lease.seconds})
         self.say(f"scitq worker {self.name}: registered as worker {self.worker_id} on {self.client.url}")
 
     # --- heartbeat ----------------------------------------------------------------
@@ -256,7 +272,8 @@ class Worker:
         try:
             reply = self.client.heartbeat(self.worker_id, self.machine.stats() | {"version": __version__,
                                           "engine": self.runner.name,
-                                          "engine_version": self.runner.version, "slots_used": self.slots.used}
+                                          "engine_version": self.runner.version, "slots_used": self.slots.used,
+                                          "short_of": self.short}
                                           | self.stager.stats(),
                                           self._held(), acks)
         except BaseException:
@@ -275,10 +292,13 @@ class Worker:
                 job.fence()
 
     def _apply_pace(self, reply: dict[str, Any]) -> None:
-        """The server's heartbeat interval (when shorter than ours) and output caps, as it sends them
-        with every heartbeat: a worker restarted since it registered follows them too."""
+        """The server's heartbeat interval (when shorter than ours), output caps and lease, as it sends
+        them with every heartbeat: a worker restarted since it registered follows them too."""
         if "heartbeat" in reply:
             self.heartbeat_every = min(self.config.worker.heartbeat, float(reply["heartbeat"]))
+        if "lease" in reply and float(reply["lease"]) != self.lease.seconds:
+            self.lease.seconds = float(reply["lease"])
+            self._renew_lease()  # at once: a shorter lease must not wait for the next renewal
         self.head = int(reply.get("output_head", self.head))
         self.tail = int(reply.get("output_tail", self.tail))
 
@@ -334,6 +354,27 @@ class Worker:
                 self._wake.set()
             except ScitqError as e:
                 log.warning("heartbeat refused: %s", e.message)
+            except Exception as e:  # this thread must not die: the server would see a live worker wedged
+                log.debug("heartbeat failed", exc_info=True)
+                self._beat_faults.failed(f"{type(e).__name__}: {e}")
+
+    def _lease_loop(self) -> None:
+        """Renew the lease the supervisors read, as long as this process lives (a few times per
+        supervisor deadline; a file rename each time)."""
+        while True:
+            try:
+                self._renew_lease()
+            except Exception as e:  # this thread must not die: its tasks' supervisors would kill them
+                self._lease_faults.failed(f"{type(e).__name__}: {e}")
+            time.sleep(self.lease.every())
+
+    def _renew_lease(self) -> None:
+        try:
+            self.lease.renew()
+        except OSError as e:  # a full disk: the rename fails, the old deadline stands
+            self._lease_trouble.failed(f"cannot renew the tasks' lease file: {e.strerror or e}")
+        else:
+            self._lease_trouble.ok()
 
     # --- delivery -----------------------------------------------------------------
     def _refused(self, execution_id: int, result: dict) -> None:
@@ -371,8 +412,49 @@ class Worker:
                 pause, delay = backoff(delay, 5.0)
                 time.sleep(pause)
                 continue
+            except Exception as e:  # this thread must not die: reports would wait forever
+                log.debug("delivery failed", exc_info=True)
+                self._send_faults.failed(f"{type(e).__name__}: {e}")
+                pause, delay = backoff(delay, 5.0)
+                time.sleep(pause)
+                continue
             if not sent:
                 self.outbox.wait(0.5)
+
+    # --- resources ------------------------------------------------------------------
+    def _short_of(self) -> str | None:
+        """What the work dir's disk lacks under [worker] min_free / min_free_inodes, in words."""
+        w = self.config.worker
+        try:
+            st = os.statvfs(self.root)
+        except OSError as e:
+            return f"a readable work dir ({e.strerror or e})"
+        free, need = st.f_bavail * st.f_frsize, int(w.min_free * 2**30)
+        full = f"{os.strerror(errno.ENOSPC)}: " if free < 2**20 else ""
+        if free < need:
+            return (f"disk space ({full}{_size(free)} free on {self.root}, under [worker] min_free "
+                    f"{_size(need)})")
+        if st.f_files and st.f_favail < w.min_free_inodes:
+            full = f"{os.strerror(errno.ENOSPC)}: " if st.f_favail == 0 else ""
+            return (f"inodes ({full}{st.f_favail} free on {self.root}, under [worker] min_free_inodes "
+                    f"{w.min_free_inodes})")
+        return None
+
+    def _check_resources(self) -> bool:
+        """True when the worker has what it needs to claim; says so once per change of state."""
+        short = self._short_of()
+        if short != self.short:
+            if short:
+                self.say(f"scitq worker {self.name}: claiming nothing while short of {short}")
+            else:
+                self.say(f"scitq worker {self.name}: claiming again (short of {self.short} no more)")
+            self.short = short
+        if short is None:
+            self.outbox.journal.keep_reserve()
+        elif self.clock() - self._last_reclaim > RECLAIM_EVERY:
+            self._last_reclaim = self.clock()
+            self.clean(reclaim=True)  # the failed work dirs already delivered go first
+        return short is None
 
     # --- executions -----------------------------------------------------------------
     def _cpu_per_slot(self) -> int:
@@ -382,21 +464,38 @@ class Worker:
         job = Job(execution, root=self.root, runner=self.runner, stager=self.stager, outbox=self.outbox,
                   task_user=self.task_user,
                   slots=self.slots, cpu_per_slot=self._cpu_per_slot, head=self.head, tail=self.tail,
-                  on_done=self._finished, process=process)
+                  on_done=self._finished, process=process, short_of=self._short_of)
         with self._jobs_lock:
             self.jobs[job.id] = job
         if self.stopping:
             job.hand_back()
-        job.thread.start()
+        try:
+            job.thread.start()
+        except RuntimeError as e:  # no thread left to this process (a pids limit): the worker's failure
+            with self._jobs_lock:
+                self.jobs.pop(job.id, None)
+            job.failure_class = "infra"
+            self.outbox.report(job.id, {"phase": "failed", "failure_class": "infra",
+                                        "message": f"the worker could not start a thread for it: {e}"})
+            self._finished(job)
 
     def _finished(self, job: Job) -> None:
         with self._jobs_lock:
             self.jobs.pop(job.id, None)
+        if job.failure_class == "infra":
+            self._infra_failures += 1
+            pause = min(INFRA_PAUSE_MAX, 2.0 ** self._infra_failures)
+            self._claim_after = self.clock() + pause
+            self.say(f"scitq worker {self.name}: execution {job.id} failed for this worker's reason; claiming again "
+                     f"in {pause:.0f} s")
+        elif job.outcome == "succeeded":
+            self._infra_failures = 0
         self._wake.set()
 
     def recover(self) -> None:
-        """After a restart: re-attach to the containers a previous run of this worker left running,
-        end anything else it left, and report that lost once."""
+        """After a restart: adopt the supervised commands a previous run of this worker left (running,
+        or ended since), re-attach to its containers, end anything else it left (only processes
+        proven to be its own: same boot, same start time), and report that lost once."""
         for name in sorted(os.listdir(self.root)):
             d = os.path.join(self.root, name)
             if not name.startswith("exec-") or os.path.exists(os.path.join(d, "done")):
@@ -406,13 +505,18 @@ class Worker:
                     execution = json.load(f)
             except (OSError, ValueError):
                 continue
-            pid_path = os.path.join(d, "pid")
-            if os.path.exists(pid_path):
-                with open(pid_path, encoding="ascii") as f:
-                    pid = int(f.read().strip() or 0)
-                if pid and kill_group(pid):
-                    wait_gone(pid)
             eid = int(execution["id"])
+            adopted = self.runner.adopt(d)
+            if adopted is not None:
+                self._start(execution, adopted)
+                self.say(f"scitq worker: execution {eid} is still supervised; adopted")
+                continue
+            try:
+                identity = json.loads(_read_marker(os.path.join(d, "pid")) or "{}")
+            except ValueError:
+                identity = {}  # an older agent's bare pid: no proof it is still that process
+            if isinstance(identity, dict) and kill_group(identity):
+                wait_gone(int(identity["pid"]))
             container = _read_marker(os.path.join(d, "container"))
             process = self.runner.attach(container) if container else None
             if process is not None:
@@ -430,15 +534,15 @@ class Worker:
             open(os.path.join(d, "done"), "w").close()
             self.say(f"scitq worker: execution {eid} was interrupted by a restart; reported lost")
 
-    def clean(self, everything: bool = False) -> None:
+    def clean(self, everything: bool = False, reclaim: bool = False) -> None:
         """Remove the work dirs of finished executions whose logs are delivered: succeeded ones
-        always, failed ones on `clean` or under disk pressure (oldest first)."""
+        always, failed ones on `clean`, under disk pressure or to `reclaim` space (oldest first)."""
         pending = self.outbox.executions_with_pending()
         try:
             usage = shutil.disk_usage(self.root)
-            pressure = 100.0 * usage.used / usage.total > DISK_PRESSURE
+            pressure = reclaim or 100.0 * usage.used / usage.total > DISK_PRESSURE
         except OSError:
-            pressure = False
+            pressure = reclaim
         dirs = []
         for name in os.listdir(self.root):
             d = os.path.join(self.root, name)
@@ -464,6 +568,8 @@ class Worker:
             job.hand_back(force=self.stopping == 2 or handback)
         self._wake.set()
         self.slots.wake()
+        # an idle agent sits in a claim's long poll: break it off, so a stop takes no longer than that
+        self.client.interrupt()
 
     def request_upgrade(self) -> None:
         """Upgrade drain, safe to call from a signal handler (it only sets a flag): the loop then
@@ -496,6 +602,7 @@ class Worker:
     def run(self, once: bool = False) -> int:
         """Run until stopped (or, with `once`, one claim round run to completion). Returns 0, or
         EXIT_UPGRADE after an upgrade drain."""
+        threading.Thread(target=self._lease_loop, name="lease", daemon=True).start()
         self.recover()
         self.register()
         heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -518,6 +625,8 @@ class Worker:
                     self._last_clean = self.clock()
                     self.clean()
                 free = int(self.settings["concurrency"]) + int(self.settings["prefetch"]) - len(self.jobs)
+                if not self._check_resources() or self.clock() < self._claim_after:
+                    free = 0  # looked at again after a wait: space freed is noticed within seconds
                 if self.stopping or self.settings["status"] != "running" or free <= 0 or self.worker_id is None:
                     if once and not self.jobs:
                         break
@@ -534,6 +643,8 @@ class Worker:
                 except (ConfigError, TlsMismatch):
                     raise
                 except ScitqError as e:  # unreachable, or an answer no retry loop should die of
+                    if self.stopping:
+                        continue  # the claim was broken off by the stop itself
                     self._claims.failed(e.message)
                     pause, delay = backoff(delay, 5.0)
                     # cleared first: a wake left set (a task ended) would turn this wait into a spin
@@ -601,6 +712,14 @@ def _digest_of(path: str) -> str | None:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _read_marker(path: str) -> str:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 PACKAGES=(python3 python3-venv python3-pip postgresql iproute2 iptables procps
-          podman runc busybox-static docker-registry  # container tests; docker.io adds the docker ones
+          podman runc busybox-static docker-registry docker.io  # container tests (docker: a private dockerd per test session)
           mmdebstrap systemd-container openssh-client apt-utils  # nspawn machines (tests/support/machines.py)
           shellcheck)
 missing=()
@@ -30,7 +30,7 @@ deps=$("$VENV/bin/python" -c 'import tomllib; p = tomllib.load(open("pyproject.t
 # shellcheck disable=SC2086
 "$VENV/bin/pip" install -q --disable-pip-version-check $deps -r requirements/test.txt
 
-export SCITQ_TEST_REQUIRE_PG=1 SCITQ_TEST_REQUIRE_CONTAINERS=1 SCITQ_TEST_REQUIRE_MACHINES=1
+export SCITQ_TEST_REQUIRE_PG=1 SCITQ_TEST_REQUIRE_CONTAINERS=1 SCITQ_TEST_REQUIRE_MACHINES=1 SCITQ_TEST_REQUIRE_SYSTEM=1
 echo "==> preparing the test machines (Debian image and local apt repository, cached in /var/tmp)"
 # built once here, so the pytest workers only reuse it; SCITQ_TEST_MACHINES_REBUILD=1 forces a rebuild
 "$VENV/bin/python" -m tests.support.machines prepare

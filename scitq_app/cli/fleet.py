@@ -141,7 +141,14 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
     client = ctx.client()
     if args["list"]:
         workers = client.workers(args["--batch"])
-        ctx.json(workers) if args["--json"] else ctx.table(workers, WORKER_COLUMNS, empty="(no workers)")
+        if args["--json"]:
+            ctx.json(workers)
+        else:
+            for w in workers:  # a worker short of disk claims nothing: its status says why
+                short = (w.get("stats") or {}).get("short_of")
+                if short and w.get("status") == "running":
+                    w["status"] = f"running, short of {short.split(' (')[0]}"  # details: worker show
+            ctx.table(workers, WORKER_COLUMNS, empty="(no workers)")
         return 0
     refs = args["<worker>"]
     if args["show"]:

@@ -126,7 +126,7 @@ def test_a_report_on_an_unknown_execution_is_not_found(store):
 # --- retries ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fclass", ["app", "timeout", "oom", "staging", "infra"])
+@pytest.mark.parametrize("fclass", ["app", "timeout", "oom", "staging"])
 def test_counted_failures_spend_the_retry_budget(store, start, fclass):
     e = start("running", max_retries=2)
     w, task_id = e["worker_id"], e["task_id"]
@@ -142,8 +142,8 @@ def test_counted_failures_spend_the_retry_budget(store, start, fclass):
     assert store.claim(w, 1, LEASE) == []
 
 
-@pytest.mark.parametrize("fclass", ["lost", "evicted", "canceled"])
-def test_lost_evicted_and_canceled_attempts_do_not_spend_retries(store, start, fclass):
+@pytest.mark.parametrize("fclass", ["lost", "evicted", "canceled", "infra"])
+def test_lost_evicted_infra_and_canceled_attempts_do_not_spend_retries(store, start, fclass):
     e = start("running", max_retries=0)
     w, task_id = e["worker_id"], e["task_id"]
     for attempt in range(1, 4):

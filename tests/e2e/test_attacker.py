@@ -24,13 +24,19 @@ from tests.support.archives import cases as archive_cases
 from tests.support.cluster import Cluster
 from tests.support.containers import Engine, busybox_rootfs_tar, static_busybox, suffix
 from tests.support.processes import ROOT, read_text, wait_for
+from tests.support.system import need
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the worker under attack runs as root, as installed"),
-    pytest.mark.skipif(not os.path.exists(DEBIAN_PYTHON), reason="no Debian /usr/bin/python3"),
+    pytest.mark.usefixtures("_attack_needs"),
 ]
+
+
+@pytest.fixture
+def _attack_needs() -> None:
+    need(os.geteuid() == 0, "the worker under attack runs as root, as installed")
+    need(os.path.exists(DEBIAN_PYTHON), "no Debian /usr/bin/python3")
 
 SECRET = b"storage_secret_key = 5e1f-the-attacked-bytes-77c3"
 RCLONE = os.path.join(os.path.dirname(sys.executable), "rclone")

@@ -56,7 +56,7 @@ def engine(request):
         worker_env = {"SCITQ_WORKER_ENGINE_OPTIONS": "--runtime runc"}
     else:
         if not ThrowawayDockerd.available():
-            pytest.skip("no dockerd (apt-get install docker.io) to start a private docker daemon with")
+            _missing("no dockerd (apt-get install docker.io) to start a private docker daemon with")
         daemon = ThrowawayDockerd().start()
         e = Engine("docker", env={"DOCKER_HOST": daemon.host})
         worker_env = {"DOCKER_HOST": daemon.host}
@@ -243,7 +243,7 @@ def test_run_timeout_stops_the_container_then_kills_it_after_the_grace(setup, wo
 
 def test_a_container_killed_for_memory_fails_with_class_oom(setup, worker):
     if not setup.engine.memory_limits_work(setup.engine.image, cwd=setup.root):
-        pytest.skip(f"{setup.engine.name} on this kernel does not enforce --memory (no cgroup memory controller)")
+        _missing(f"{setup.engine.name} on this kernel does not enforce --memory (no cgroup memory controller)")
     tid = setup.submit("dd if=/dev/zero of=/dev/null bs=128M count=1",
                        container_options="--memory 32m --memory-swap 32m")
     task = setup.cluster.wait_final([tid], timeout=60)[tid]
@@ -253,7 +253,7 @@ def test_a_container_killed_for_memory_fails_with_class_oom(setup, worker):
     assert setup.engine.inspect(setup.container(worker, e["id"])) is None
 
 
-def test_a_private_image_is_pulled_once_for_many_tasks_and_a_missing_one_fails_as_infra(setup):
+def test_a_private_image_is_pulled_once_for_many_tasks_and_a_missing_one_fails_as_the_task_s_error(setup):
     w = setup.worker("puller", concurrency=6)
     first = [setup.submit(f"echo task-{i}", container=setup.remote, batch="puller") for i in range(6)]
     tasks = setup.cluster.wait_final(first, timeout=90)
@@ -268,7 +268,7 @@ def test_a_private_image_is_pulled_once_for_many_tasks_and_a_missing_one_fails_a
     missing = setup.submit("echo never", container=setup.missing, batch="puller")
     task = setup.cluster.wait_final([missing], timeout=60)[missing]
     e = setup.execution(missing)
-    assert task["status"] == "failed" and e["failure_class"] == "infra"
+    assert task["status"] == "failed" and e["failure_class"] == "app", "the registry has no such image"
     stderr = setup.cluster.output(missing, "stderr")
     assert f"cannot pull image {setup.missing}" in stderr and "manifest unknown" in stderr, stderr
     assert setup.engine.containers(workdir_tag(w.workdir)) == []

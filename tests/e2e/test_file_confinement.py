@@ -14,6 +14,7 @@ import pytest
 
 from scitq_app.errors import Invalid
 from tests.support.cluster import Cluster
+from tests.support.system import need
 
 pytestmark = pytest.mark.slow
 
@@ -142,8 +143,7 @@ def test_a_chained_symlink_archive_fails_staging_and_writes_nothing_outside(worl
     env = {"SCITQ_WORKER_FILE_ROOTS": str(shared / "ok"), "SCITQ_WORKER_RCLONE": RCLONE}
     prefix = None
     if python == "debian":
-        if not os.path.exists(DEBIAN_PYTHON):
-            pytest.skip("no /usr/bin/python3 on this machine")
+        need(os.path.exists(DEBIAN_PYTHON), "no /usr/bin/python3 on this machine")
         # the worker under Debian's own Python (3.11.2 here: no tarfile data filter), with the one
         # package the pyz would bundle for it (docopt) and nothing else of the venv
         import docopt

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.system import need
 
 from scitq_app.config import load_config
 
@@ -231,8 +232,8 @@ def test_commands_in_units_exist() -> None:
         assert run([*argv, "--help"], env={}) == 0, name
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify() -> None:
+    need(shutil.which("systemd-analyze") is not None, "systemd-analyze is not installed")
     units = [str(UNITS / n) for n in ("scitq-server.service", "scitq-dispatcher.service",
                                       "scitq-worker.service", "scitq.target")]
     done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=120)

@@ -19,6 +19,7 @@ from scitq_app.store import open_store
 from tests.support.cluster import Cluster
 from tests.support.processes import WorkerProcess, read_text, scitq_env, wait_for
 from tests.support.tls import TlsProxy, make_certificate, openssl_available
+from tests.support.system import need
 
 
 
@@ -69,8 +70,7 @@ class TlsSetup:
 
 @pytest.fixture
 def tls(database_url, tmp_path) -> Iterator[TlsSetup]:
-    if not openssl_available():
-        pytest.skip("needs the openssl command")
+    need(openssl_available(), "needs the openssl command")
     setup = TlsSetup(database_url, tmp_path)
     try:
         yield setup

@@ -16,6 +16,7 @@ from tests.support import netns
 from tests.support.cluster import FAST
 from tests.support.processes import (ServerProcess, WorkerProcess, api, read_text, rss_kib, scitq_env,
                                      wait_for)
+from tests.support.system import need
 
 
 @pytest.mark.slow
@@ -62,8 +63,8 @@ def test_a_worker_waits_out_a_server_outage_quietly_and_carries_on(cluster):
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(not netns.available(), reason="needs root, ip, iptables and nsenter")
 def test_a_partitioned_worker_loses_its_task_and_its_late_report_is_refused(database_url, tmp_path):
+    need(netns.available(), "needs root, ip, iptables and nsenter")
     hosts = netns.Hosts(1).up()
     env = scitq_env(SCITQ_SERVER_DATABASE=database_url)
     server = None
@@ -83,8 +84,8 @@ def test_a_partitioned_worker_loses_its_task_and_its_late_report_is_refused(data
         workers.append(cut_off.start())
         tid = client.submit("sleep 15; echo done", shell="sh")["ids"][0]
         first = wait_for(lambda: (t := client.task(tid))["status"] == "running" and t, 30)["current_execution_id"]
-        pid_file = tmp_path / "cut" / f"exec-{first}" / "pid"
-        pid = int(wait_for(lambda: pid_file.exists() and read_text(str(pid_file)).strip(), 10))
+        state_file = tmp_path / "cut" / f"exec-{first}" / "supervisor.json"
+        pid = json.loads(wait_for(lambda: state_file.exists() and read_text(str(state_file)), 10))["command_pid"]
         hosts.cut(host)
         workers.append(WorkerProcess(server.url, str(tmp_path / "other"), "other", join_token=join).start())
         moved = wait_for(lambda: (t := client.task(tid))["current_execution_id"] != first

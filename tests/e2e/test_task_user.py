@@ -17,8 +17,13 @@ from scitq_app.errors import ConfigError
 from scitq_app.worker import task_account
 from tests.support.cluster import Cluster
 from tests.support.processes import WorkerProcess, read_text, wait_for
+from tests.support.system import need
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a worker must be root to run tasks as another user")
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    need(os.geteuid() == 0, "a worker must be root to run tasks as another user")
 
 NOBODY = "nobody"
 

@@ -16,6 +16,7 @@ from tests.integration.conftest import assert_error, cli, unique
 from tests.support.processes import ServerProcess, api, wait_http
 from tests.support.proxy import ReverseProxy
 from tests.support.tls import TlsProxy, make_certificate, openssl_available
+from tests.support.system import need
 
 
 def fresh_server(servers, databases, backend: str, env: dict[str, str] | None = None,
@@ -61,8 +62,8 @@ def test_a_first_start_keeps_its_admin_token_in_a_0600_file_and_nothing_answers_
     assert [t.name for t in admin_tokens(proc.database)] == ["admin", body["name"]]
 
 
-@pytest.mark.skipif(not openssl_available(), reason="needs the openssl command")
 def test_nothing_answers_without_a_token_through_a_tls_proxy(servers, databases, tmp_path):
+    need(openssl_available(), "needs the openssl command")
     proc = fresh_server(servers, databases, "sqlite").start()
     cert, key, _ = make_certificate(str(tmp_path))
     tls = TlsProxy(cert, key, ("127.0.0.1", proc.port)).start()

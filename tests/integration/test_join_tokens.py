@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.tls import make_certificate, openssl_available
+from tests.support.system import need
 
 from .conftest import assert_error, cli, unique, wait_for
 
@@ -128,8 +129,8 @@ def test_a_worker_without_a_credential_cannot_register_even_on_loopback(servers)
     assert_error(srv.call("POST", "/workers/register", {"name": unique("w")}, token=None), 401, "unauthorized")
 
 
-@pytest.mark.skipif(not openssl_available(), reason="needs the openssl command")
 def test_the_join_token_carries_the_certificate_fingerprint_and_the_public_url(servers, tmp_path):
+    need(openssl_available(), "needs the openssl command")
     cert, _, fingerprint = make_certificate(str(tmp_path))
     srv = servers.start("sqlite", env={"SCITQ_SERVER_TLS_CERTIFICATE": cert,
                                        "SCITQ_SERVER_PUBLIC_URL": "https://scitq.example.org"})

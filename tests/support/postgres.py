@@ -63,9 +63,21 @@ class ThrowawayPostgres:
         self.port = free_port()
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
-        self._as_owner([f"{self.bindir}/pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(self.dir, "log"),
-                        "-w", "-t", "60", "start"])
+        self._opts = opts
+        self._pg_ctl("start")
         return self.dsn("postgres")
+
+    def _pg_ctl(self, action: str, *flags: str) -> None:
+        assert self.dir
+        self._as_owner([f"{self.bindir}/pg_ctl", "-D", os.path.join(self.dir, "data"), "-o", self._opts,
+                        "-l", os.path.join(self.dir, "log"), *flags, "-w", "-t", "60", action])
+
+    def pause(self) -> None:
+        """Stop the server (fast: connections are cut) without losing its data; `resume` restarts it."""
+        self._pg_ctl("stop", "-m", "fast")
+
+    def resume(self) -> None:
+        self._pg_ctl("start")
 
     def dsn(self, database: str) -> str:
         return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database}"

@@ -155,6 +155,8 @@ class WorkerProcess:
         if self.join_token:
             settings["SCITQ_WORKER_JOIN_TOKEN"] = self.join_token
         env = scitq_env(**{**settings, **self.extra_env})  # a test's own env wins
+        if getattr(self, "_log", None) is not None:
+            self._log.close()  # started again (after a kill): one log, appended to
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.prefix + [sys.executable, "-m", "scitq_app", "worker", "run"],
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -187,16 +189,25 @@ class WorkerProcess:
 
 
 def kill_leftovers(workdir: str) -> None:
-    """Kill the process groups a SIGKILLed worker left behind (their pid files are in its work dir)."""
+    """End what a SIGKILLed worker left behind in its work dir: supervised commands (their
+    supervisor kills the whole tree on SIGHUP) and the process groups of container helpers."""
+    from scitq_app import supervisor
+    from scitq_app.runner import kill_group
     if not os.path.isdir(workdir):
         return
     for name in os.listdir(workdir):
-        pid_file = os.path.join(workdir, name, "pid")
-        if name.startswith("exec-") and os.path.exists(pid_file):
-            try:
-                os.killpg(int(read_text(pid_file).strip()), signal.SIGKILL)
-            except (ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
-                pass
+        d = os.path.join(workdir, name)
+        if not name.startswith("exec-"):
+            continue
+        handle = supervisor.adopt(d)
+        if handle is not None and handle.alive():
+            handle.send("kill")
+        try:
+            identity = json.loads(read_text(os.path.join(d, "pid")))
+        except (OSError, ValueError):
+            continue
+        if isinstance(identity, dict):
+            kill_group(identity)
 
 
 def read_text(path: str) -> str:

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.support.archives import cases
+from tests.support.system import need
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOSTILE = sorted(n for n in cases("/x") if not n.endswith("_honest"))
@@ -58,8 +59,8 @@ def test_honest_archives_keep_their_inner_symlinks_and_hard_links(tmp_path):
     _assert_honest(run_case(str(tmp_path), "zip_honest"))
 
 
-@pytest.mark.skipif(not os.path.exists(DEBIAN_PYTHON), reason="no /usr/bin/python3 on this machine")
 def test_the_checks_hold_under_debians_python_without_the_data_filter(tmp_path):
+    need(os.path.exists(DEBIAN_PYTHON), "no /usr/bin/python3 on this machine")
     outcomes = _run(DEBIAN_PYTHON, str(tmp_path), [])
     some = next(iter(outcomes.values()))
     if some["python"] == ".".join(map(str, sys.version_info[:3])) and some["data_filter"]:

@@ -131,13 +131,16 @@ def test_apptainer_mounts_env_workdir_and_pulls_each_image_once(tmp_path, fake_a
     assert runner.attach("scitq-1") is None  # apptainer tasks are host processes: nothing to re-attach
 
 
-def test_a_failed_pull_is_an_infra_start_error_with_the_engines_message_and_is_not_retried_at_once(tmp_path):
+@pytest.mark.parametrize("said, fclass", [("FATAL: manifest unknown", "app"),
+                                          ("FATAL: dial tcp 10.0.0.9:443: connect: connection refused", "infra")])
+def test_a_failed_pull_is_a_start_error_with_the_engines_message_and_is_not_retried_at_once(tmp_path, said, fclass):
+    """A missing image is the task's error; a registry out of reach is the worker's (infra: no retry spent)."""
     calls = tmp_path / "calls.log"
-    binary = _script(tmp_path / "apptainer", f'echo "$1" >> {calls}; echo "FATAL: manifest unknown" >&2; exit 255\n')
+    binary = _script(tmp_path / "apptainer", f'echo "$1" >> {calls}; echo "{said}" >&2; exit 255\n')
     runner = ContainerRunner("apptainer", workdir=str(tmp_path), state_dir=str(tmp_path / "state"), binary=binary)
     for _ in range(3):  # tasks wanting the same broken image fail alike, from one pull
         with pytest.raises(StartError) as e:
             runner.prepare(_spec(tmp_path, container="docker://nowhere/none:1"))
-        assert e.value.failure_class == "infra"
-        assert "cannot pull image docker://nowhere/none:1: FATAL: manifest unknown" in e.value.message
+        assert e.value.failure_class == fclass
+        assert f"cannot pull image docker://nowhere/none:1: {said}" in e.value.message
     assert calls.read_text() == "pull\n"

@@ -80,9 +80,8 @@ def test_execution_transitions_only_move_forward():
 
 
 def test_only_the_tasks_own_failures_count_against_retries():
-    assert COUNTED_FAILURES == {FailureClass.APP, FailureClass.TIMEOUT, FailureClass.OOM, FailureClass.STAGING,
-                                FailureClass.INFRA}
-    assert not {FailureClass.LOST, FailureClass.EVICTED, FailureClass.CANCELED} & COUNTED_FAILURES
+    assert COUNTED_FAILURES == {FailureClass.APP, FailureClass.TIMEOUT, FailureClass.OOM, FailureClass.STAGING}
+    assert not {FailureClass.LOST, FailureClass.EVICTED, FailureClass.CANCELED, FailureClass.INFRA} & COUNTED_FAILURES
 
 
 def test_status_values_are_the_database_strings():
