@@ -176,9 +176,11 @@ class StoreMachine(RuleBasedStateMachine):
             if task_id in self.canceled:
                 at_cancel, count = self.canceled[task_id]
                 assert len(execs) == count, f"canceled task {task_id} ran again"
-                # stays canceled, unless the attempt current at the stop reports it exited 0
-                assert t.status == "canceled" or (t.status == "succeeded" and current is not None
-                                                  and current.id == at_cancel), (task_id, t.status)
+                # stays canceled; only the attempt current at the stop may yet record that it exited 0
+                if t.status == "succeeded":
+                    assert current is not None and current.id == at_cancel, (task_id, current)
+                else:
+                    assert t.status == "canceled", (task_id, t.status)
             elif t.status == "canceled":
                 self.canceled[task_id] = (t.current_execution_id, len(execs))
         for w in self.store.list_workers():

@@ -9,9 +9,8 @@ from scitq_app.errors import StoreUnavailable
 from .scene import pg_run
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite has no server whose connections can be killed
 def test_connections_the_database_killed_are_an_outage_and_the_next_call_reconnects(store, backend, database_url):
-    if backend != "postgres":
-        pytest.skip("SQLite has no server whose connections can be killed")
     for _ in range(3):
         store.create_batch(f"warm-{_}")  # several connections in the pool
     # what a PostgreSQL restart or failover does to every open connection (SQLSTATE 57P01)
