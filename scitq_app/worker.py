@@ -130,6 +130,7 @@ class Worker:
         self._lease_faults = Outage("scitq worker: lease loop", say, clock)
         self.short: str | None = None  # what this worker lacks to take work (disk, inodes), in words
         self._last_reclaim = 0.0
+        self._ended: dict[int, str] = {}  # execution id -> outcome, of those ended under this agent
         # after failures of its own (infra) the worker waits before claiming again, longer each time,
         # so a worker out of descriptors or processes does not burn through the queue
         self._infra_failures = 0
@@ -482,6 +483,7 @@ class Worker:
     def _finished(self, job: Job) -> None:
         with self._jobs_lock:
             self.jobs.pop(job.id, None)
+        self._ended[job.id] = job.outcome
         if job.failure_class == "infra":
             self._infra_failures += 1
             pause = min(INFRA_PAUSE_MAX, 2.0 ** self._infra_failures)
@@ -546,16 +548,21 @@ class Worker:
         dirs = []
         for name in os.listdir(self.root):
             d = os.path.join(self.root, name)
-            if name.startswith("exec-") and os.path.exists(os.path.join(d, "done")):
-                try:
-                    eid = int(name[5:])
-                except ValueError:
-                    continue
-                if eid not in pending:
-                    dirs.append((os.path.getmtime(d), d))
-        for _, d in sorted(dirs):
-            if everything or pressure or _read_marker(os.path.join(d, "done")) == "succeeded":
+            if not name.startswith("exec-"):
+                continue
+            try:
+                eid = int(name[5:])
+            except ValueError:
+                continue
+            # "done" may be missing when the disk had no inode left for it: this agent remembers
+            done = os.path.join(d, "done")
+            outcome = _read_marker(done) if os.path.exists(done) else self._ended.get(eid)
+            if outcome is not None and eid not in pending:
+                dirs.append((os.path.getmtime(d), d, eid, outcome))
+        for _, d, eid, outcome in sorted(dirs):
+            if everything or pressure or outcome == "succeeded":
                 shutil.rmtree(d, ignore_errors=True)
+                self._ended.pop(eid, None)
 
     # --- the loop ---------------------------------------------------------------------
     def request_stop(self) -> None:

@@ -44,13 +44,21 @@ def _status_of(cluster, name: str) -> str:
     return next(x for x in cluster.client.workers() if x["name"] == name)["stats"].get("short_of") or ""
 
 
-def test_a_task_filling_the_disk_fails_as_infra_without_spending_a_retry_and_runs_again_once_room_is_back(
-        cluster, small_disk, tmp_path):
+FILLERS = {
+    "disk space": "dd if=/dev/zero of=$TEMP/fill bs=1M count=100",
+    # 2,000 inodes on the small disk: files until there is none left
+    "inodes": "i=0; while [ $i -lt 5000 ]; do : > $TEMP/f$i || exit 1; i=$((i+1)); done",
+}
+
+
+@pytest.mark.parametrize("short", sorted(FILLERS))
+def test_a_task_exhausting_the_disk_fails_as_infra_without_spending_a_retry_and_runs_again_once_room_is_back(
+        cluster, small_disk, tmp_path, short):
     flag = tmp_path / "filled-once"
     w = cluster.worker("filler", env={"SCITQ_WORKER_WORKDIR": str(small_disk),
-                                      "SCITQ_WORKER_MIN_FREE": str(MIN_FREE_GIB)})
-    command = (f"if [ -e {flag} ]; then echo second-try; "
-               f"else touch {flag}; dd if=/dev/zero of=$TEMP/fill bs=1M count=100; fi")
+                                      "SCITQ_WORKER_MIN_FREE": str(MIN_FREE_GIB),
+                                      "SCITQ_WORKER_MIN_FREE_INODES": "100"})
+    command = f"if [ -e {flag} ]; then echo second-try; else touch {flag}; {FILLERS[short]}; fi"
     tid = cluster.client.submit(command, shell="sh", max_retries=0)["ids"][0]
     done = cluster.wait_final([tid], timeout=60)[tid]
     assert done["status"] == "succeeded", cluster.diagnostics()
@@ -58,7 +66,7 @@ def test_a_task_filling_the_disk_fails_as_infra_without_spending_a_retry_and_run
     assert cluster.output(tid) == "second-try\n"
     first = cluster.client.executions(tid)[-1]
     assert first["failure_class"] == "infra"
-    assert "No space left on device" in first["message"] and "short of disk space" in first["message"]
+    assert "No space left on device" in first["message"] and f"short of {short}" in first["message"]
     assert "claiming again" in w.log(), "the worker said when it took work again"
 
 
