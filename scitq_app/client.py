@@ -77,7 +77,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
-        der = self.sock.getpeercert(binary_form=True) or b""  # type: ignore[union-attr]
+        der = self.sock.getpeercert(binary_form=True) or b""
         got = hashlib.sha256(der).hexdigest()
         if got != self.fingerprint:
             self.close()

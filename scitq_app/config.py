@@ -75,7 +75,8 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                         minimum=1),
     ("dispatcher", "lock_ttl"): _o(15.0, "float", "seconds the singleton dispatcher lock lasts unrenewed", minimum=1),
     ("worker", "server"): _o("", "str", "URL of the scitq server (default: [client] server)"),
-    ("worker", "token"): _o("", "str", "this worker's own token (registration saves it in the worker's state; admin and user tokens are refused)", secret=True),
+    ("worker", "token"): _o("", "str", "this worker's own token (registration saves it in the worker's state; "
+                            "admin and user tokens are refused)", secret=True),
     ("worker", "join_token"): _o("", "str", "join token (`scitq worker join-token` on the server): used once to "
                                  "register; the worker then keeps its own credential", secret=True),
     ("worker", "fingerprint"): _o("", "str", "sha256 of the server's TLS certificate to pin (hex; taken from the "

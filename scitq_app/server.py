@@ -25,8 +25,9 @@ from . import __version__
 from .api import PREFIX, ROUTES, Route, openapi_document, parse_query
 from .beats import HeartbeatBuffer, Notifier
 from .config import Config
-from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MisdirectedRequest, MissingDependency,
-                     NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized, UnsupportedMediaType)
+from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MisdirectedRequest,
+                     MissingDependency, NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized,
+                     UnsupportedMediaType)
 from .models import Identity, Role
 from .container_policy import check_allowed, options_pattern, parse_rules
 from .schema import Context, validate
@@ -368,7 +369,7 @@ class Api:
 
     def worker_rclone_config(self, ident: Identity, id: int, **_: Any) -> dict:
         self._own_worker(ident, id)
-        text, digest, _ = self.rclone.current()
+        text, digest, _remotes = self.rclone.current()
         return {"config": text, "hash": digest}
 
     def report(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
@@ -701,8 +702,8 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
                                     threads=config.server.threads, max_request_body_size=config.server.max_body,
                                     channel_timeout=120, connection_limit=4000, clear_untrusted_proxy_headers=True,
                                     asyncore_use_poll=True, ident="scitq")
-    server.channel_class = _json_error_channel()  # type: ignore[union-attr]
-    url = f"http://{config.server.listen}:{server.effective_port}"  # type: ignore[union-attr]
+    server.channel_class = _json_error_channel()
+    url = f"http://{config.server.listen}:{server.effective_port}"
     log.info("scitq %s serving on %s (%s)", __version__, url, store.dialect, extra={"action": "serve"})
     remotes = app.config["scitq.api"].rclone.remotes()
     if remotes:
@@ -711,7 +712,7 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         log.info("no rclone remote in %s: tasks may use http, https, ftp and file URIs only",
                  config.server.rclone_config)
     from .tokenfiles import register_server, unregister_server
-    port = int(server.effective_port)  # type: ignore[union-attr]
+    port = int(server.effective_port)
     register_server(url, port, config.server.token_file)
     if ready:
         ready(url)

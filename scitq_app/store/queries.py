@@ -2,8 +2,9 @@
 
 A file is a sequence of `-- name: NAME` headers, each followed by one
 statement, and `-- fragment: NAME` headers followed by a piece of SQL that
-statements include with `{{include NAME}}` (a filter several queries share). `queries.sql` holds the text shared by both databases; `sqlite.sql`
-and `postgres.sql` hold what only one dialect can say and override shared
+statements include with `{{include NAME}}` (a filter several queries share).
+`queries.sql` holds the text shared by both databases; `sqlite.sql` and
+`postgres.sql` hold what only one dialect can say and override shared
 names. Two macros keep list parameters portable:
 `{{ints :p}}` and `{{strs :p}}` expand to a sub-select over a JSON array
 parameter (pass `json.dumps(list)`).

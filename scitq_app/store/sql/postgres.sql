@@ -133,3 +133,8 @@ UPDATE execution SET lease_expires = r.lease_expires
 FROM json_to_recordset(CAST(:rows AS json)) AS r(id BIGINT, worker_id BIGINT, lease_expires DOUBLE PRECISION)
 WHERE execution.id = r.id AND execution.worker_id = r.worker_id
   AND execution.status IN ('assigned', 'running', 'uploading')
+
+-- name: token_touch_json
+UPDATE api_token SET last_used = r.now
+FROM json_to_recordset(CAST(:rows AS json)) AS r(id BIGINT, now DOUBLE PRECISION)
+WHERE api_token.id = r.id

@@ -1,0 +1,50 @@
+"""The dispatcher's periodic repairs: expired leases, passed deadlines, waiting tasks
+whose requirements succeeded, silent workers. Plain functions over a transaction."""
+from __future__ import annotations
+
+from ..models import (
+    ACTIVE_EXECUTION_STATUSES,
+    ExecutionStatus,
+    FailureClass,
+    SignalAction,
+)
+from . import admin, protocol, tasks
+from .backend import Tx, dumps
+
+_ACTIVE_EXEC = {s.value for s in ACTIVE_EXECUTION_STATUSES}
+
+
+def expire_leases(tx: Tx) -> list[int]:
+    ended = []
+    for task, e in tasks.lock_ended(tx, tx.all("leases_expired", now=tx.now)):
+        if e["status"] not in _ACTIVE_EXEC or e["lease_expires"] is None or e["lease_expires"] >= tx.now:
+            continue
+        protocol.end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.LOST, {},
+                            message="lease expired: worker silent")
+        admin.event(tx, "execution.lost", f"task:{task['id']}",
+                    {"execution_id": e["id"], "worker_id": e["worker_id"]}, "dispatcher")
+        ended.append(int(e["id"]))
+    return ended
+
+def enforce_deadlines(tx: Tx, grace: float) -> list[int]:
+    ended = []
+    for task, e in tasks.lock_ended(tx, tx.all("deadlines_passed", now=tx.now - grace)):
+        if e["status"] != ExecutionStatus.RUNNING.value:
+            continue
+        protocol.end_execution(tx, task, e, ExecutionStatus.FAILED, FailureClass.TIMEOUT, {},
+                            message="run_timeout passed: ended by the server")
+        tasks.signal(tx, e, SignalAction.KILL)
+        admin.event(tx, "execution.timeout", f"task:{task['id']}", {"execution_id": e["id"]}, "dispatcher")
+        ended.append(int(e["id"]))
+    return ended
+
+def release_waiting(tx: Tx) -> int:
+    return tx.run("release_waiting", ids=None, now=tx.now)
+
+def mark_offline(tx: Tx, offline_after: float) -> list[int]:
+    ids = [int(r["id"]) for r in tx.all("workers_silent", before=tx.now - offline_after)]
+    if ids:
+        tx.run("workers_set_offline", ids=dumps(ids), now=tx.now)
+        for i in ids:
+            admin.event(tx, "worker.offline", f"worker:{i}", None, "dispatcher")
+    return ids
