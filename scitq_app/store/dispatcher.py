@@ -41,6 +41,10 @@ def enforce_deadlines(tx: Tx, grace: float) -> list[int]:
 def release_waiting(tx: Tx) -> int:
     return tx.run("release_waiting", ids=None, now=tx.now)
 
+
+def release_after(tx: Tx, since: float) -> int:
+    return tx.run("release_after", since=since, now=tx.now)
+
 def mark_offline(tx: Tx, offline_after: float) -> list[int]:
     ids = [int(r["id"]) for r in tx.all("workers_silent", before=tx.now - offline_after)]
     if ids:

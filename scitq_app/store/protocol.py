@@ -137,12 +137,28 @@ def live_name_message(tx: Tx, row: Mapping[str, Any]) -> str:
             f"`scitq worker delete {row['name']}` first")
 
 # --- claim ----------------------------------------------------------------
-def claim(tx: Tx, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
+def _claimed(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [Execution.from_row(dict(r)).to_dict() | {"task_name": r["task_name"], "batch": r["batch"],
+                                                      "cpu_request": r["cpu_request"]} for r in rows]
+
+
+def claimed_by_request(tx: Tx, worker_id: int, request_id: str) -> list[dict[str, Any]]:
+    """The executions an earlier claim of this worker with this request id created."""
+    return _claimed(tx.all("claim_by_request", worker_id=worker_id, request_id=request_id))
+
+
+def claim(tx: Tx, worker_id: int, slots: int, lease: float, request_id: str | None = None
+          ) -> list[dict[str, Any]]:
     # A claim is a sign of life, and this write comes first for a reason: it locks the worker's
     # row, so overlapping claims of one worker take turns, and the count of its active
     # executions read next includes what the previous one just gave it (on PostgreSQL, reading
     # first let two claims both see free slots: concurrency + prefetch exceeded).
     tx.run("worker_seen", id=worker_id, now=tx.now)
+    if request_id is not None:
+        # Read under the worker's lock: a retry racing its first try sees what that one gave.
+        again = claimed_by_request(tx, worker_id, request_id)
+        if again:
+            return again
     w = worker_row(tx, worker_id)
     if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
         return []
@@ -151,25 +167,24 @@ def claim(tx: Tx, worker_id: int, slots: int, lease: float) -> list[dict[str, An
     if n <= 0:
         return []
     pick = {"batch_id": w["batch_id"], "cpu": w["cpu"], "mem": w["mem"], "gpu": w["gpu"], "n": n}
-    rows = _CLAIMS[tx.dialect](tx, worker_id, tx.now + lease, pick)
-    return [Execution.from_row(r).to_dict() | {"task_name": r["task_name"], "batch": r["batch"],
-                                                "cpu_request": r["cpu_request"]} for r in rows]
+    return _claimed(_CLAIMS[tx.dialect](tx, worker_id, tx.now + lease, request_id, pick))
 
-def _claim_in_one_statement(tx: Tx, worker_id: int, lease_expires: float, pick: Mapping[str, Any]
-                            ) -> list[dict[str, Any]]:
+def _claim_in_one_statement(tx: Tx, worker_id: int, lease_expires: float, request_id: str | None,
+                            pick: Mapping[str, Any]) -> list[dict[str, Any]]:
     """PostgreSQL: pick (SKIP LOCKED), mark, create the executions and link them in one statement."""
-    return tx.all("claim_all", worker_id=worker_id, lease_expires=lease_expires, now=tx.now, **pick)
+    return tx.all("claim_all", worker_id=worker_id, lease_expires=lease_expires, now=tx.now,
+                  request_id=request_id, **pick)
 
 
-def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, pick: Mapping[str, Any]
-                    ) -> list[dict[str, Any]]:
+def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, request_id: str | None,
+                    pick: Mapping[str, Any]) -> list[dict[str, Any]]:
     """SQLite (no data-modifying CTE): the same in four statements, under its one write lock."""
     ids = [int(r["id"]) for r in tx.all("claim_pick", **pick)]
     if not ids:
         return []
     p = {"ids": dumps(ids), "now": tx.now}
     tx.run("claim_mark", **p)
-    tx.run("claim_executions", worker_id=worker_id, lease_expires=lease_expires, **p)
+    tx.run("claim_executions", worker_id=worker_id, lease_expires=lease_expires, request_id=request_id, **p)
     tx.run("claim_link", **p)
     return tx.all("claim_result", ids=p["ids"])
 
@@ -177,13 +192,21 @@ def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, pick: Mapping[
 _CLAIMS = {"postgres": _claim_in_one_statement, "sqlite": _claim_in_steps}
 
 
-def has_claimable(tx: Tx, worker_id: int) -> bool:
+def has_claimable(tx: Tx, worker_id: int, strict: bool = False) -> bool:
+    """Could a claim of this worker get something now? One read. For an unknown worker:
+    False, or with `strict` NotFound (what the claim itself answers)."""
     w = tx.one("worker_get", id=worker_id)
+    if w is None and strict:
+        raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
     if w is None or w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
         return False
     if int(w["concurrency"]) + int(w["prefetch"]) <= int(w["active"]):
         return False  # full: claim would return nothing (and a long poll would spin)
     return tx.one("claim_probe", batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"], gpu=w["gpu"]) is not None
+
+def fleet_size(tx: Tx) -> int:
+    return int(tx.value("workers_live_count") or 0)
+
 
 # --- heartbeat ------------------------------------------------------------
 def heartbeat_reply(tx: Tx, worker_id: int, execution_ids: Iterable[int], lease: float) -> dict[str, Any]:

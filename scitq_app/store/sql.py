@@ -170,11 +170,23 @@ class SqlStore(Store):
         self._forget_tokens()
         return registered
 
-    def claim(self, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
-        return self._write(lambda tx: protocol.claim(tx, worker_id, slots, lease))
+    def claim(self, worker_id: int, slots: int, lease: float, request_id: str | None = None
+              ) -> list[dict[str, Any]]:
+        if request_id is not None:
+            again = self._read(lambda tx: protocol.claimed_by_request(tx, worker_id, request_id))
+            if again:
+                return again
+        # Idle workers claim often and mostly find nothing: that answer costs one read, no write
+        # (no lock on the worker's row, no transaction on SQLite's single writer).
+        if not self._read(lambda tx: protocol.has_claimable(tx, worker_id, strict=True)):
+            return []
+        return self._write(lambda tx: protocol.claim(tx, worker_id, slots, lease, request_id))
 
     def has_claimable(self, worker_id: int) -> bool:
         return self._read(lambda tx: protocol.has_claimable(tx, worker_id))
+
+    def fleet_size(self) -> int:
+        return self._read(protocol.fleet_size)
 
     def heartbeat(self, worker_id: int, stats: Mapping[str, Any], execution_ids: Iterable[int],
                   acks: Iterable[int], lease: float) -> dict[str, Any]:
@@ -213,6 +225,9 @@ class SqlStore(Store):
 
     def release_waiting(self) -> int:
         return self._write(dispatcher.release_waiting)
+
+    def release_after(self, since: float) -> int:
+        return self._write(lambda tx: dispatcher.release_after(tx, since))
 
     def mark_offline(self, offline_after: float) -> list[int]:
         return self._write(lambda tx: dispatcher.mark_offline(tx, offline_after))

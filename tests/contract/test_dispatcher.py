@@ -66,6 +66,32 @@ def test_release_waiting_releases_tasks_whose_requirements_all_succeeded(store, 
     assert store.release_waiting() == 0
 
 
+def test_release_after_looks_only_at_dependents_of_recent_successes(store, submit, clock):
+    a, b = submit(), submit()
+    old = submit(requires=[a])
+    new = submit(requires=[b])
+    _succeed_without_release(store, a)
+    clock.advance(100)
+    _succeed_without_release(store, b)
+    assert store.release_after(clock() - 10) == 1
+    assert [status_of(store, t) for t in (old, new)] == ["waiting", "pending"]
+    assert store.release_after(clock() - 1000) == 1
+    assert status_of(store, old) == "pending"
+
+
+def test_the_dispatcher_repairs_a_lost_release_without_sweeping_waiting_tasks(store, submit, config, clock):
+    from scitq_app.dispatch.loops import Dispatcher
+    d = Dispatcher(store, config, clock=clock, holder="d1")
+    a = submit()
+    c = submit(requires=[a])
+    assert d.tick()["released"] == 0
+    clock.advance(1)
+    _succeed_without_release(store, a)
+    clock.advance(1)
+    assert d.tick()["released"] == 1
+    assert status_of(store, c) == "pending"
+
+
 def test_release_waiting_leaves_paused_tasks_paused(store, submit):
     a = submit()
     p = submit(requires=[a], status="paused")

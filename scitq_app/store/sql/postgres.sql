@@ -80,11 +80,11 @@ marked AS (
 inserted AS (
     INSERT INTO execution (id, task_id, attempt, worker_id, status, lease_expires, assigned, command, shell,
                            container, container_options, inputs, resources, output, run_timeout, download_timeout,
-                           created, modified)
+                           created, modified, claim_request)
     SELECT m.eid, m.id, m.attempts, CAST(:worker_id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
            CAST(:now AS DOUBLE PRECISION), m.command, m.shell, m.container, m.container_options, m.inputs,
            m.resources, m.output, m.run_timeout, m.download_timeout, CAST(:now AS DOUBLE PRECISION),
-           CAST(:now AS DOUBLE PRECISION)
+           CAST(:now AS DOUBLE PRECISION), CAST(:request_id AS TEXT)
     FROM marked m
     RETURNING *)
 SELECT i.*, m.name AS task_name, b.name AS batch, m.cpu AS cpu_request, w.name AS worker_name

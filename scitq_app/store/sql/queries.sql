@@ -158,6 +158,17 @@ WHERE status = 'waiting'
   AND NOT EXISTS (SELECT 1 FROM task_dependency d JOIN task r ON r.id = d.required_id
                   WHERE d.task_id = task.id AND r.status <> 'succeeded')
 
+-- name: release_after
+-- Waiting tasks that a requirement succeeding since :since may have released: the repair of a
+-- release two concurrent completions both missed (each saw the other unfinished), driven by
+-- the completions themselves (index task_succeeded_at), never by a sweep of all waiting tasks.
+UPDATE task SET status = 'pending', status_changed = :now, modified = :now
+WHERE status = 'waiting'
+  AND id IN (SELECT d.task_id FROM task r JOIN task_dependency d ON d.required_id = r.id
+             WHERE r.status = 'succeeded' AND r.status_changed >= :since)
+  AND NOT EXISTS (SELECT 1 FROM task_dependency d JOIN task r ON r.id = d.required_id
+                  WHERE d.task_id = task.id AND r.status <> 'succeeded')
+
 -- ---------------------------------------------------------------- executions
 
 -- name: execution_get
@@ -303,6 +314,9 @@ DELETE FROM worker WHERE id = :id
 SELECT id FROM worker
 WHERE last_seen < :before AND status IN ('starting', 'running', 'paused', 'draining')
 
+-- name: workers_live_count
+SELECT COUNT(*) AS n FROM worker WHERE status IN ('starting', 'running', 'paused', 'draining')
+
 -- name: workers_set_offline
 UPDATE worker SET status = 'offline', modified = :now WHERE id IN {{ints :ids}}
 
@@ -328,10 +342,11 @@ WHERE id IN {{ints :ids}}
 -- name: claim_executions
 INSERT INTO execution (task_id, attempt, worker_id, status, lease_expires, assigned, command, shell, container,
                        container_options, inputs, resources, output, run_timeout, download_timeout, created,
-                       modified)
+                       modified, claim_request)
 SELECT id, attempts, CAST(:worker_id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
        CAST(:now AS DOUBLE PRECISION), command, shell, container, container_options, inputs, resources, output,
-       run_timeout, download_timeout, CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION)
+       run_timeout, download_timeout, CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION),
+       CAST(:request_id AS TEXT)
 FROM task WHERE id IN {{ints :ids}}
 ORDER BY id
 
@@ -344,6 +359,14 @@ SELECT e.*, t.name AS task_name, b.name AS batch, t.cpu AS cpu_request, w.name A
 FROM task t JOIN execution e ON e.id = t.current_execution_id JOIN batch b ON b.id = t.batch_id
 LEFT JOIN worker w ON w.id = e.worker_id
 WHERE t.id IN {{ints :ids}}
+ORDER BY t.priority DESC, t.id
+
+-- name: claim_by_request
+-- What an earlier claim with this request id gave the worker (its reply may have been lost).
+SELECT e.*, t.name AS task_name, b.name AS batch, t.cpu AS cpu_request, w.name AS worker_name
+FROM execution e JOIN task t ON t.id = e.task_id JOIN batch b ON b.id = t.batch_id
+LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.worker_id = :worker_id AND e.claim_request = :request_id
 ORDER BY t.priority DESC, t.id
 
 -- ---------------------------------------------------------------- tokens

@@ -72,6 +72,8 @@ CREATE INDEX task_status ON task (status, id);
 
 CREATE INDEX task_name ON task (name);
 
+CREATE INDEX task_succeeded_at ON task (status_changed) WHERE status = 'succeeded';
+
 CREATE INDEX task_submit_key ON task (submit_key) WHERE submit_key IS NOT NULL;
 
 CREATE TABLE task_dependency (
@@ -113,10 +115,13 @@ CREATE TABLE execution (
     cpu_time {real},
     message TEXT,
     created {real} NOT NULL,
-    modified {real} NOT NULL
+    modified {real} NOT NULL,
+    claim_request TEXT
 );
 
 CREATE INDEX execution_task ON execution (task_id, id);
+
+CREATE INDEX execution_claim_request ON execution (worker_id, claim_request) WHERE claim_request IS NOT NULL;
 
 CREATE INDEX execution_worker_active ON execution (worker_id)
     WHERE status IN ('assigned', 'running', 'uploading');
