@@ -73,6 +73,7 @@ class Dispatcher:
         done: dict[str, Any] = {"active": True, "released": self.store.release_after(since), "lost": [],
                                 "timed_out": []}
         self._released_until = now
+        self.store.fold_task_counts()
         if now - self.active_since >= self.lease:
             done["lost"] = self.store.expire_leases()
             done["timed_out"] = self.store.enforce_deadlines(self.lease)

@@ -123,7 +123,9 @@ def event(tx: Tx, kind: str, target: str | None, detail: Mapping[str, Any] | Non
 
 
 def list_events(tx: Tx, target: str | None, after: int, limit: int) -> list[Event]:
-    return [Event.from_row(r) for r in tx.all("event_list", target=target, after=after, limit=limit)]
+    if target is None:
+        return [Event.from_row(r) for r in tx.all("event_list", after=after, limit=limit)]
+    return [Event.from_row(r) for r in tx.all("event_list_target", target=target, after=after, limit=limit)]
 
 
 # --- tokens -----------------------------------------------------------------

@@ -287,6 +287,11 @@ class Store:
         Looks at every waiting task: a repair, not a periodic duty (see release_after)."""
         raise NotImplementedError
 
+    def fold_task_counts(self) -> None:
+        """Fold the task count changes recorded since the last fold into the counts (which
+        stay exact without it: this keeps reading them cheap). The dispatcher's duty."""
+        raise NotImplementedError
+
     def release_after(self, since: float) -> int:
         """Move to pending the waiting tasks whose requirements all succeeded, among those
         requiring a task that succeeded at `since` or later; return how many. A success

@@ -42,6 +42,11 @@ def release_waiting(tx: Tx) -> int:
     return tx.run("release_waiting", ids=None, now=tx.now)
 
 
+def fold_task_counts(tx: Tx) -> None:
+    tx.run("task_counts_fold")
+    tx.run("task_counts_drop_zero")
+
+
 def release_after(tx: Tx, since: float) -> int:
     return tx.run("release_after", since=since, now=tx.now)
 

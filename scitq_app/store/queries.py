@@ -77,7 +77,10 @@ def expand(sql: str, dialect: str) -> str:
 
 
 def ddl(text: str, dialect: str) -> str:
-    """Replace {id} {bigint} {real} {blob} in DDL text with the dialect's types."""
+    """Replace {id} {bigint} {real} {blob} in DDL text with the dialect's types, and
+    {task_count_triggers} with the dialect's triggers (triggers_DIALECT.sql)."""
+    if "{task_count_triggers}" in text:
+        text = text.replace("{task_count_triggers}", read_resource("sql", f"triggers_{dialect}.sql"))
     for k, v in DDL_TYPES[dialect].items():
         text = text.replace("{" + k + "}", v)
     return text

@@ -226,6 +226,9 @@ class SqlStore(Store):
     def release_waiting(self) -> int:
         return self._write(dispatcher.release_waiting)
 
+    def fold_task_counts(self) -> None:
+        self._write(dispatcher.fold_task_counts)
+
     def release_after(self, since: float) -> int:
         return self._write(lambda tx: dispatcher.release_after(tx, since))
 

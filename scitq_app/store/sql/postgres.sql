@@ -98,6 +98,13 @@ WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :no
 ORDER BY e.id LIMIT 500
 FOR NO KEY UPDATE OF t SKIP LOCKED
 
+-- name: task_counts_fold
+-- The deltas committed so far, added into task_count and removed, in one statement: a count
+-- read in any snapshot sees each change once (in a delta or in task_count).
+WITH moved AS (DELETE FROM task_count_delta RETURNING batch_id, status, n)
+INSERT INTO task_count (batch_id, status, n) SELECT batch_id, status, SUM(n) FROM moved GROUP BY batch_id, status
+ON CONFLICT (batch_id, status) DO UPDATE SET n = task_count.n + EXCLUDED.n
+
 -- name: reserve_ids
 SELECT nextval(pg_get_serial_sequence(:table, 'id')) AS id FROM generate_series(1, :n)
 

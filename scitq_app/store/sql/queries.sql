@@ -13,9 +13,11 @@ INSERT INTO schema_migration (version, name, applied) VALUES (:version, :name, :
 INSERT INTO event (at, actor, kind, target, detail) VALUES (:now, :actor, :kind, :target, :detail)
 
 -- name: event_list
-SELECT * FROM event
-WHERE id > :after AND (CAST(:target AS TEXT) IS NULL OR target = :target)
-ORDER BY id LIMIT :limit
+SELECT * FROM event WHERE id > :after ORDER BY id LIMIT :limit
+
+-- name: event_list_target
+-- Its own query, not an "IS NULL OR" filter: SQLite then uses index event_target.
+SELECT * FROM event WHERE target = :target AND id > :after ORDER BY id LIMIT :limit
 
 -- ---------------------------------------------------------------- batches
 
@@ -37,9 +39,11 @@ SELECT b.*, (SELECT COUNT(*) FROM worker w WHERE w.batch_id = b.id) AS workers
 FROM batch b WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
 
 -- name: batch_counts
-SELECT t.batch_id, t.status, COUNT(*) AS n FROM task t
-WHERE CAST(:name AS TEXT) IS NULL OR t.batch_id = (SELECT id FROM batch WHERE name = :name)
-GROUP BY t.batch_id, t.status
+-- Maintained counts (triggers_*.sql): a few rows per batch, whatever the number of tasks.
+SELECT c.batch_id, c.status, SUM(c.n) AS n FROM (
+    SELECT batch_id, status, n FROM task_count UNION ALL SELECT batch_id, status, n FROM task_count_delta) c
+WHERE CAST(:name AS TEXT) IS NULL OR c.batch_id = (SELECT id FROM batch WHERE name = :name)
+GROUP BY c.batch_id, c.status
 
 -- name: batch_set_priority
 UPDATE batch SET priority = :priority, modified = :now WHERE name = :name
@@ -110,9 +114,8 @@ WHERE d.task_id IN {{ints :ids}}
 -- name: task_get
 SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id
 
--- name: task_list
-SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
-WHERE t.id > :after
+-- fragment: task_list_filters
+  AND t.id > :after
   AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
   AND (CAST(:statuses AS TEXT) IS NULL OR t.status IN {{strs :statuses}})
   AND (CAST(:name AS TEXT) IS NULL OR t.name = :name)
@@ -120,10 +123,40 @@ WHERE t.id > :after
 ORDER BY t.id
 LIMIT :limit
 
+-- Listings: one query per leading filter (the most selective one given), written as a plain
+-- predicate an index serves; "x IS NULL OR" filters only refine it (SQLite never picks an
+-- index for those, and walks the table in id order instead).
+
+-- name: task_list
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE 1 = 1 {{include task_list_filters}}
+
+-- name: task_list_by_ids
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.id IN {{ints :ids}} {{include task_list_filters}}
+
+-- name: task_list_by_name
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.name = :name {{include task_list_filters}}
+
+-- name: task_list_by_one_status
+-- One status: index task_status (status, id) gives the rows in id order, a page costs its rows.
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.status = :status {{include task_list_filters}}
+
+-- name: task_list_by_batch
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.batch_id = :batch_id {{include task_list_filters}}
+
 -- name: task_counts
-SELECT status, COUNT(*) AS n FROM task
-WHERE CAST(:batch_id AS BIGINT) IS NULL OR batch_id = :batch_id
-GROUP BY status
+-- Maintained counts (triggers_*.sql): a few rows per batch, whatever the number of tasks.
+SELECT c.status, SUM(c.n) AS n FROM (
+    SELECT batch_id, status, n FROM task_count UNION ALL SELECT batch_id, status, n FROM task_count_delta) c
+WHERE CAST(:batch_id AS BIGINT) IS NULL OR c.batch_id = :batch_id
+GROUP BY c.status
+
+-- name: task_counts_drop_zero
+DELETE FROM task_count WHERE n = 0
 
 -- name: task_set_status
 UPDATE task SET status = :status, status_changed = :now, modified = :now, retries_used = :retries_used
@@ -194,7 +227,8 @@ UPDATE execution SET status = :status, failure_class = :failure_class, return_co
 WHERE id = :id
 
 -- name: executions_current
-SELECT e.id FROM execution e JOIN task t ON t.current_execution_id = e.id
+-- Joined on the task's id (its primary key), not on current_execution_id (no index).
+SELECT e.id FROM execution e JOIN task t ON t.id = e.task_id AND t.current_execution_id = e.id
 WHERE e.id IN {{ints :ids}} AND e.worker_id = :worker_id AND e.status IN ('assigned', 'running', 'uploading')
 
 -- name: lease_renew_one
@@ -331,8 +365,10 @@ t.status = 'pending'
   AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
 
 -- name: claim_probe
+-- In claim order, like claim_pick: the pending tasks' partial index, never the table.
 SELECT t.id FROM task t
 WHERE {{include claimable}}
+ORDER BY t.priority DESC, t.id
 LIMIT 1
 
 -- name: claim_mark

@@ -52,6 +52,10 @@ SELECT e.id, e.task_id FROM execution e
 WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
 ORDER BY e.id LIMIT 500
 
+-- name: task_counts_fold
+-- SQLite's triggers count in place (one writer at a time): no delta is ever written.
+DELETE FROM task_count_delta
+
 -- name: sequence_value
 SELECT MAX(v) AS v FROM (SELECT seq AS v FROM sqlite_sequence WHERE name = :table
                          UNION ALL SELECT 0)
