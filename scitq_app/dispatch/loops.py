@@ -23,6 +23,9 @@ LOCK_NAME = "dispatcher"
 # may still wait, and by how much each round's window overlaps the previous one's.
 RELEASE_LOOKBACK = 3600.0
 RELEASE_OVERLAP = 5.0
+PRUNE_EVERY = 60.0  # seconds between two pruning rounds (events, idempotency keys)
+PRUNE_BATCHES = 20  # small transactions per round at most: the rest waits for the next round
+DAY = 86400.0
 
 
 class Dispatcher:
@@ -44,6 +47,7 @@ class Dispatcher:
         self.lease = config.dispatcher.lease
         self.offline_after = config.dispatcher.offline_after
         self._released_until: float | None = None
+        self._pruned_at = float("-inf")
         self.lock_ttl = config.dispatcher.lock_ttl
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.on_change = on_change or (lambda: None)
@@ -74,6 +78,9 @@ class Dispatcher:
                                 "timed_out": []}
         self._released_until = now
         self.store.fold_task_counts()
+        if not 0 <= now - self._pruned_at < PRUNE_EVERY:
+            self._pruned_at = now
+            done["pruned"] = self.prune(now)
         if now - self.active_since >= self.lease:
             done["lost"] = self.store.expire_leases()
             done["timed_out"] = self.store.enforce_deadlines(self.lease)
@@ -85,6 +92,22 @@ class Dispatcher:
         if done["released"] or done["lost"] or done["timed_out"]:
             self.on_change()
         return done
+
+    def prune(self, now: float) -> dict[str, int]:
+        """Retention: events older than [server] event_retention, idempotency keys older than
+        [server] submission_retention, a few hundred rows per transaction."""
+        total = {"events": 0, "submissions": 0}
+        for _ in range(PRUNE_BATCHES):
+            done = self.store.prune(now - self.config.server.event_retention * DAY,
+                                    now - self.config.server.submission_retention * DAY)
+            for k, n in done.items():
+                total[k] += n
+            if not any(done.values()):
+                break
+        if any(total.values()):
+            log.info("dispatcher: pruned %d events and %d idempotency keys", total["events"], total["submissions"],
+                     extra={"action": "prune"})
+        return total
 
     def _failed_round(self) -> None:
         if self.active_since is not None:

@@ -85,5 +85,10 @@ class Backend(Protocol):
         """True for a deadlock or serialization failure: the whole transaction may be rerun."""
         ...
 
+    def reclaim_space(self) -> None:
+        """Give back to the file system some of the space deleted rows left (SQLite's
+        incremental vacuum; PostgreSQL's autovacuum does it by itself)."""
+        ...
+
     def close(self) -> None:
         ...

@@ -287,6 +287,13 @@ class Store:
         Looks at every waiting task: a repair, not a periodic duty (see release_after)."""
         raise NotImplementedError
 
+    def prune(self, event_before: float, submission_before: float, batch: int = 500) -> dict[str, int]:
+        """Delete up to `batch` events older than `event_before` and forget up to `batch`
+        idempotency keys created before `submission_before` (their tasks stay; the key reused
+        later creates new tasks), in short transactions; return {'events': n, 'submissions': n}.
+        The dispatcher calls it until nothing is left. (Output goes with its task at once.)"""
+        raise NotImplementedError
+
     def fold_task_counts(self) -> None:
         """Fold the task count changes recorded since the last fold into the counts (which
         stay exact without it: this keeps reading them cheap). The dispatcher's duty."""

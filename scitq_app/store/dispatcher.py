@@ -42,6 +42,19 @@ def release_waiting(tx: Tx) -> int:
     return tx.run("release_waiting", ids=None, now=tx.now)
 
 
+def prune_events(tx: Tx, before: float, n: int) -> int:
+    return tx.run("events_prune", before=before, n=n)
+
+
+def prune_submissions(tx: Tx, before: float, n: int) -> int:
+    """Forget up to n idempotency keys created before `before`; return how many."""
+    expired = tx.all("submissions_expired", before=before, n=n)
+    for s in expired:
+        tx.run("task_forget_key", submit_key=tasks.submit_key(s["scope"], s["key"]))
+        tx.run("submission_forget", scope=s["scope"], key=s["key"])
+    return len(expired)
+
+
 def fold_task_counts(tx: Tx) -> None:
     tx.run("task_counts_fold")
     tx.run("task_counts_drop_zero")

@@ -207,6 +207,9 @@ class PostgresBackend:
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self._pg.DatabaseError) and _code(exc) in RETRYABLE_CODES
 
+    def reclaim_space(self) -> None:
+        pass  # autovacuum's job
+
     def _drain(self) -> None:
         while True:
             try:

@@ -226,6 +226,14 @@ class SqlStore(Store):
     def release_waiting(self) -> int:
         return self._write(dispatcher.release_waiting)
 
+    def prune(self, event_before: float, submission_before: float, batch: int = 500) -> dict[str, int]:
+        # Small transactions, each quick: pruning never holds the protocol's locks for long.
+        done = {"events": self._write(lambda tx: dispatcher.prune_events(tx, event_before, batch)),
+                "submissions": self._write(lambda tx: dispatcher.prune_submissions(tx, submission_before, batch))}
+        if done["events"] or done["submissions"]:
+            self.backend.reclaim_space()
+        return done
+
     def fold_task_counts(self) -> None:
         self._write(dispatcher.fold_task_counts)
 

@@ -83,6 +83,9 @@ class SqliteBackend:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
             db = self._sqlite_utils.Database(conn, execute_plugins=False)
+            # Before the first table exists, this makes the file shrink as rows are pruned
+            # (reclaim_space); on an older file it changes nothing until a VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.enable_wal()
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -134,6 +137,17 @@ class SqliteBackend:
 
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+    def reclaim_space(self) -> None:
+        # A few pages at a time, in its own short write: the file shrinks without a long lock.
+        conn = self._acquire()
+        try:
+            # run to completion (sqlite3_exec): a single step of this pragma frees one page only
+            conn.executescript("PRAGMA incremental_vacuum(512);")
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"SQLite database {self.path} is unavailable: {e}") from None
+        finally:
+            self._pool.put(conn)
 
     def close(self) -> None:
         with self._lock:

@@ -47,7 +47,7 @@ def spec_row(task_id: int, batch_id: int, spec: Mapping[str, Any], status: str, 
     }
 
 
-def _submit_key(scope: str, key: str) -> str:
+def submit_key(scope: str, key: str) -> str:
     """The task column's form of a scoped key: the separator is a control character, which
     validated keys cannot hold, so two scopes never share a stored key."""
     return f"{scope}\x1f{key}"
@@ -93,8 +93,8 @@ def create_tasks(tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None =
             if tx.value("submission_digest", scope=scope, key=key) != digest:
                 raise Conflict(f"idempotency key {key!r} was already used by this token for a different "
                                "request: use a new key for new tasks", key=key)
-            return [int(r["id"]) for r in tx.all("task_ids_by_key", key=_submit_key(scope, key))]
-        key = _submit_key(scope, key)
+            return [int(r["id"]) for r in tx.all("task_ids_by_key", key=submit_key(scope, key))]
+        key = submit_key(scope, key)
     batch_ids = {name: batches.batch_id(tx, name, create=True)
                  for name in unique(s.get("batch") or DEFAULT_BATCH for s in specs)}
     refs: dict[str, int] = {}

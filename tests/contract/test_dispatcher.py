@@ -6,7 +6,7 @@ import pytest
 
 from scitq_app.errors import Fenced, NotFound
 
-from .scene import LEASE, status_of
+from .scene import LEASE, status_of, task_spec
 
 TTL = 15.0
 
@@ -231,3 +231,47 @@ def test_a_deleted_workers_token_stops_working(store):
 def test_deleting_an_unknown_worker_is_not_found(store):
     with pytest.raises(NotFound):
         store.delete_worker(31)
+
+
+# --- retention ---------------------------------------------------------------
+
+
+def test_prune_forgets_old_events_and_keys_a_few_at_a_time(store, clock):
+    for i in range(5):
+        store.record_event("test.old", f"x:{i}")
+    first = store.create_tasks([task_spec()], key="key-00000001", scope="tok")
+    clock.advance(100)
+    store.record_event("test.new", "x:new")
+    kept = store.create_tasks([task_spec()], key="key-00000002", scope="tok")
+    # 6 old events (5, and the first submission's) and 1 old key, 3 at a time at most
+    assert store.prune(clock() - 50, clock() - 50, batch=3) == {"events": 3, "submissions": 1}
+    assert store.prune(clock() - 50, clock() - 50, batch=3) == {"events": 3, "submissions": 0}
+    assert store.prune(clock() - 50, clock() - 50, batch=3) == {"events": 0, "submissions": 0}
+    assert [e.kind for e in store.list_events()] == ["test.new", "task.create"]
+    # the kept key still answers with its tasks; the forgotten one, reused, creates new ones
+    assert store.create_tasks([task_spec()], key="key-00000002", scope="tok") == kept
+    again = store.create_tasks([task_spec()], key="key-00000001", scope="tok")
+    assert again != first and store.create_tasks([task_spec()], key="key-00000001", scope="tok") == again
+
+
+def test_sqlite_gives_the_space_of_pruned_rows_back(store, clock, backend, database_url):
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's autovacuum reclaims space by itself")
+    import os
+    import sqlite3
+    path = database_url[len("sqlite:///"):]
+
+    def size() -> int:
+        con = sqlite3.connect(path)
+        try:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+        return os.path.getsize(path)
+    for i in range(2000):
+        store.record_event("test.bulky", f"x:{i}", {"pad": "x" * 2000})
+    full = size()
+    clock.advance(100)
+    while any(store.prune(clock() - 50, clock() - 50, batch=500).values()):
+        pass
+    assert size() < full / 2, (size(), full)

@@ -19,6 +19,10 @@ SELECT * FROM event WHERE id > :after ORDER BY id LIMIT :limit
 -- Its own query, not an "IS NULL OR" filter: SQLite then uses index event_target.
 SELECT * FROM event WHERE target = :target AND id > :after ORDER BY id LIMIT :limit
 
+-- name: events_prune
+-- The oldest events first, a few at a time (events are appended in time order).
+DELETE FROM event WHERE id IN (SELECT id FROM event WHERE at < :before ORDER BY id LIMIT :n)
+
 -- ---------------------------------------------------------------- batches
 
 -- name: batch_id_by_name
@@ -99,6 +103,16 @@ INSERT INTO submission (scope, key, digest, created) VALUES (:scope, :key, :dige
 
 -- name: submission_digest
 SELECT digest FROM submission WHERE scope = :scope AND key = :key
+
+-- name: submissions_expired
+SELECT scope, key FROM submission WHERE created < :before ORDER BY created LIMIT :n
+
+-- name: submission_forget
+-- A key past its retention: its tasks stop answering to it, so the key reused creates new tasks.
+DELETE FROM submission WHERE scope = :scope AND key = :key
+
+-- name: task_forget_key
+UPDATE task SET submit_key = NULL WHERE submit_key = :submit_key
 
 -- name: task_ids_by_key
 SELECT id FROM task WHERE submit_key = :key ORDER BY id

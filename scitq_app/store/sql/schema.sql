@@ -210,6 +210,8 @@ CREATE TABLE submission (
     PRIMARY KEY (scope, key)
 );
 
+CREATE INDEX submission_created ON submission (created);
+
 -- One row, bumped by every revocation: each server process polls it to drop its token cache.
 CREATE TABLE token_epoch (
     id INTEGER PRIMARY KEY,

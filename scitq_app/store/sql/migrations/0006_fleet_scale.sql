@@ -31,3 +31,6 @@ CREATE TABLE task_count_delta (
 INSERT INTO task_count (batch_id, status, n) SELECT batch_id, status, COUNT(*) FROM task GROUP BY batch_id, status;
 
 {task_count_triggers}
+
+-- Idempotency keys expire ([server] submission_retention), oldest first.
+CREATE INDEX submission_created ON submission (created);
