@@ -1,4 +1,9 @@
-"""The store: the only place that writes SQL. `open_store(url)` picks the backend."""
+"""The store: the only place that writes SQL. `open_store(url)` picks the backend.
+
+Composition, not inheritance: a backend (`sqlite.py`, `postgres.py`) gives transactions over
+named queries (`sql/*.sql`, `queries.py`); the operation modules `admin`, `batches`, `tasks`,
+`protocol` and `dispatcher` are plain functions taking a transaction, each behaviour in one
+place; `sql.SqlStore` composes them into the contract (`contract.py`), one transaction per call."""
 from __future__ import annotations
 
 import time

@@ -20,8 +20,9 @@ SELECT * FROM event WHERE id > :after ORDER BY id LIMIT :limit
 SELECT * FROM event WHERE target = :target AND id > :after ORDER BY id LIMIT :limit
 
 -- name: events_prune
--- The oldest events first, a few at a time (events are appended in time order).
-DELETE FROM event WHERE id IN (SELECT id FROM event WHERE at < :before ORDER BY id LIMIT :n)
+-- The oldest events first, a few at a time: events are appended in time order, so the first n by
+-- id are the oldest, and when they are not old enough none is (the query reads n rows, not all).
+DELETE FROM event WHERE id IN (SELECT id FROM event ORDER BY id LIMIT :n) AND at < :before
 
 -- ---------------------------------------------------------------- batches
 
