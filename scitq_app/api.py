@@ -91,14 +91,14 @@ def parse_query(route: Route, params: dict[str, str]) -> dict[str, Any]:
             if not all(re.match(_INT_RE, x) for x in items if x != "" or q.kind == "int"):
                 raise Invalid(f"must be {'comma-separated integers' if q.kind == 'csv_int' else 'an integer'}, "
                               f"not {raw!r}", field=key)
-            vals = [int(x) for x in items if x != ""]
+            ints = [int(x) for x in items if x != ""]
             # ids and offsets are 64-bit in the databases: that is the range when none is given
             low = -2 ** 63 if q.minimum is None else q.minimum
             high = 2 ** 63 - 1 if q.maximum is None else q.maximum
-            for v in vals:
-                if v < low or v > high:
+            for n in ints:
+                if n < low or n > high:
                     raise Invalid(f"must be between {low} and {high}", field=key)
-            out[key] = vals if q.kind == "csv_int" else vals[0] if vals else None
+            out[key] = ints if q.kind == "csv_int" else ints[0] if ints else None
         elif q.kind == "csv":
             if q.choices and not re.match(_choices_re(q.choices), raw):
                 raise Invalid(f"must be comma-separated values among {', '.join(q.choices)}, not {raw!r}",

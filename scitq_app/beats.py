@@ -1,13 +1,17 @@
-"""The server's two in-memory helpers of the worker protocol: the `Notifier` that wakes
-long-polling claims when something becomes claimable, and the `HeartbeatBuffer` that records
-heartbeats (and token use) in batches, off the request path."""
+"""The server's in-memory helpers of the worker protocol: the `Notifier` that wakes
+long-polling claims when something becomes claimable, the `HeartbeatBuffer` that records
+heartbeats (and token use) in batches, off the request path, and the `Pace` that sets how
+often workers beat and come back as the fleet grows."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from .config import Config
 from .errors import ScitqError
 from .store import Store
 
@@ -115,3 +119,60 @@ class HeartbeatBuffer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.flush()
+
+
+@dataclass(frozen=True)
+class Rhythm:
+    """The worker protocol's timing for a fleet of a given size."""
+
+    fleet: int
+    heartbeat: float  # seconds between two beats of one worker
+    lease: float  # seconds an execution stays leased unrenewed
+    offline_after: float  # seconds of silence before a worker is offline
+    come_back: float  # mean seconds before an idle worker without a long-poll claims again
+
+
+def rhythm(fleet: int, config: Config) -> Rhythm:
+    """The server's load stays bounded as workers are added: past `[server] heartbeat_rate` x
+    `[worker] heartbeat` workers, beats (and idle claims) are spread so that the fleet sends
+    about heartbeat_rate of each a second; leases stay 3 beats long at least, and a worker
+    is offline after 2 leases of silence at least. Smaller fleets keep the configured values.
+    The dispatcher computes the same from the same fleet count, so every process agrees."""
+    configured = min(config.worker.heartbeat, config.dispatcher.lease / 3)
+    heartbeat = max(configured, fleet / config.server.heartbeat_rate)
+    lease = max(config.dispatcher.lease, 3 * heartbeat)
+    offline_after = max(config.dispatcher.offline_after, 2 * lease)
+    come_back = min(60.0, max(config.server.claim_wait, fleet / config.server.heartbeat_rate))
+    return Rhythm(fleet, heartbeat, lease, offline_after, come_back)
+
+
+class Pace:
+    """The current `rhythm`, from the number of live workers counted at most every `every` s."""
+
+    def __init__(self, store: Store, config: Config, clock: Callable[[], float] = time.time,
+                 every: float = 10.0, rng: random.Random | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.every = every
+        self.rng = rng or random.Random()
+        self._at = float("-inf")
+        self._rhythm = rhythm(0, config)
+        self._lock = threading.Lock()
+
+    def now(self) -> Rhythm:
+        at = self.clock()
+        if not 0 <= at - self._at < self.every:
+            with self._lock:
+                if not 0 <= at - self._at < self.every:
+                    self._at = at  # first, so that a failing count is not retried by every request
+                    try:
+                        self._rhythm = rhythm(self.store.fleet_size(), self.config)
+                    except ScitqError as e:
+                        log.warning("could not count the fleet: %s; keeping its last rhythm", e.message)
+        return self._rhythm
+
+    def come_back_after(self) -> float:
+        """When an idle worker that got no long-poll should claim again: the mean, +-50 % jitter
+        so that a fleet told at once does not come back at once."""
+        return round(self.now().come_back * self.rng.uniform(0.5, 1.5), 3)

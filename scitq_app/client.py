@@ -77,7 +77,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
-        der = self.sock.getpeercert(binary_form=True) or b""  # type: ignore[union-attr]
+        der = self.sock.getpeercert(binary_form=True) or b""
         got = hashlib.sha256(der).hexdigest()
         if got != self.fingerprint:
             self.close()
@@ -419,8 +419,15 @@ class Server:
         return self.post("/workers/register", fields)
 
     def claim(self, worker_id: int, slots: int, wait: float = 0.0) -> list[dict]:
-        return self.post(f"/workers/{int(worker_id)}/claim", {"slots": slots, "wait": wait},
-                         timeout=self.timeout + wait)["executions"]
+        return self.claim_reply(worker_id, slots, wait)["executions"]
+
+    def claim_reply(self, worker_id: int, slots: int, wait: float = 0.0, request: str | None = None) -> dict:
+        """The whole claim reply: {executions, retry_after (s, when the server says come back
+        later)}. Resending a `request` id whose reply was lost returns the same executions."""
+        body: dict[str, Any] = {"slots": slots, "wait": wait}
+        if request is not None:
+            body["request"] = request
+        return self.post(f"/workers/{int(worker_id)}/claim", body, timeout=self.timeout + wait)
 
     def heartbeat(self, worker_id: int, stats: Mapping[str, Any], executions: Iterable[int],
                   acks: Iterable[int] = ()) -> dict:

@@ -48,6 +48,12 @@ OPTIONS: dict[tuple[str, str], Option] = {
     ("server", "max_body"): _o(64 * 1024 * 1024, "int", "largest request body accepted, in bytes", minimum=1024),
     ("server", "claim_wait"): _o(5.0, "float", "longest time a claim long-polls when nothing is pending, in s",
                                  minimum=0),
+    ("server", "heartbeat_rate"): _o(200.0, "float", "heartbeats a second the server takes from the whole fleet: "
+                                     "past rate x [worker] heartbeat workers, the interval (and the lease) grow "
+                                     "with the fleet", minimum=1),
+    ("server", "submission_retention"): _o(7.0, "float", "days an idempotency key is kept: the same key reused "
+                                           "later creates new tasks", minimum=0.01),
+    ("server", "event_retention"): _o(365.0, "float", "days the audit log (events) is kept", minimum=0.01),
     ("server", "output_head"): _o(256 * 1024, "int", "bytes kept from the start of each output stream", minimum=0),
     ("server", "output_tail"): _o(768 * 1024, "int", "bytes kept from the end of each output stream", minimum=1024),
     ("server", "container_options"): _o(DEFAULT_ALLOW, "str", "container options tasks may give, "
@@ -75,7 +81,8 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                         minimum=1),
     ("dispatcher", "lock_ttl"): _o(15.0, "float", "seconds the singleton dispatcher lock lasts unrenewed", minimum=1),
     ("worker", "server"): _o("", "str", "URL of the scitq server (default: [client] server)"),
-    ("worker", "token"): _o("", "str", "this worker's own token (registration saves it in the worker's state; admin and user tokens are refused)", secret=True),
+    ("worker", "token"): _o("", "str", "this worker's own token (registration saves it in the worker's state; "
+                            "admin and user tokens are refused)", secret=True),
     ("worker", "join_token"): _o("", "str", "join token (`scitq worker join-token` on the server): used once to "
                                  "register; the worker then keeps its own credential", secret=True),
     ("worker", "fingerprint"): _o("", "str", "sha256 of the server's TLS certificate to pin (hex; taken from the "

@@ -138,7 +138,8 @@ class ContainerRunner(Runner):
                                   timeout=timeout, env=env or clean_env(), cwd=cwd,
                                   stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(args, 124, "", f"{self.name} {args[0]} did not answer in {timeout:.0f} s")
+            return subprocess.CompletedProcess(args, 124, "",
+                                               f"{self.name} {args[0]} did not answer in {timeout:.0f} s")
         except OSError as e:
             return subprocess.CompletedProcess(args, 127, "", f"cannot run {self.binary}: {e.strerror or e}")
 

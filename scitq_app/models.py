@@ -423,7 +423,7 @@ class OutputSlice:
 
 
 def values_of(enum: type[Enum]) -> list[str]:
-    return [e.value for e in enum]  # type: ignore[attr-defined]
+    return [e.value for e in enum]
 
 
 def parse_enum(enum: type[Enum], value: Any, name: str) -> Any:
@@ -436,5 +436,10 @@ def parse_enum(enum: type[Enum], value: Any, name: str) -> Any:
 
 
 def unique(items: Iterable[Any]) -> list[Any]:
-    seen: set = set()
-    return [x for x in items if not (x in seen or seen.add(x))]
+    seen: set[Any] = set()
+    out = []
+    for x in items:
+        if x not in seen:
+            seen.add(x)
+            out.append(x)
+    return out

@@ -333,6 +333,8 @@ SPECS: dict[str, dict[str, Field]] = {
     "claim": {
         "slots": _f("int", "executions wanted", required=True, minimum=0, maximum=1000),
         "wait": _f("number", "seconds to long-poll when nothing is pending", minimum=0, maximum=60),
+        "request": _f("str", "request id: a retried claim (its reply lost) with the same id gets the same "
+                             "executions", nullable=True, min_length=8, max_length=100),
     },
     "heartbeat": {
         "stats": _f("stats", f"load, cpu, mem, disk, net, versions: JSON with finite numbers, nested "

@@ -23,10 +23,11 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .api import PREFIX, ROUTES, Route, openapi_document, parse_query
-from .beats import HeartbeatBuffer, Notifier
+from .beats import HeartbeatBuffer, Notifier, Pace
 from .config import Config
-from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MisdirectedRequest, MissingDependency,
-                     NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized, UnsupportedMediaType)
+from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MisdirectedRequest,
+                     MissingDependency, NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized,
+                     UnsupportedMediaType)
 from .models import Identity, Role
 from .container_policy import check_allowed, options_pattern, parse_rules
 from .schema import Context, validate
@@ -158,11 +159,14 @@ class Api:
         self.config = config
         self.notifier = notifier
         self.clock = clock
-        self.lease = config.dispatcher.lease
+        # leases, heartbeat interval and idle claims' pace follow the size of the fleet
+        self.pace = Pace(store, config, clock)
         self.hosts = HostCheck(config.server.server_names, config.server.public_url)
         # Long polls hold a waitress thread each: keep enough threads for everyone else.
         self._pollers = threading.BoundedSemaphore(max(1, config.server.threads // 2))
-        self.beats = HeartbeatBuffer(store, self.lease, clock)
+        self._polling = 0  # claims long-polling now (shown by /health)
+        self._polling_lock = threading.Lock()
+        self.beats = HeartbeatBuffer(store, config.dispatcher.lease, clock)
         self.rclone = RcloneConfig(config.server.rclone_config)
         # the only folders file:// URIs may name (none by default): tasks reach no other host path
         self.file_roots = parse_roots(config.server.file_roots, "[server] file_roots")
@@ -192,7 +196,7 @@ class Api:
 
     # --- meta -----------------------------------------------------------------
     def health(self, ident: Identity, **_: Any) -> dict:
-        return {"status": "ok", "version": __version__, "time": self.clock()}
+        return {"status": "ok", "version": __version__, "time": self.clock(), "long_polls": self._polling}
 
     def openapi(self, ident: Identity, **_: Any) -> dict:
         # the URI patterns name this server's remotes and file roots: the document states what it accepts
@@ -331,9 +335,17 @@ class Api:
         self._own_worker(ident, id)
         wait = min(float(body.get("wait", 0) or 0), self.config.server.claim_wait)
         deadline = self.clock() + wait
-        executions = self.store.claim(id, body["slots"], self.lease)
-        if executions or wait <= 0 or body["slots"] <= 0 or not self._pollers.acquire(blocking=False):
+        lease, request = self.pace.now().lease, body.get("request")
+        executions = self.store.claim(id, body["slots"], lease, request)
+        if executions or wait <= 0 or body["slots"] <= 0:
             return {"executions": executions}
+        if not self._pollers.acquire(blocking=False):
+            # Every long-poll this process can hold is taken (each holds a thread): this worker
+            # comes back later, at a time spread so that idle workers never spin on claims. The
+            # long-polling ones pick up new tasks at once meanwhile.
+            return {"executions": [], "retry_after": self.pace.come_back_after()}
+        with self._polling_lock:
+            self._polling += 1
         try:
             while not executions:
                 remaining = deadline - self.clock()
@@ -345,15 +357,19 @@ class Api:
                     self.notifier.wait(since, min(remaining, 0.5))
                     if not self.store.has_claimable(id):
                         continue
-                executions = self.store.claim(id, body["slots"], self.lease)
+                executions = self.store.claim(id, body["slots"], lease, request)
         finally:
+            with self._polling_lock:
+                self._polling -= 1
             self._pollers.release()
         return {"executions": executions}
 
     def heartbeat(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
         self._own_worker(ident, id)
         executions = body.get("executions") or []
-        reply = self.store.heartbeat_reply(id, executions, self.lease)
+        pace = self.pace.now()
+        self.beats.lease = pace.lease  # what the next flush renews leases for
+        reply = self.store.heartbeat_reply(id, executions, pace.lease)
         acked = self.beats.pending_acks(id) | set(body.get("acks") or [])
         reply["signals"] = [s for s in reply["signals"] if s["id"] not in acked]
         self.beats.add(id, body.get("stats") or {}, executions, body.get("acks") or [])
@@ -362,14 +378,16 @@ class Api:
         return reply
 
     def _worker_pace(self) -> dict[str, Any]:
-        """What the server sets for every worker: heartbeat interval, output caps, and the lease
-        (which bounds how long a task's supervisor lets it run without a live agent)."""
-        return {"heartbeat": min(self.config.worker.heartbeat, self.lease / 3), "lease": self.lease,
+        """What the server sets for every worker: heartbeat interval (growing with the fleet: see
+        beats.rhythm), output caps, and the lease (which bounds how long a task's supervisor lets it
+        run without a live agent)."""
+        pace = self.pace.now()
+        return {"heartbeat": pace.heartbeat, "lease": pace.lease,
                 "output_head": self.config.server.output_head, "output_tail": self.config.server.output_tail}
 
     def worker_rclone_config(self, ident: Identity, id: int, **_: Any) -> dict:
         self._own_worker(ident, id)
-        text, digest, _ = self.rclone.current()
+        text, digest, _remotes = self.rclone.current()
         return {"config": text, "hash": digest}
 
     def report(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
@@ -702,8 +720,8 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
                                     threads=config.server.threads, max_request_body_size=config.server.max_body,
                                     channel_timeout=120, connection_limit=4000, clear_untrusted_proxy_headers=True,
                                     asyncore_use_poll=True, ident="scitq")
-    server.channel_class = _json_error_channel()  # type: ignore[union-attr]
-    url = f"http://{config.server.listen}:{server.effective_port}"  # type: ignore[union-attr]
+    server.channel_class = _json_error_channel()
+    url = f"http://{config.server.listen}:{server.effective_port}"
     log.info("scitq %s serving on %s (%s)", __version__, url, store.dialect, extra={"action": "serve"})
     remotes = app.config["scitq.api"].rclone.remotes()
     if remotes:
@@ -712,7 +730,7 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         log.info("no rclone remote in %s: tasks may use http, https, ftp and file URIs only",
                  config.server.rclone_config)
     from .tokenfiles import register_server, unregister_server
-    port = int(server.effective_port)  # type: ignore[union-attr]
+    port = int(server.effective_port)
     register_server(url, port, config.server.token_file)
     if ready:
         ready(url)

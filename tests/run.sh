@@ -30,6 +30,10 @@ deps=$("$VENV/bin/python" -c 'import tomllib; p = tomllib.load(open("pyproject.t
 # shellcheck disable=SC2086
 "$VENV/bin/pip" install -q --disable-pip-version-check $deps -r requirements/test.txt
 
+echo "==> lint: ruff and mypy (configured in pyproject.toml)"
+"$VENV/bin/ruff" check scitq_app tests bench
+"$VENV/bin/mypy" scitq_app
+
 export SCITQ_TEST_REQUIRE_PG=1 SCITQ_TEST_REQUIRE_CONTAINERS=1 SCITQ_TEST_REQUIRE_MACHINES=1 SCITQ_TEST_REQUIRE_SYSTEM=1
 echo "==> preparing the test machines (Debian image and local apt repository, cached in /var/tmp)"
 # built once here, so the pytest workers only reuse it; SCITQ_TEST_MACHINES_REBUILD=1 forces a rebuild

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from ..beats import rhythm
 from ..config import Config
 from ..errors import ScitqError
 from ..store import Store
@@ -18,6 +19,13 @@ from ..store import Store
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "dispatcher"
+# How far back the first round after taking the lock looks for completions whose dependents
+# may still wait, and by how much each round's window overlaps the previous one's.
+RELEASE_LOOKBACK = 3600.0
+RELEASE_OVERLAP = 5.0
+PRUNE_EVERY = 60.0  # seconds between two pruning rounds (events, idempotency keys)
+PRUNE_BATCHES = 20  # small transactions per round at most: the rest waits for the next round
+DAY = 86400.0
 
 
 class Dispatcher:
@@ -34,9 +42,12 @@ class Dispatcher:
                  holder: str | None = None, on_change: Callable[[], None] | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.config = config
         self.interval = config.dispatcher.interval
         self.lease = config.dispatcher.lease
         self.offline_after = config.dispatcher.offline_after
+        self._released_until: float | None = None
+        self._pruned_at = float("-inf")
         self.lock_ttl = config.dispatcher.lock_ttl
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.on_change = on_change or (lambda: None)
@@ -58,8 +69,18 @@ class Dispatcher:
             self.active_since = now
             log.info("dispatcher %s is active; leases expire after %.0f s of grace", self.holder, self.lease,
                      extra={"action": "active"})
-        done: dict[str, Any] = {"active": True, "released": self.store.release_waiting(), "lost": [],
+        # Leases and silence are judged on the rhythm the server gives the fleet now (it grows
+        # with the fleet), counted the same way as the API processes count it.
+        pace = rhythm(self.store.fleet_size(), self.config)
+        self.lease, self.offline_after = pace.lease, pace.offline_after
+        since = (now - RELEASE_LOOKBACK) if self._released_until is None else self._released_until - RELEASE_OVERLAP
+        done: dict[str, Any] = {"active": True, "released": self.store.release_after(since), "lost": [],
                                 "timed_out": []}
+        self._released_until = now
+        self.store.fold_task_counts()
+        if not 0 <= now - self._pruned_at < PRUNE_EVERY:
+            self._pruned_at = now
+            done["pruned"] = self.prune(now)
         if now - self.active_since >= self.lease:
             done["lost"] = self.store.expire_leases()
             done["timed_out"] = self.store.enforce_deadlines(self.lease)
@@ -72,11 +93,28 @@ class Dispatcher:
             self.on_change()
         return done
 
+    def prune(self, now: float) -> dict[str, int]:
+        """Retention: events older than [server] event_retention, idempotency keys older than
+        [server] submission_retention, a few hundred rows per transaction."""
+        total = {"events": 0, "submissions": 0}
+        for _ in range(PRUNE_BATCHES):
+            done = self.store.prune(now - self.config.server.event_retention * DAY,
+                                    now - self.config.server.submission_retention * DAY)
+            for k, n in done.items():
+                total[k] += n
+            if not any(done.values()):
+                break
+        if any(total.values()):
+            log.info("dispatcher: pruned %d events and %d idempotency keys", total["events"], total["submissions"],
+                     extra={"action": "prune"})
+        return total
+
     def _failed_round(self) -> None:
         if self.active_since is not None:
             log.warning("dispatcher %s: a round failed; leases and offline workers are judged again only after "
                         "a new grace period", self.holder, extra={"action": "grace"})
         self.active_since = None
+        self._released_until = None
 
     def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()

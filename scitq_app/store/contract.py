@@ -196,17 +196,26 @@ class Store:
         Nothing is spent or changed when registration is refused."""
         raise NotImplementedError
 
-    def claim(self, worker_id: int, slots: int, lease: float) -> list[dict[str, Any]]:
+    def claim(self, worker_id: int, slots: int, lease: float, request_id: str | None = None
+              ) -> list[dict[str, Any]]:
         """Atomically assign up to `slots` pending tasks to the worker, never more
         than its concurrency + prefetch allows, highest priority then oldest first,
         from running batches (and the worker's batch if it has one) whose needs fit
         its capacity. Each gets a new execution holding a frozen copy of the task,
         leased until now + `lease`. A task is never held by two current executions.
-        Returns the executions' dicts (with task_name and batch)."""
+        Returns the executions' dicts (with task_name and batch).
+
+        When nothing can be claimed the call writes nothing. A claim that repeats the
+        `request_id` of an earlier one of the same worker (its reply was lost) returns
+        the executions that one created, as they are now, and creates none."""
         raise NotImplementedError
 
     def has_claimable(self, worker_id: int) -> bool:
         """Cheap read-only check: could `claim` return something for this worker now?"""
+        raise NotImplementedError
+
+    def fleet_size(self) -> int:
+        """The number of live workers (starting, running, paused or draining)."""
         raise NotImplementedError
 
     def heartbeat(self, worker_id: int, stats: Mapping[str, Any], execution_ids: Iterable[int],
@@ -274,7 +283,28 @@ class Store:
         raise NotImplementedError
 
     def release_waiting(self) -> int:
-        """Move waiting tasks whose requirements all succeeded to pending; return how many."""
+        """Move waiting tasks whose requirements all succeeded to pending; return how many.
+        Looks at every waiting task: a repair, not a periodic duty (see release_after)."""
+        raise NotImplementedError
+
+    def prune(self, event_before: float, submission_before: float, batch: int = 500) -> dict[str, int]:
+        """Delete up to `batch` events older than `event_before` and forget up to `batch`
+        idempotency keys created before `submission_before` (their tasks stay; the key reused
+        later creates new tasks), in short transactions; return {'events': n, 'submissions': n}.
+        The dispatcher calls it until nothing is left. (Output goes with its task at once.)"""
+        raise NotImplementedError
+
+    def fold_task_counts(self) -> None:
+        """Fold the task count changes recorded since the last fold into the counts (which
+        stay exact without it: this keeps reading them cheap). The dispatcher's duty."""
+        raise NotImplementedError
+
+    def release_after(self, since: float) -> int:
+        """Move to pending the waiting tasks whose requirements all succeeded, among those
+        requiring a task that succeeded at `since` or later; return how many. A success
+        releases its dependents itself; this repairs the release two concurrent successes
+        can both miss (and a submission racing its requirement's success), at a cost that
+        follows the completions, not the number of waiting tasks."""
         raise NotImplementedError
 
     def mark_offline(self, offline_after: float) -> list[int]:

@@ -3,7 +3,7 @@
 A small pool of native pg8000 connections, READ COMMITTED transactions with
 explicit row locks (`FOR UPDATE`, `SKIP LOCKED` for claims), and bulk inserts
 sent as one JSON parameter. Deadlocks and serialization failures are retried
-by `SqlStore._run`.
+by `SqlStore` (sql.py).
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 from ..errors import ConfigError, Conflict, MissingDependency, StoreUnavailable
-from .protocol import ProtocolStore
-from .queries import split_statements
-from .sqlstore import Tx
+from . import queries
+from .backend import Tx
 
 RETRYABLE_CODES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 
@@ -29,6 +28,8 @@ def _code(exc: BaseException) -> str | None:
 
 
 class PgTx(Tx):
+    dialect = "postgres"
+
     def __init__(self, con: Any, sql: Mapping[str, str], now: float) -> None:
         super().__init__(sql, now)
         self.con = con
@@ -43,7 +44,7 @@ class PgTx(Tx):
             ps = self.prepared[key] = self.con.prepare(self.sql[name] + suffix)
         return ps
 
-    def _execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    def execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
         ps = self._statement(name)
         rows = ps.run(**params)
         context = ps._context  # pg8000 keeps the last result's metadata there
@@ -59,18 +60,14 @@ class PgTx(Tx):
         return int(rows[0][0])
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        if name + "_json" in self.sql:
-            for start in range(0, len(rows), 20_000):
-                self._execute(name + "_json", {"rows": json.dumps(list(rows[start:start + 20_000]))})
-            return
-        for r in rows:
-            self._execute(name, r)
+        for start in range(0, len(rows), 20_000):
+            self.execute(name + "_json", {"rows": json.dumps(list(rows[start:start + 20_000]))})
 
     def reserve_ids(self, table: str, n: int) -> list[int]:
         return sorted(int(r["id"]) for r in self.all("reserve_ids", table=table, n=n))
 
     def script(self, text: str) -> None:
-        for stmt in split_statements(text):
+        for stmt in queries.split_statements(text):
             self.con.run(stmt)
 
 
@@ -96,11 +93,14 @@ def parse_url(url: str) -> dict[str, Any]:
     return args
 
 
-class PostgresStore(ProtocolStore):
+class PostgresBackend:
+    """The PostgreSQL database at `url` (see the module's docstring)."""
+
     dialect = "postgres"
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time, pool_size: int = 10) -> None:
-        super().__init__(clock)
+        self.clock = clock
+        self.sql: Mapping[str, str] = queries.load(self.dialect)
         try:
             import pg8000.native
         except ImportError:
@@ -110,7 +110,7 @@ class PostgresStore(ProtocolStore):
         self._args = parse_url(url)
         self._where = f"{self._args.get('host', self._args.get('unix_sock'))}:{self._args.get('port', '')}" \
                       f"/{self._args['database']}"
-        self._pool: queue.LifoQueue = queue.LifoQueue()
+        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
         self._size = pool_size
         self._open = 0
         self._lock = threading.Lock()
@@ -158,7 +158,7 @@ class PostgresStore(ProtocolStore):
             pass
 
     @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Tx]:
+    def transaction(self, write: bool) -> Iterator[Tx]:
         con = self._acquire()
         healthy = True
         try:
@@ -204,8 +204,11 @@ class PostgresStore(ProtocolStore):
                 # drop them now rather than fail one request for each
                 self._drain()
 
-    def _retryable(self, exc: BaseException) -> bool:
+    def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self._pg.DatabaseError) and _code(exc) in RETRYABLE_CODES
+
+    def reclaim_space(self) -> None:
+        pass  # autovacuum's job
 
     def _drain(self) -> None:
         while True:

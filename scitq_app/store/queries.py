@@ -2,8 +2,9 @@
 
 A file is a sequence of `-- name: NAME` headers, each followed by one
 statement, and `-- fragment: NAME` headers followed by a piece of SQL that
-statements include with `{{include NAME}}` (a filter several queries share). `queries.sql` holds the text shared by both databases; `sqlite.sql`
-and `postgres.sql` hold what only one dialect can say and override shared
+statements include with `{{include NAME}}` (a filter several queries share).
+`queries.sql` holds the text shared by both databases; `sqlite.sql` and
+`postgres.sql` hold what only one dialect can say and override shared
 names. Two macros keep list parameters portable:
 `{{ints :p}}` and `{{strs :p}}` expand to a sub-select over a JSON array
 parameter (pass `json.dumps(list)`).
@@ -76,7 +77,10 @@ def expand(sql: str, dialect: str) -> str:
 
 
 def ddl(text: str, dialect: str) -> str:
-    """Replace {id} {bigint} {real} {blob} in DDL text with the dialect's types."""
+    """Replace {id} {bigint} {real} {blob} in DDL text with the dialect's types, and
+    {task_count_triggers} with the dialect's triggers (triggers_DIALECT.sql)."""
+    if "{task_count_triggers}" in text:
+        text = text.replace("{task_count_triggers}", read_resource("sql", f"triggers_{dialect}.sql"))
     for k, v in DDL_TYPES[dialect].items():
         text = text.replace("{" + k + "}", v)
     return text

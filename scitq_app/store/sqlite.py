@@ -17,19 +17,20 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import Conflict, MissingDependency, StoreUnavailable
-from .protocol import ProtocolStore
-from .queries import split_statements
-from .sqlstore import Tx
+from . import queries
+from .backend import Tx
 
 BUSY_TIMEOUT_MS = 30_000
 
 
 class SqliteTx(Tx):
+    dialect = "sqlite"
+
     def __init__(self, conn: sqlite3.Connection, sql: Mapping[str, str], now: float) -> None:
         super().__init__(sql, now)
         self.conn = conn
 
-    def _execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    def execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
         cur = self.conn.execute(self.sql[name], params)
         rows = cur.fetchall()
         if cur.description is None:
@@ -50,15 +51,18 @@ class SqliteTx(Tx):
         return list(range(top + 1, top + n + 1))
 
     def script(self, text: str) -> None:
-        for stmt in split_statements(text):
+        for stmt in queries.split_statements(text):
             self.conn.execute(stmt)
 
 
-class SqliteStore(ProtocolStore):
+class SqliteBackend:
+    """The SQLite database at `path` (see the module's docstring)."""
+
     dialect = "sqlite"
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time, pool_size: int = 8) -> None:
-        super().__init__(clock)
+        self.clock = clock
+        self.sql: Mapping[str, str] = queries.load(self.dialect)
         try:
             import sqlite_utils
         except ImportError:
@@ -66,7 +70,7 @@ class SqliteStore(ProtocolStore):
                                     "(it is bundled in scitq.pyz)") from None
         self._sqlite_utils = sqlite_utils
         self.path = path
-        self._pool: queue.LifoQueue = queue.LifoQueue()
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._size = pool_size
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
@@ -79,6 +83,9 @@ class SqliteStore(ProtocolStore):
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
             db = self._sqlite_utils.Database(conn, execute_plugins=False)
+            # Before the first table exists, this makes the file shrink as rows are pruned
+            # (reclaim_space); on an older file it changes nothing until a VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.enable_wal()
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -104,7 +111,7 @@ class SqliteStore(ProtocolStore):
             raise StoreUnavailable(f"no SQLite connection free for {BUSY_TIMEOUT_MS // 1000} s") from None
 
     @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Tx]:
+    def transaction(self, write: bool) -> Iterator[Tx]:
         conn = self._acquire()
         try:
             if not write:
@@ -128,8 +135,19 @@ class SqliteStore(ProtocolStore):
         finally:
             self._pool.put(conn)
 
-    def _retryable(self, exc: BaseException) -> bool:
+    def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+    def reclaim_space(self) -> None:
+        # A few pages at a time, in its own short write: the file shrinks without a long lock.
+        conn = self._acquire()
+        try:
+            # run to completion (sqlite3_exec): a single step of this pragma frees one page only
+            conn.executescript("PRAGMA incremental_vacuum(512);")
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"SQLite database {self.path} is unavailable: {e}") from None
+        finally:
+            self._pool.put(conn)
 
     def close(self) -> None:
         with self._lock:

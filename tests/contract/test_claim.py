@@ -206,3 +206,40 @@ def test_a_task_is_claimed_by_one_worker_only(store, register, submit):
     assert claimed(store, a.id) == [task_id]
     assert claimed(store, b.id) == []
     assert len(store.list_executions(task_id)) == 1
+
+
+def test_a_claim_that_finds_nothing_writes_nothing(store, register, submit, clock):
+    w = register()
+    seen = store.get_worker(w.id).last_seen
+    clock.advance(10)
+    assert store.claim(w.id, 4, LEASE) == []
+    # no transaction wrote: not even the worker's last_seen (heartbeats say it is alive)
+    assert store.get_worker(w.id).last_seen == seen
+    submit()
+    clock.advance(10)
+    assert len(store.claim(w.id, 4, LEASE)) == 1
+    assert store.get_worker(w.id).last_seen == clock()
+
+
+def test_a_retried_claim_with_the_same_request_id_returns_the_same_executions(store, register):
+    w = register(concurrency=2)
+    ids = store.create_tasks([task_spec() for _ in range(5)])
+    first = store.claim(w.id, 2, LEASE, request_id="r-1")
+    again = store.claim(w.id, 2, LEASE, request_id="r-1")
+    assert [e["id"] for e in again] == [e["id"] for e in first] and len(first) == 2
+    assert again == first
+    assert [status_of(store, i) for i in ids].count("pending") == 3  # nothing more taken
+    # once they progressed, a late retry still answers with them, as they are now
+    store.report(first[0]["id"], w.id, {"phase": "running"})
+    late = store.claim(w.id, 2, LEASE, request_id="r-1")
+    assert [(e["id"], e["status"]) for e in late] == [(first[0]["id"], "running"), (first[1]["id"], "assigned")]
+
+
+def test_request_ids_belong_to_their_worker_and_a_new_one_claims_anew(store, register):
+    a, b = register(concurrency=2), register(concurrency=2)
+    store.create_tasks([task_spec() for _ in range(4)])
+    mine = store.claim(a.id, 1, LEASE, request_id="same")
+    theirs = store.claim(b.id, 1, LEASE, request_id="same")
+    assert len(mine) == len(theirs) == 1 and mine[0]["task_id"] != theirs[0]["task_id"]
+    more = store.claim(a.id, 1, LEASE, request_id="next")
+    assert len(more) == 1 and more[0]["id"] != mine[0]["id"]

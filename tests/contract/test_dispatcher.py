@@ -6,7 +6,7 @@ import pytest
 
 from scitq_app.errors import Fenced, NotFound
 
-from .scene import LEASE, status_of
+from .scene import LEASE, status_of, task_spec
 
 TTL = 15.0
 
@@ -64,6 +64,32 @@ def test_release_waiting_releases_tasks_whose_requirements_all_succeeded(store, 
     assert store.release_waiting() == 2
     assert [status_of(store, t) for t in (one, both, other)] == ["pending", "pending", "waiting"]
     assert store.release_waiting() == 0
+
+
+def test_release_after_looks_only_at_dependents_of_recent_successes(store, submit, clock):
+    a, b = submit(), submit()
+    old = submit(requires=[a])
+    new = submit(requires=[b])
+    _succeed_without_release(store, a)
+    clock.advance(100)
+    _succeed_without_release(store, b)
+    assert store.release_after(clock() - 10) == 1
+    assert [status_of(store, t) for t in (old, new)] == ["waiting", "pending"]
+    assert store.release_after(clock() - 1000) == 1
+    assert status_of(store, old) == "pending"
+
+
+def test_the_dispatcher_repairs_a_lost_release_without_sweeping_waiting_tasks(store, submit, config, clock):
+    from scitq_app.dispatch.loops import Dispatcher
+    d = Dispatcher(store, config, clock=clock, holder="d1")
+    a = submit()
+    c = submit(requires=[a])
+    assert d.tick()["released"] == 0
+    clock.advance(1)
+    _succeed_without_release(store, a)
+    clock.advance(1)
+    assert d.tick()["released"] == 1
+    assert status_of(store, c) == "pending"
 
 
 def test_release_waiting_leaves_paused_tasks_paused(store, submit):
@@ -205,3 +231,47 @@ def test_a_deleted_workers_token_stops_working(store):
 def test_deleting_an_unknown_worker_is_not_found(store):
     with pytest.raises(NotFound):
         store.delete_worker(31)
+
+
+# --- retention ---------------------------------------------------------------
+
+
+def test_prune_forgets_old_events_and_keys_a_few_at_a_time(store, clock):
+    for i in range(5):
+        store.record_event("test.old", f"x:{i}")
+    first = store.create_tasks([task_spec()], key="key-00000001", scope="tok")
+    clock.advance(100)
+    store.record_event("test.new", "x:new")
+    kept = store.create_tasks([task_spec()], key="key-00000002", scope="tok")
+    # 6 old events (5, and the first submission's) and 1 old key, 3 at a time at most
+    assert store.prune(clock() - 50, clock() - 50, batch=3) == {"events": 3, "submissions": 1}
+    assert store.prune(clock() - 50, clock() - 50, batch=3) == {"events": 3, "submissions": 0}
+    assert store.prune(clock() - 50, clock() - 50, batch=3) == {"events": 0, "submissions": 0}
+    assert [e.kind for e in store.list_events()] == ["test.new", "task.create"]
+    # the kept key still answers with its tasks; the forgotten one, reused, creates new ones
+    assert store.create_tasks([task_spec()], key="key-00000002", scope="tok") == kept
+    again = store.create_tasks([task_spec()], key="key-00000001", scope="tok")
+    assert again != first and store.create_tasks([task_spec()], key="key-00000001", scope="tok") == again
+
+
+def test_sqlite_gives_the_space_of_pruned_rows_back(store, clock, backend, database_url):
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's autovacuum reclaims space by itself")
+    import os
+    import sqlite3
+    path = database_url[len("sqlite:///"):]
+
+    def size() -> int:
+        con = sqlite3.connect(path)
+        try:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+        return os.path.getsize(path)
+    for i in range(2000):
+        store.record_event("test.bulky", f"x:{i}", {"pad": "x" * 2000})
+    full = size()
+    clock.advance(100)
+    while any(store.prune(clock() - 50, clock() - 50, batch=500).values()):
+        pass
+    assert size() < full / 2, (size(), full)

@@ -105,7 +105,10 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([1.0, LEASE / 2, LEASE + 1]))
     def time_passes(self, seconds: float) -> None:
         self.clock.advance(seconds)
+        # a dispatcher round: counts folded too (they must stay exact before and after)
         self.store.expire_leases()
+        self.store.release_after(self.clock() - 2 * LEASE)
+        self.store.fold_task_counts()
 
     @precondition(lambda self: self.tasks)
     @rule(pick=st.integers(0, 10_000), action=st.sampled_from(["pause", "resume", "stop", "kill"]))

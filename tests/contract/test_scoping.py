@@ -8,7 +8,7 @@ import time
 import pytest
 
 from scitq_app.errors import Conflict
-from scitq_app.store.sqlstore import EPOCH_EVERY
+from scitq_app.store.sql import EPOCH_EVERY
 
 from .scene import task_spec
 

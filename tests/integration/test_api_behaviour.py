@@ -330,7 +330,7 @@ def test_long_poll_claim_receives_a_task_submitted_meanwhile_within_100ms(srv):
     wid, token = srv.register(batch=batch, concurrency=10)
     latencies = []
     for i in range(5):
-        before = srv.ok("GET", f"/workers/{wid}")["last_seen"]
+        before = srv.ok("GET", "/health")["long_polls"]
         result: dict = {}
 
         def claim() -> None:
@@ -341,7 +341,7 @@ def test_long_poll_claim_receives_a_task_submitted_meanwhile_within_100ms(srv):
         started = time.monotonic()
         thread.start()
         # the claim reached the server and found nothing: it is long-polling now
-        wait_for(lambda: srv.ok("GET", f"/workers/{wid}")["last_seen"] != before, 5, 0.005, "the claim")
+        wait_for(lambda: srv.ok("GET", "/health")["long_polls"] > before, 5, 0.005, "the claim")
         assert thread.is_alive()
         task = srv.ok("POST", "/tasks", {"command": f"echo {i}", "batch": batch})
         submitted = time.monotonic()
@@ -415,3 +415,42 @@ def test_report_on_a_fenced_execution_is_409(short_lease):
     # the task runs again as a new attempt
     e2 = claim_one(srv, wid, token)
     assert e2["task_id"] == t["id"] and e2["id"] != eid and e2["attempt"] == 2
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def one_poll(request, module_servers):
+    """A server that holds one long-poll at a time (2 threads)."""
+    return module_servers.start(request.param, env={"SCITQ_SERVER_THREADS": "2"})
+
+
+def test_past_its_long_polls_the_server_tells_idle_workers_when_to_come_back(one_poll):
+    srv = one_poll
+    batch = unique("later")
+    (w1, t1), (w2, t2) = srv.register(batch=batch), srv.register(batch=batch)
+    holder: dict = {}
+    thread = threading.Thread(target=lambda: holder.setdefault(
+        "reply", api(srv.api_url, "POST", f"/workers/{w1}/claim", {"slots": 1, "wait": 3}, t1)))
+    thread.start()
+    wait_for(lambda: srv.ok("GET", "/health")["long_polls"] == 1, 5, 0.005, "the first claim's long-poll")
+    waits = []
+    for _ in range(20):
+        reply = srv.ok("POST", f"/workers/{w2}/claim", {"slots": 1, "wait": 3}, token=t2)
+        assert reply["executions"] == []
+        waits.append(reply["retry_after"])
+    # [server] claim_wait (5 s) for a small fleet, spread +-50 % so that a fleet told at once
+    # does not come back at once
+    assert all(2.5 <= w <= 7.5 for w in waits) and len(set(waits)) > 10, waits
+    thread.join(10)
+    assert holder["reply"][0] == 200 and holder["reply"][1]["executions"] == []
+    assert "retry_after" not in holder["reply"][1]
+
+
+def test_a_retried_claim_gets_the_executions_its_lost_reply_held(srv):
+    batch = unique("retry")
+    srv.ok("POST", "/tasks/bulk", {"tasks": [{"command": "x", "batch": batch}] * 3})
+    wid, token = srv.register(batch=batch, concurrency=2)
+    body = {"slots": 2, "request": "claim-0001"}
+    first = srv.ok("POST", f"/workers/{wid}/claim", body, token=token)["executions"]
+    again = srv.ok("POST", f"/workers/{wid}/claim", body, token=token)["executions"]
+    assert len(first) == 2 and [e["id"] for e in again] == [e["id"] for e in first]
+    assert srv.ok("GET", f"/tasks/counts?batch={batch}")["counts"]["pending"] == 1

@@ -57,15 +57,15 @@ def test_a_round_that_cannot_reach_the_database_starts_the_grace_again(store, cl
     d = Dispatcher(store, fast, clock=clock, holder="a")
     d.tick()
     clock.advance(25)
-    real = store.release_waiting
+    real = store.fleet_size
 
     def away() -> int:
         raise StoreUnavailable("the database is unreachable")
-    monkeypatch.setattr(store, "release_waiting", away)  # the database goes away for a while
+    monkeypatch.setattr(store, "fleet_size", away)  # the database goes away for a while
     for _ in range(40):
         d.run(once=True)
         clock.advance(1)
-    monkeypatch.setattr(store, "release_waiting", real)
+    monkeypatch.setattr(store, "fleet_size", real)
     # 65 s since the last heartbeat, past the lease and offline_after: none of it is the worker's fault
     done = d.tick()
     assert (done["lost"], done["offline"]) == ([], [])

@@ -80,11 +80,11 @@ marked AS (
 inserted AS (
     INSERT INTO execution (id, task_id, attempt, worker_id, status, lease_expires, assigned, command, shell,
                            container, container_options, inputs, resources, output, run_timeout, download_timeout,
-                           created, modified)
+                           created, modified, claim_request)
     SELECT m.eid, m.id, m.attempts, CAST(:worker_id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
            CAST(:now AS DOUBLE PRECISION), m.command, m.shell, m.container, m.container_options, m.inputs,
            m.resources, m.output, m.run_timeout, m.download_timeout, CAST(:now AS DOUBLE PRECISION),
-           CAST(:now AS DOUBLE PRECISION)
+           CAST(:now AS DOUBLE PRECISION), CAST(:request_id AS TEXT)
     FROM marked m
     RETURNING *)
 SELECT i.*, m.name AS task_name, b.name AS batch, m.cpu AS cpu_request, w.name AS worker_name
@@ -97,6 +97,13 @@ SELECT e.id, e.task_id FROM execution e JOIN task t ON t.id = e.task_id
 WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
 ORDER BY e.id LIMIT 500
 FOR NO KEY UPDATE OF t SKIP LOCKED
+
+-- name: task_counts_fold
+-- The deltas committed so far, added into task_count and removed, in one statement: a count
+-- read in any snapshot sees each change once (in a delta or in task_count).
+WITH moved AS (DELETE FROM task_count_delta RETURNING batch_id, status, n)
+INSERT INTO task_count (batch_id, status, n) SELECT batch_id, status, SUM(n) FROM moved GROUP BY batch_id, status
+ON CONFLICT (batch_id, status) DO UPDATE SET n = task_count.n + EXCLUDED.n
 
 -- name: reserve_ids
 SELECT nextval(pg_get_serial_sequence(:table, 'id')) AS id FROM generate_series(1, :n)
@@ -133,3 +140,8 @@ UPDATE execution SET lease_expires = r.lease_expires
 FROM json_to_recordset(CAST(:rows AS json)) AS r(id BIGINT, worker_id BIGINT, lease_expires DOUBLE PRECISION)
 WHERE execution.id = r.id AND execution.worker_id = r.worker_id
   AND execution.status IN ('assigned', 'running', 'uploading')
+
+-- name: token_touch_json
+UPDATE api_token SET last_used = r.now
+FROM json_to_recordset(CAST(:rows AS json)) AS r(id BIGINT, now DOUBLE PRECISION)
+WHERE api_token.id = r.id

@@ -13,9 +13,16 @@ INSERT INTO schema_migration (version, name, applied) VALUES (:version, :name, :
 INSERT INTO event (at, actor, kind, target, detail) VALUES (:now, :actor, :kind, :target, :detail)
 
 -- name: event_list
-SELECT * FROM event
-WHERE id > :after AND (CAST(:target AS TEXT) IS NULL OR target = :target)
-ORDER BY id LIMIT :limit
+SELECT * FROM event WHERE id > :after ORDER BY id LIMIT :limit
+
+-- name: event_list_target
+-- Its own query, not an "IS NULL OR" filter: SQLite then uses index event_target.
+SELECT * FROM event WHERE target = :target AND id > :after ORDER BY id LIMIT :limit
+
+-- name: events_prune
+-- The oldest events first, a few at a time: events are appended in time order, so the first n by
+-- id are the oldest, and when they are not old enough none is (the query reads n rows, not all).
+DELETE FROM event WHERE id IN (SELECT id FROM event ORDER BY id LIMIT :n) AND at < :before
 
 -- ---------------------------------------------------------------- batches
 
@@ -37,9 +44,11 @@ SELECT b.*, (SELECT COUNT(*) FROM worker w WHERE w.batch_id = b.id) AS workers
 FROM batch b WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
 
 -- name: batch_counts
-SELECT t.batch_id, t.status, COUNT(*) AS n FROM task t
-WHERE CAST(:name AS TEXT) IS NULL OR t.batch_id = (SELECT id FROM batch WHERE name = :name)
-GROUP BY t.batch_id, t.status
+-- Maintained counts (triggers_*.sql): a few rows per batch, whatever the number of tasks.
+SELECT c.batch_id, c.status, SUM(c.n) AS n FROM (
+    SELECT batch_id, status, n FROM task_count UNION ALL SELECT batch_id, status, n FROM task_count_delta) c
+WHERE CAST(:name AS TEXT) IS NULL OR c.batch_id = (SELECT id FROM batch WHERE name = :name)
+GROUP BY c.batch_id, c.status
 
 -- name: batch_set_priority
 UPDATE batch SET priority = :priority, modified = :now WHERE name = :name
@@ -96,6 +105,16 @@ INSERT INTO submission (scope, key, digest, created) VALUES (:scope, :key, :dige
 -- name: submission_digest
 SELECT digest FROM submission WHERE scope = :scope AND key = :key
 
+-- name: submissions_expired
+SELECT scope, key FROM submission WHERE created < :before ORDER BY created LIMIT :n
+
+-- name: submission_forget
+-- A key past its retention: its tasks stop answering to it, so the key reused creates new tasks.
+DELETE FROM submission WHERE scope = :scope AND key = :key
+
+-- name: task_forget_key
+UPDATE task SET submit_key = NULL WHERE submit_key = :submit_key
+
 -- name: task_ids_by_key
 SELECT id FROM task WHERE submit_key = :key ORDER BY id
 
@@ -110,9 +129,8 @@ WHERE d.task_id IN {{ints :ids}}
 -- name: task_get
 SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id WHERE t.id = :id
 
--- name: task_list
-SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
-WHERE t.id > :after
+-- fragment: task_list_filters
+  AND t.id > :after
   AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
   AND (CAST(:statuses AS TEXT) IS NULL OR t.status IN {{strs :statuses}})
   AND (CAST(:name AS TEXT) IS NULL OR t.name = :name)
@@ -120,10 +138,40 @@ WHERE t.id > :after
 ORDER BY t.id
 LIMIT :limit
 
+-- Listings: one query per leading filter (the most selective one given), written as a plain
+-- predicate an index serves; "x IS NULL OR" filters only refine it (SQLite never picks an
+-- index for those, and walks the table in id order instead).
+
+-- name: task_list
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE 1 = 1 {{include task_list_filters}}
+
+-- name: task_list_by_ids
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.id IN {{ints :ids}} {{include task_list_filters}}
+
+-- name: task_list_by_name
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.name = :name {{include task_list_filters}}
+
+-- name: task_list_by_one_status
+-- One status: index task_status (status, id) gives the rows in id order, a page costs its rows.
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.status = :status {{include task_list_filters}}
+
+-- name: task_list_by_batch
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.batch_id = :batch_id {{include task_list_filters}}
+
 -- name: task_counts
-SELECT status, COUNT(*) AS n FROM task
-WHERE CAST(:batch_id AS BIGINT) IS NULL OR batch_id = :batch_id
-GROUP BY status
+-- Maintained counts (triggers_*.sql): a few rows per batch, whatever the number of tasks.
+SELECT c.status, SUM(c.n) AS n FROM (
+    SELECT batch_id, status, n FROM task_count UNION ALL SELECT batch_id, status, n FROM task_count_delta) c
+WHERE CAST(:batch_id AS BIGINT) IS NULL OR c.batch_id = :batch_id
+GROUP BY c.status
+
+-- name: task_counts_drop_zero
+DELETE FROM task_count WHERE n = 0
 
 -- name: task_set_status
 UPDATE task SET status = :status, status_changed = :now, modified = :now, retries_used = :retries_used
@@ -158,6 +206,17 @@ WHERE status = 'waiting'
   AND NOT EXISTS (SELECT 1 FROM task_dependency d JOIN task r ON r.id = d.required_id
                   WHERE d.task_id = task.id AND r.status <> 'succeeded')
 
+-- name: release_after
+-- Waiting tasks that a requirement succeeding since :since may have released: the repair of a
+-- release two concurrent completions both missed (each saw the other unfinished), driven by
+-- the completions themselves (index task_succeeded_at), never by a sweep of all waiting tasks.
+UPDATE task SET status = 'pending', status_changed = :now, modified = :now
+WHERE status = 'waiting'
+  AND id IN (SELECT d.task_id FROM task r JOIN task_dependency d ON d.required_id = r.id
+             WHERE r.status = 'succeeded' AND r.status_changed >= :since)
+  AND NOT EXISTS (SELECT 1 FROM task_dependency d JOIN task r ON r.id = d.required_id
+                  WHERE d.task_id = task.id AND r.status <> 'succeeded')
+
 -- ---------------------------------------------------------------- executions
 
 -- name: execution_get
@@ -183,7 +242,8 @@ UPDATE execution SET status = :status, failure_class = :failure_class, return_co
 WHERE id = :id
 
 -- name: executions_current
-SELECT e.id FROM execution e JOIN task t ON t.current_execution_id = e.id
+-- Joined on the task's id (its primary key), not on current_execution_id (no index).
+SELECT e.id FROM execution e JOIN task t ON t.id = e.task_id AND t.current_execution_id = e.id
 WHERE e.id IN {{ints :ids}} AND e.worker_id = :worker_id AND e.status IN ('assigned', 'running', 'uploading')
 
 -- name: lease_renew_one
@@ -303,6 +363,9 @@ DELETE FROM worker WHERE id = :id
 SELECT id FROM worker
 WHERE last_seen < :before AND status IN ('starting', 'running', 'paused', 'draining')
 
+-- name: workers_live_count
+SELECT COUNT(*) AS n FROM worker WHERE status IN ('starting', 'running', 'paused', 'draining')
+
 -- name: workers_set_offline
 UPDATE worker SET status = 'offline', modified = :now WHERE id IN {{ints :ids}}
 
@@ -317,8 +380,10 @@ t.status = 'pending'
   AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
 
 -- name: claim_probe
+-- In claim order, like claim_pick: the pending tasks' partial index, never the table.
 SELECT t.id FROM task t
 WHERE {{include claimable}}
+ORDER BY t.priority DESC, t.id
 LIMIT 1
 
 -- name: claim_mark
@@ -328,10 +393,11 @@ WHERE id IN {{ints :ids}}
 -- name: claim_executions
 INSERT INTO execution (task_id, attempt, worker_id, status, lease_expires, assigned, command, shell, container,
                        container_options, inputs, resources, output, run_timeout, download_timeout, created,
-                       modified)
+                       modified, claim_request)
 SELECT id, attempts, CAST(:worker_id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
        CAST(:now AS DOUBLE PRECISION), command, shell, container, container_options, inputs, resources, output,
-       run_timeout, download_timeout, CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION)
+       run_timeout, download_timeout, CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION),
+       CAST(:request_id AS TEXT)
 FROM task WHERE id IN {{ints :ids}}
 ORDER BY id
 
@@ -344,6 +410,14 @@ SELECT e.*, t.name AS task_name, b.name AS batch, t.cpu AS cpu_request, w.name A
 FROM task t JOIN execution e ON e.id = t.current_execution_id JOIN batch b ON b.id = t.batch_id
 LEFT JOIN worker w ON w.id = e.worker_id
 WHERE t.id IN {{ints :ids}}
+ORDER BY t.priority DESC, t.id
+
+-- name: claim_by_request
+-- What an earlier claim with this request id gave the worker (its reply may have been lost).
+SELECT e.*, t.name AS task_name, b.name AS batch, t.cpu AS cpu_request, w.name AS worker_name
+FROM execution e JOIN task t ON t.id = e.task_id JOIN batch b ON b.id = t.batch_id
+LEFT JOIN worker w ON w.id = e.worker_id
+WHERE e.worker_id = :worker_id AND e.claim_request = :request_id
 ORDER BY t.priority DESC, t.id
 
 -- ---------------------------------------------------------------- tokens

@@ -70,9 +70,30 @@ CREATE INDEX task_batch_status ON task (batch_id, status);
 
 CREATE INDEX task_status ON task (status, id);
 
+CREATE INDEX task_batch ON task (batch_id, id);
+
 CREATE INDEX task_name ON task (name);
 
+CREATE INDEX task_succeeded_at ON task (status_changed) WHERE status = 'succeeded';
+
 CREATE INDEX task_submit_key ON task (submit_key) WHERE submit_key IS NOT NULL;
+
+-- Exact task counts by batch and status, O(1) to read: see triggers_sqlite.sql and triggers_postgres.sql.
+CREATE TABLE task_count (
+    batch_id {bigint} NOT NULL,
+    status TEXT NOT NULL,
+    n {bigint} NOT NULL,
+    PRIMARY KEY (batch_id, status)
+);
+
+CREATE TABLE task_count_delta (
+    id {id},
+    batch_id {bigint} NOT NULL,
+    status TEXT NOT NULL,
+    n {bigint} NOT NULL
+);
+
+{task_count_triggers}
 
 CREATE TABLE task_dependency (
     task_id {bigint} NOT NULL REFERENCES task (id) ON DELETE CASCADE,
@@ -113,13 +134,18 @@ CREATE TABLE execution (
     cpu_time {real},
     message TEXT,
     created {real} NOT NULL,
-    modified {real} NOT NULL
+    modified {real} NOT NULL,
+    claim_request TEXT
 );
 
 CREATE INDEX execution_task ON execution (task_id, id);
 
+CREATE INDEX execution_claim_request ON execution (worker_id, claim_request) WHERE claim_request IS NOT NULL;
+
 CREATE INDEX execution_worker_active ON execution (worker_id)
     WHERE status IN ('assigned', 'running', 'uploading');
+
+CREATE INDEX execution_deadline ON execution (deadline) WHERE status = 'running';
 
 CREATE INDEX execution_lease_active ON execution (lease_expires)
     WHERE status IN ('assigned', 'running', 'uploading');
@@ -183,6 +209,8 @@ CREATE TABLE submission (
     created {real} NOT NULL,
     PRIMARY KEY (scope, key)
 );
+
+CREATE INDEX submission_created ON submission (created);
 
 -- One row, bumped by every revocation: each server process polls it to drop its token cache.
 CREATE TABLE token_epoch (

@@ -42,15 +42,36 @@ SELECT id FROM execution WHERE id IN {{ints :ids}} ORDER BY id
 SELECT id FROM worker WHERE id IN {{ints :ids}} ORDER BY id
 
 -- name: claim_pick
-SELECT t.id FROM task t
+SELECT t.id FROM task t INDEXED BY task_pending
 WHERE {{include claimable}}
 ORDER BY t.priority DESC, t.id
 LIMIT :n
+
+-- name: claim_probe
+-- The pending tasks' partial index, named: left to itself SQLite may sort a batch's pending tasks.
+SELECT t.id FROM task t INDEXED BY task_pending
+WHERE {{include claimable}}
+ORDER BY t.priority DESC, t.id
+LIMIT 1
+
+-- name: release_after
+-- As the shared text, with the recent successes read first through their index, named: SQLite
+-- otherwise reads every succeeded task.
+UPDATE task SET status = 'pending', status_changed = :now, modified = :now
+WHERE status = 'waiting'
+  AND id IN (SELECT d.task_id FROM task r INDEXED BY task_succeeded_at CROSS JOIN task_dependency d
+             WHERE d.required_id = r.id AND r.status = 'succeeded' AND r.status_changed >= :since)
+  AND NOT EXISTS (SELECT 1 FROM task_dependency d JOIN task r ON r.id = d.required_id
+                  WHERE d.task_id = task.id AND r.status <> 'succeeded')
 
 -- name: leases_expired
 SELECT e.id, e.task_id FROM execution e
 WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
 ORDER BY e.id LIMIT 500
+
+-- name: task_counts_fold
+-- SQLite's triggers count in place (one writer at a time): no delta is ever written.
+DELETE FROM task_count_delta
 
 -- name: sequence_value
 SELECT MAX(v) AS v FROM (SELECT seq AS v FROM sqlite_sequence WHERE name = :table

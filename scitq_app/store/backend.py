@@ -1,0 +1,94 @@
+"""What a database backend gives the store: transactions over named queries.
+
+A backend (`sqlite.SqliteBackend`, `postgres.PostgresBackend`) owns connections and
+dialect details and nothing else. It opens a `Tx`; the operation modules (`admin`,
+`batches`, `tasks`, `protocol`, `dispatcher`) are plain functions taking that `Tx`,
+and `sql.SqlStore` composes them into the `Store` contract.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+
+def dumps(value: Any) -> str:
+    """Compact, stable JSON: the form list parameters ({{ints :p}}) and JSON columns take."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class Tx:
+    """One open transaction (or, for reads, a connection in autocommit).
+
+    `now` is the store clock's time when the transaction began: every time it writes
+    is that one. `dialect` is "sqlite" or "postgres", for the few operations whose
+    best form differs by more than a query's text (see protocol.claim)."""
+
+    dialect = "abstract"
+
+    def __init__(self, sql: Mapping[str, str], now: float) -> None:
+        self.sql = sql
+        self.now = now
+
+    def execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """Run the named query; return its rows (as dicts) and the number of rows changed."""
+        raise NotImplementedError
+
+    def all(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
+        return self.execute(name, params)[0]
+
+    def one(self, name: str, /, **params: Any) -> dict[str, Any] | None:
+        rows = self.execute(name, params)[0]
+        return rows[0] if rows else None
+
+    def value(self, name: str, /, **params: Any) -> Any:
+        row = self.one(name, **params)
+        return None if row is None else next(iter(row.values()))
+
+    def run(self, name: str, /, **params: Any) -> int:
+        """Execute; return the number of rows changed."""
+        return self.execute(name, params)[1]
+
+    def insert(self, name: str, /, **params: Any) -> int:
+        """Execute an INSERT of one row; return its new id."""
+        raise NotImplementedError
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute the statement once per row, as fast as the backend allows (PostgreSQL
+        sends the rows as one JSON parameter to the query `NAME_json`, which it must have)."""
+        raise NotImplementedError
+
+    def reserve_ids(self, table: str, n: int) -> list[int]:
+        """n fresh ids for explicit inserts into `table` (task or execution)."""
+        raise NotImplementedError
+
+    def script(self, text: str) -> None:
+        """Run DDL statements."""
+        raise NotImplementedError
+
+
+class Backend(Protocol):
+    """A database: connections, transactions and the dialect's named queries."""
+
+    dialect: str
+    sql: Mapping[str, str]
+    clock: Callable[[], float]
+
+    def transaction(self, write: bool) -> AbstractContextManager[Tx]:
+        """A transaction: write ones commit at the end (roll back on an exception) and hold
+        the locks they take; read ones see each statement's latest committed state. Raises
+        StoreUnavailable when the database cannot be reached, Conflict for a unique or
+        foreign key violation."""
+        ...
+
+    def retryable(self, exc: BaseException) -> bool:
+        """True for a deadlock or serialization failure: the whole transaction may be rerun."""
+        ...
+
+    def reclaim_space(self) -> None:
+        """Give back to the file system some of the space deleted rows left (SQLite's
+        incremental vacuum; PostgreSQL's autovacuum does it by itself)."""
+        ...
+
+    def close(self) -> None:
+        ...

@@ -1,0 +1,212 @@
+"""Every query of the worker protocol, the dispatcher and the listings is index-backed: on a
+database filled like a busy lab's (100 k tasks: 90 % succeeded, 4 % failed, 5 % pending,
+1 % running; an execution per started task; 100 k events), after ANALYZE, no query whose
+filter selects under 5 % of the rows scans `task`, `execution` or `event` whole."""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from typing import Any, Iterator
+
+import pytest
+
+from scitq_app.store import queries
+
+from .scene import task_spec
+
+TASKS = 100_000
+BATCHES = 20  # a batch holds 5 % of the tasks
+SCANNED = ("task", "execution", "event")
+PARTIAL = set(re.findall(r"CREATE INDEX (\w+) ON \w+ \([^)]*\)\s+WHERE", queries.read_resource("sql", "schema.sql")))
+
+FILL_SQLITE = [
+    """INSERT INTO batch (name, status, priority, created, modified)
+       WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {batches})
+       SELECT 'b' || i, 'running', 0, 0, 0 FROM s""",
+    """INSERT INTO task (batch_id, name, command, status, priority, status_changed, created, modified)
+       WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {tasks})
+       SELECT (SELECT MIN(id) FROM batch WHERE name LIKE 'b%') + i % {batches}, 't' || i, 'true',
+              CASE WHEN i % 100 < 90 THEN 'succeeded' WHEN i % 100 < 94 THEN 'failed'
+                   WHEN i % 100 < 99 THEN 'pending' ELSE 'running' END, 0, i, i, i FROM s""",
+    """INSERT INTO event (at, actor, kind, target, detail)
+       WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {tasks})
+       SELECT i, 'admin', 'task.update', 'task:' || i, NULL FROM s""",
+]
+FILL_POSTGRES = [
+    """INSERT INTO batch (name, status, priority, created, modified)
+       SELECT 'b' || i, 'running', 0, 0, 0 FROM generate_series(1, {batches}) i""",
+    """INSERT INTO task (batch_id, name, command, status, priority, status_changed, created, modified)
+       SELECT (SELECT MIN(id) FROM batch WHERE name LIKE 'b%') + i % {batches}, 't' || i, 'true',
+              CASE WHEN i % 100 < 90 THEN 'succeeded' WHEN i % 100 < 94 THEN 'failed'
+                   WHEN i % 100 < 99 THEN 'pending' ELSE 'running' END, 0, i, i, i
+       FROM generate_series(1, {tasks}) i""",
+    """INSERT INTO event (at, actor, kind, target, detail)
+       SELECT i, 'admin', 'task.update', 'task:' || i, NULL FROM generate_series(1, {tasks}) i""",
+]
+FILL_BOTH = [
+    """INSERT INTO execution (task_id, attempt, worker_id, status, lease_expires, deadline, assigned, command, shell,
+                              inputs, resources, created, modified)
+       SELECT id, 1, (SELECT MIN(id) FROM worker),
+              CASE status WHEN 'running' THEN 'running' WHEN 'succeeded' THEN 'succeeded' ELSE 'failed' END,
+              CASE status WHEN 'running' THEN 1e12 END, CASE status WHEN 'running' THEN 1e12 END,
+              0, 'true', 'none', '[]', '[]', 0, 0
+       FROM task WHERE status <> 'pending' AND name LIKE 't%'""",
+    "UPDATE task SET current_execution_id = (SELECT MAX(e.id) FROM execution e WHERE e.task_id = task.id) "
+    "WHERE status <> 'pending'",
+]
+
+
+class Explainer:
+    """EXPLAIN through the database's own driver, planned for the values (as the store does)."""
+
+    def __init__(self, url: str) -> None:
+        self.sqlite = url.startswith("sqlite:///")
+        if self.sqlite:
+            self.con: Any = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
+        else:
+            import pg8000.native
+
+            from scitq_app.store.postgres import parse_url
+            self.con = pg8000.native.Connection(**parse_url(url))
+            self.con.run("SET plan_cache_mode = force_custom_plan")
+
+    def script(self, statements: list[str]) -> None:
+        for s in statements:
+            s = s.format(tasks=TASKS, batches=BATCHES)
+            if self.sqlite:
+                self.con.execute(s)
+            else:
+                self.con.run(s)
+        if self.sqlite:
+            self.con.execute("ANALYZE")
+        else:
+            self.con.run("ANALYZE")
+
+    def scans(self, sql: str, params: dict[str, Any]) -> list[str]:
+        """The whole-table scans of `task`, `execution` and `event` in the query's plan: a
+        sequential scan, a full scan of an index over every row, or a walk of the primary key
+        from the start that filters every row it meets."""
+        if self.sqlite:
+            details = [r[3] for r in self.con.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            # SCAN names the table or its alias; a SEARCH is by an index or the rowid
+            aliases = {m.group(2) or m.group(1): m.group(1)
+                       for m in re.finditer(r"\b(task|execution|event)\b(?:\s+(?:AS\s+)?([a-z]\b))?", sql)}
+            out = []
+            for d in details:
+                m = re.match(r"(?:SCAN (\w+)(?: USING (?:COVERING )?INDEX (\w+))?"
+                             r"|SEARCH (\w+) USING INTEGER PRIMARY KEY \(rowid>\?\)$)", d)
+                if not m or (m.group(2) in PARTIAL):  # a partial index holds only the rows selected
+                    continue
+                if aliases.get(m.group(1) or m.group(3), m.group(1) or m.group(3)) in SCANNED:
+                    out.append(d)
+            return out
+        lines = [r[0] for r in self.con.run("EXPLAIN " + sql, **params)]
+        out = [ln.strip() for ln in lines if re.search(r"Seq Scan on (?:%s)\b" % "|".join(SCANNED), ln)]
+        for i, ln in enumerate(lines):
+            if re.search(r"Index Scan using (?:%s)_pkey" % "|".join(SCANNED), ln):
+                conds = [c.strip() for c in lines[i + 1:i + 3] if "Index Cond:" in c]
+                if conds and re.fullmatch(r"Index Cond: \(\w+\.?id > .*\)", conds[0]):
+                    out.append(ln.strip() + " / " + conds[0])
+        return out
+
+    def value(self, sql: str) -> Any:
+        return (self.con.execute(sql).fetchone() if self.sqlite else self.con.run(sql)[0])[0]
+
+    def close(self) -> None:
+        self.con.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def backend(request) -> str:
+    """Module-wide here: the database is filled once per backend for all the plans."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def filled(backend, tmp_path_factory, pg_databases) -> Iterator[tuple[Any, Explainer, dict]]:
+    from scitq_app.store import open_store
+
+    from .conftest import _empty_database
+    with _empty_database(backend, f"{tmp_path_factory.mktemp('plans')}/scitq.db", pg_databases) as url:
+        store = open_store(url)
+        store.init_schema()
+        worker = store.register_worker({"name": "w1", "concurrency": 4, "prefetch": 0})[0]
+        ex = Explainer(url)
+        ex.script(FILL_SQLITE + FILL_BOTH if backend == "sqlite" else FILL_POSTGRES + FILL_BOTH)
+        running = [t.current_execution_id for t in store.list_tasks(statuses=["running"], limit=3)]
+        some = {"worker": worker.id, "batch_id": int(ex.value("SELECT id FROM batch WHERE name = 'b4'")),
+                "running": running}
+        try:
+            yield store, ex, some
+        finally:
+            ex.close()
+            store.close()
+
+
+def _cases(dialect: str, some: dict) -> dict[str, dict[str, Any]]:
+    w, running = some["worker"], some["running"]
+    pick = {"batch_id": None, "cpu": None, "mem": None, "gpu": None}
+    cases: dict[str, dict[str, Any]] = {
+        # worker protocol
+        "claim_probe": pick,
+        "claim_pick": {**pick, "n": 4},
+        "worker_get": {"id": w},
+        "worker_settings": {"id": w},
+        "executions_current": {"worker_id": w, "ids": json.dumps(running)},
+        "signal_list": {"worker_id": w},
+        "lease_renew_one": {"id": running[0], "worker_id": w, "lease_expires": 1e12},
+        "task_lock_by_execution": {"id": running[0]},
+        "execution_lock": {"id": running[0]},
+        "claim_by_request": {"worker_id": w, "request_id": "r-1"},
+        "worker_active_executions": {"worker_id": w},
+        # dispatcher
+        "leases_expired": {"now": 1.0},
+        "deadlines_passed": {"now": 1.0},
+        "release_after": {"since": 1e12, "now": 1e12},
+        "release_waiting": {"ids": json.dumps([1, 2, 3]), "now": 1.0},
+        "task_dependents": {"id": 5},
+        # listings
+        "task_list_by_one_status": {"batch_id": None, "statuses": json.dumps(["running"]), "status": "running",
+                                    "name": None, "ids": None, "after": 0, "limit": 100},
+        "task_list_by_one_status_batch": {"batch_id": some["batch_id"], "statuses": json.dumps(["pending"]),
+                                          "status": "pending", "name": None,
+                                    "ids": None, "after": 0, "limit": 100},
+        "task_list_by_batch": {"batch_id": some["batch_id"], "statuses": None, "name": None, "ids": None,
+                               "after": 0, "limit": 100},
+        "task_list_by_name": {"batch_id": None, "statuses": None, "name": "t77", "ids": None, "after": 0, "limit": 100},
+        "task_list_by_ids": {"batch_id": None, "statuses": None, "name": None, "ids": json.dumps([5, 6, 7]),
+                          "after": 0, "limit": 100},
+        "task_counts": {"batch_id": None},
+        "batch_counts": {"name": None},
+        "event_list_target": {"target": "task:77", "after": 0, "limit": 100},
+        "execution_list": {"task_id": 77},
+        "batch_executing_tasks": {"batch_id": some["batch_id"]},
+        "batch_paused_tasks": {"batch_id": some["batch_id"]},
+        "batch_active_count": {"batch_id": some["batch_id"]},
+    }
+    if dialect == "postgres":
+        cases["claim_all"] = {**pick, "n": 4, "worker_id": w, "lease_expires": 1.0, "now": 1.0, "request_id": None}
+    return cases
+
+
+def test_no_selective_query_scans_a_big_table(filled, backend):
+    store, ex, some = filled
+    loaded = queries.load(backend)
+    scans = {}
+    for case, params in _cases(backend, some).items():
+        name = next(n for n in (case, case.rsplit("_", 1)[0], case.rsplit("_", 2)[0]) if n in loaded)
+        found = ex.scans(loaded[name], params)
+        if found:
+            scans[case] = found
+    assert scans == {}
+
+
+def test_the_counts_are_exact_on_the_filled_database(filled):
+    store, _, _ = filled
+    counts = store.count_tasks()
+    assert {k: counts[k] for k in ("succeeded", "failed", "pending", "running")} == {
+        "succeeded": 90_000, "failed": 4_000, "pending": 5_000, "running": 1_000}
+    store.create_tasks([task_spec(batch="b1")])
+    store.fold_task_counts()
+    assert store.count_tasks()["pending"] == 5_001
