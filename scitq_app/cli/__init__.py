@@ -86,7 +86,8 @@ class Context:
             merged = {"client_server": server, "worker_server": server, "client_token": token,
                       "worker_token": token, "log_level": self.flag("--log-level")}
             merged.update(flags)
-            self._config = load_config(self.flag("--config"), self.env, merged)
+            self._config = load_config(self.flag("--config"), self.env, merged,
+                                       flag_names={"log_level": "--log-level"})
             level = self._config.log.level.upper()
             logging.basicConfig(level=getattr(logging, level), stream=self.err,
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -153,22 +154,15 @@ def _cell(v: Any) -> str:
 
 
 def parse(doc: str, argv: Sequence[str]) -> dict[str, Any]:
-    """Parse a command's argv against its usage doc (plus the common options)."""
+    """Parse a command's argv (command first) against its usage doc (plus the common options);
+    a mismatch is a UsageError naming the command, with its usage (see `usage.explain`)."""
     docopt, DocoptExit = _docopt()
     full = doc.rstrip() + "\n" + COMMON_OPTIONS
     try:
         return docopt(full, argv=list(argv), default_help=False, version=None)
     except DocoptExit as e:
-        raise UsageError(_usage_message(str(e), argv)) from None
-
-
-def _usage_message(text: str, argv: Sequence[str]) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    first = lines[0] if lines else "invalid usage"
-    cmd = " ".join(a for a in argv[:2] if not a.startswith("-"))
-    if first.lower().startswith("usage"):
-        return f"invalid arguments for `{cmd}`; see `scitq {cmd} --help`"
-    return f"{first} (see `scitq {cmd} --help`)"
+        from .usage import explain
+        raise explain(full, argv, str(e)) from None
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -191,21 +185,27 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     err = err or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if not argv:
+            raise UsageError("a command is required", usage=_command_list())
         docopt, DocoptExit = _docopt()
         try:
             top = docopt(__doc__, argv=argv, default_help=False, version=None, options_first=True)
-        except DocoptExit:
-            raise UsageError("invalid arguments; see `scitq --help`") from None
+        except DocoptExit as e:
+            from .usage import explain_top
+            raise explain_top(__doc__, argv, str(e), _command_list()) from None
         if top["--version"]:
             print(f"scitq {__version__}", file=out)
             return 0
         table = commands()
         command = top["<command>"]
-        if top["--help"] or command is None:
+        if top["--help"]:
             print(__doc__.strip(), file=out)
             return 0
+        if command is None:
+            raise UsageError("a command is required", usage=_command_list())
         if command not in table:
-            raise UsageError(f"unknown command {command!r}; see `scitq --help`")
+            from .usage import unknown_command
+            raise unknown_command(command, list(table))
         doc, handler = table[command]
         args = [command] + top["<args>"]
         if wants_help(args):
@@ -214,7 +214,12 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         ctx = Context(top, out, err, env)
         return handler(ctx, args) or 0
     except ScitqError as e:
-        print(f"scitq: {e.message}", file=err)
+        where = e.data.get("usage_of") if isinstance(e, UsageError) else None
+        print(f"scitq {where}: {e.message}" if where else f"scitq: {e.message}", file=err)
+        if isinstance(e, UsageError) and e.data.get("usage"):
+            print("Usage:\n" + e.data["usage"].rstrip(), file=err)
+            if e.data.get("usage_of"):
+                print(f"`scitq {e.data['usage_of']} --help` explains every option", file=err)
         return e.exit_code
     except KeyboardInterrupt:
         print("scitq: interrupted", file=err)
@@ -225,6 +230,11 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         logging.getLogger(__name__).debug("internal error", exc_info=True)
         print(f"scitq: internal error: {type(e).__name__}: {e} (run with --log-level debug for details)", file=err)
         return INTERNAL_ERROR
+
+
+def _command_list() -> str:
+    """The top-level usage and command list (the help without its options)."""
+    return __doc__.split("Usage:", 1)[1].split("\nOptions:", 1)[0].strip("\n")
 
 
 def main() -> int:

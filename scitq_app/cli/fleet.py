@@ -29,11 +29,11 @@ stop ends its running tasks (they go back to pending, no retry spent) and stops
 claiming; delete removes a batch and all its tasks (stop it first).
 """
 
-WORKER_DOC = """Run the worker agent, or inspect and steer workers.
+WORKER_DOC = """Run the worker agent (`worker run`), or inspect and steer workers.
 
 Usage:
-  scitq worker [run] [options] [--name NAME] [--batch NAME] [--concurrency N] [--prefetch N]
-               [--workdir DIR] [--status STATUS] [--once]
+  scitq worker run [options] [--name NAME] [--batch NAME] [--concurrency N] [--prefetch N]
+                   [--workdir DIR] [--status STATUS] [--once]
   scitq worker list [options] [--batch NAME] [--json]
   scitq worker show [options] <worker> [--json]
   scitq worker update [options] <worker> [--concurrency N] [--prefetch N] [--batch NAME | --no-batch]
@@ -132,7 +132,7 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
     merge_options(args, ctx)
     if args["join-token"]:
         return _join_token(ctx, args)
-    if not any(args[k] for k in ("list", "show", "update", "delete", "clean")):
+    if args["run"]:
         from ..worker import run_worker
         cfg = ctx.config(worker_name=args["--name"], worker_batch=args["--batch"],
                          worker_concurrency=args["--concurrency"], worker_prefetch=args["--prefetch"],
