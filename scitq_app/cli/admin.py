@@ -141,19 +141,29 @@ def cmd_server(ctx: Context, argv: list[str]) -> int:
     merge_options(args, ctx)
     ctx.config(server_listen=args["--listen"], server_port=args["--port"], server_database=args["--database"],
                server_threads=args["--threads"])
-    from ..server import check_server_config, serve
-    check_server_config(ctx.config())  # before the database: a bad setting must not initialise one
-    store = _open_ready_store(ctx, args["--database"])
+    from ..server import bind_listener, check_server_config, serve
+    cfg = ctx.config()
+    check_server_config(cfg)  # before the database: a bad setting must not initialise one
+    try:
+        # the port first: a busy port must not initialise a database or start a dispatcher
+        listener = bind_listener(cfg.server.listen, cfg.server.port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {cfg.server.listen}:{cfg.server.port}: {e.strerror or e}") from None
+    try:
+        store = _open_ready_store(ctx, args["--database"])
+    except BaseException:
+        listener.close()
+        raise
     _sigterm_exits()
     try:
-        serve(store, ctx.config(), dispatcher=False if args["--no-dispatcher"] else None,
+        serve(store, cfg, dispatcher=False if args["--no-dispatcher"] else None, listener=listener,
               ready=lambda url: ctx.warn(f"scitq: server listening on {url} ({store.dialect})"))
     except KeyboardInterrupt:
         ctx.warn("scitq: server stopped")
     except OSError as e:
-        raise ConfigError(f"cannot listen on {ctx.config().server.listen}:{ctx.config().server.port}: "
-                          f"{e.strerror or e}") from None
+        raise ConfigError(f"cannot listen on {cfg.server.listen}:{cfg.server.port}: {e.strerror or e}") from None
     finally:
+        listener.close()
         store.close()
     return 0
 

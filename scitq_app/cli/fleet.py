@@ -82,8 +82,12 @@ def cmd_batch(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(batches)
         else:
-            ctx.table(batches, [("name", "name"), ("status", "status"), ("priority", "prio"),
-                                ("workers", "workers"), ("counts", "tasks")])
+            from .display import counts
+            # `Default` exists from the start: listed once something is in it
+            shown = [dict(b, tasks=counts(b["counts"])) for b in batches
+                     if not (b["name"] == "Default" and not b["counts"] and not b["workers"])]
+            ctx.table(shown, [("name", "name"), ("status", "status"), ("priority", "prio"),
+                              ("workers", "workers"), ("tasks", "tasks")], empty="(no batches)")
         return 0
     names = args["<name>"]
     if args["show"]:
@@ -91,10 +95,9 @@ def cmd_batch(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(b)
         else:
-            for k in ("name", "status", "priority", "workers", "created"):
-                ctx.say(f"{k + ':':<10} {b[k]}")
-            for status, n in sorted(b["counts"].items()):
-                ctx.say(f"  {status:<10} {n}")
+            from .display import counts, fields
+            fields(ctx.say, dict(b, tasks=counts(b["counts"])), ("name", "status", "priority", "workers", "tasks",
+                                                                  "created"), always=("name", "workers", "tasks"))
         return 0
     if args["create"]:
         b = client.create_batch(names[0], int_arg(args["--priority"], "--priority") or 0)
@@ -149,9 +152,8 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(w)
         else:
-            for k, v in w.items():
-                if v not in (None, {}, ""):
-                    ctx.say(f"{k + ':':<13} {v}")
+            from .display import fields, stats
+            fields(ctx.say, w, formats={"stats": stats})
         return 0
     if args["update"]:
         changes: dict[str, Any] = {}

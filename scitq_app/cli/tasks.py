@@ -110,8 +110,14 @@ Options:
 
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?\[\]~{}\n]|\s(&&|\|\|)\s")
 
+# attempts: executions started (a stop or a lost worker adds one without spending a retry);
+# retries: automatic retries spent of those allowed
 TASK_COLUMNS = [("id", "id"), ("batch", "batch"), ("name", "name"), ("status", "status"),
-                ("attempts", "tries"), ("command", "command")]
+                ("attempts", "attempts"), ("retries", "retries"), ("command", "command")]
+
+
+def task_rows(tasks: list[dict]) -> list[dict]:
+    return [dict(t, retries=f"{t.get('retries_used', 0)}/{t.get('max_retries', 0)}") for t in tasks]
 
 
 def build_command(words: list[str], shell: str | None) -> tuple[str, str]:
@@ -171,14 +177,12 @@ def cmd_launch(ctx: Context, argv: list[str]) -> int:
 
 
 def _show_task(ctx: Context, t: dict) -> None:
-    for key in ("id", "name", "batch", "status", "command", "shell", "container", "container_options",
-                "inputs", "resources", "output", "priority", "max_retries", "retries_used", "attempts",
-                "requires", "blocked", "run_timeout", "download_timeout", "cpu", "mem", "gpu", "disk",
-                "created", "status_changed"):
-        value = t.get(key)
-        if value in (None, [], ()) and key not in ("id", "status", "command"):
-            continue
-        ctx.say(f"{key + ':':<18} {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    from .display import fields
+    shown = dict(t, retries=f"{t.get('retries_used', 0)} of {t.get('max_retries', 0)} spent")
+    fields(ctx.say, shown, ("id", "name", "batch", "status", "command", "shell", "container", "container_options",
+                            "inputs", "resources", "output", "priority", "attempts", "retries", "requires",
+                            "blocked", "run_timeout", "download_timeout", "cpu", "mem", "gpu", "disk", "created",
+                            "status_changed"), always=("id", "status", "command", "attempts", "retries"))
 
 
 def print_output(ctx: Context, fetch: Any, stream: str, follow: bool, as_json: bool) -> None:
@@ -244,7 +248,7 @@ def cmd_task(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(tasks)
         else:
-            ctx.table(tasks, TASK_COLUMNS, empty="(no tasks)")
+            ctx.table(task_rows(tasks), TASK_COLUMNS, empty="(no tasks)")
         return 0
     if args["counts"]:
         counts = client.counts(args["--batch"])
@@ -369,9 +373,8 @@ def cmd_execution(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(e)
         else:
-            for k, v in e.items():
-                if v not in (None, [], ""):
-                    ctx.say(f"{k + ':':<18} {v}")
+            from .display import fields
+            fields(ctx.say, e)
         return 0
     print_output(ctx, lambda s, o: client.output(eid, s, o), "stderr" if args["--stderr"] else "stdout",
                  bool(args["--follow"]), bool(args["--json"]))

@@ -33,7 +33,14 @@ INSERT INTO batch (name, status, priority, created, modified) VALUES (:name, :st
 ON CONFLICT (name) DO NOTHING
 
 -- name: batch_list
-SELECT b.*, (SELECT COUNT(*) FROM worker w WHERE w.batch_id = b.id) AS workers
+-- workers: live workers pinned to the batch or running one of its tasks (an unpinned worker
+-- counts while it works on the batch; a gone worker never does)
+SELECT b.*, (SELECT COUNT(*) FROM worker w
+             WHERE w.status IN ('starting', 'running', 'paused', 'draining')
+               AND (w.batch_id = b.id OR EXISTS (
+                    SELECT 1 FROM execution e JOIN task t ON t.id = e.task_id
+                    WHERE e.worker_id = w.id AND t.batch_id = b.id
+                      AND e.status IN ('assigned', 'running', 'uploading')))) AS workers
 FROM batch b WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
 
 -- name: batch_counts
