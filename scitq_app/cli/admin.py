@@ -6,9 +6,8 @@ import os
 import signal
 from typing import Any, Callable
 
-from ..config import OPTIONS
 from ..errors import Conflict, ConfigError, UsageError
-from . import Context, merge_options, parse
+from .context import Context, merge_options, parse
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +251,7 @@ def cmd_token(ctx: Context, argv: list[str]) -> int:
 
 
 def _mask(key: tuple[str, str], value: Any) -> Any:
+    from ..config import OPTIONS
     if not OPTIONS[key].secret or not value:
         return value
     if isinstance(value, str) and "://" in value:

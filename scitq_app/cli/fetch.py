@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..errors import NotFound, UsageError
-from . import Context, merge_options, parse
+from .context import Context, merge_options, parse
 
 FETCH_DOC = """Copy, list, sync or delete data by scitq URI, through rclone.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, UsageError
-from . import Context, int_arg, merge_options, parse
+from .context import Context, int_arg, merge_options, parse
 
 BATCH_DOC = """Inspect and steer batches.
 

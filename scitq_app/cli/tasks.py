@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 from ..errors import UsageError
-from ..schema import validate
-from . import Context, float_arg, ids_arg, int_arg, merge_options, parse
+from .context import Context, float_arg, ids_arg, int_arg, merge_options, parse
 
 LAUNCH_DOC = """Submit one task.
 
@@ -158,6 +157,7 @@ def cmd_launch(ctx: Context, argv: list[str]) -> int:
         spec["requires"] = ids_arg(args["--require"], "--require")
     if args["--paused"]:
         spec["status"] = "paused"
+    from ..schema import validate
     spec = validate("task_create", spec)  # bad URIs and values fail here, before any network
     if args["--dry-run"]:
         if args["--json"]:
@@ -350,6 +350,7 @@ def _task_changes(args: dict) -> dict[str, Any]:
         changes["resources"] = args["--resource"]
     if not changes:
         raise UsageError("nothing to update: give at least one of --command, --container, --input, ...")
+    from ..schema import validate
     return validate("task_update", changes, partial=True)
 
 

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from scitq_app.cli import commands, parse, run
+from scitq_app.cli import commands, run
+from scitq_app.cli.context import parse
 from scitq_app.cli.usage import verbs
 
 PARSER_INTERNALS = ("Argument(", "Option(", "unmatched", "Traceback", "DocoptExit")
