@@ -97,6 +97,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     if argv in (["-h"], ["--help"]):
         print(__doc__.strip(), file=out)
         return 0
+    from .bytecode import install
+    install()  # from here on, modules from scitq.pyz are compiled once per user, not per command
     if argv and argv[0] in COMMAND_MODULES and wants_help(argv[1:]):
         print(command(argv[0])[0].strip() + "\n" + COMMON_OPTIONS.rstrip(), file=out)
         return 0
