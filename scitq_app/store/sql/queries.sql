@@ -34,14 +34,23 @@ ON CONFLICT (name) DO NOTHING
 
 -- name: batch_list
 -- workers: live workers pinned to the batch or running one of its tasks (an unpinned worker
--- counts while it works on the batch; a gone worker never does)
-SELECT b.*, (SELECT COUNT(*) FROM worker w
-             WHERE w.status IN ('starting', 'running', 'paused', 'draining')
-               AND (w.batch_id = b.id OR EXISTS (
-                    SELECT 1 FROM execution e JOIN task t ON t.id = e.task_id
-                    WHERE e.worker_id = w.id AND t.batch_id = b.id
-                      AND e.status IN ('assigned', 'running', 'uploading')))) AS workers
-FROM batch b WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
+-- counts while it works on the batch; a gone worker never does). One pass over the live
+-- executions (a partial index), not one probe per batch and worker.
+SELECT b.*, COALESCE(live.n, 0) AS workers
+FROM batch b
+LEFT JOIN (
+    SELECT pairs.batch_id, COUNT(DISTINCT pairs.worker_id) AS n
+    FROM (SELECT w.batch_id, w.id AS worker_id FROM worker w
+          WHERE w.batch_id IS NOT NULL AND w.status IN ('starting', 'running', 'paused', 'draining')
+          UNION
+          SELECT t.batch_id, e.worker_id FROM execution e
+          JOIN task t ON t.id = e.task_id
+          JOIN worker w ON w.id = e.worker_id
+          WHERE e.status IN ('assigned', 'running', 'uploading')
+            AND w.status IN ('starting', 'running', 'paused', 'draining')) pairs
+    GROUP BY pairs.batch_id
+) live ON live.batch_id = b.id
+WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
 
 -- name: batch_counts
 SELECT t.batch_id, t.status, COUNT(*) AS n FROM task t
