@@ -54,6 +54,11 @@ COMMAND_MODULES = {"server": "admin", "dispatcher": "admin", "db": "admin", "tok
                    "batch": "fleet", "worker": "fleet", "launch": "tasks", "task": "tasks", "execution": "tasks",
                    "fetch": "fetch"}
 
+# Short-lived commands people type often: their start-up is worth a bytecode cache in the user's
+# home. Not the services (server, dispatcher, worker run: they start once) nor what install.sh
+# runs as the service user (db, token), whose home must stay as install.sh made it.
+CACHED_COMMANDS = frozenset({"launch", "task", "batch", "execution", "worker", "fetch", "config"})
+
 COMMON_OPTIONS = """
 Common options:
   -c PATH, --config PATH   configuration file (env SCITQ_CONFIG)
@@ -97,8 +102,9 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     if argv in (["-h"], ["--help"]):
         print(__doc__.strip(), file=out)
         return 0
-    from .bytecode import install
-    install()  # from here on, modules from scitq.pyz are compiled once per user, not per command
+    if argv and argv[0] in CACHED_COMMANDS and argv[1:2] != ["run"]:
+        from .bytecode import install
+        install()  # from here on, modules from scitq.pyz are compiled once per user, not per command
     if argv and argv[0] in COMMAND_MODULES and wants_help(argv[1:]):
         print(command(argv[0])[0].strip() + "\n" + COMMON_OPTIONS.rstrip(), file=out)
         return 0

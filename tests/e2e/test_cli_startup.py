@@ -41,16 +41,14 @@ def entries(cache: Path) -> dict[str, Path]:
 
 def test_modules_are_compiled_once_then_read_from_the_cache(pyz, tmp_path):
     cache = tmp_path / "cache"
-    db = f"sqlite:///{tmp_path}/scitq.db"
-    first = run(pyz, cache, "db", "status", "--database", db)
+    first = run(pyz, cache, "config", "show", "--json")
     assert first.returncode == 0, first.stderr
     made = entries(cache)
-    # the store reads its SQL through importlib.resources: it came from the archive all the same
-    assert {"scitq_app.cli.context.pyc", "scitq_app.config.pyc", "docopt.pyc", "scitq_app.store.pyc"} <= set(made)
+    assert {"scitq_app.cli.context.pyc", "scitq_app.config.pyc", "docopt.pyc", "scitq_app.cli.admin.pyc"} <= set(made)
     assert all(p.parent == made["docopt.pyc"].parent for p in made.values())
     assert made["docopt.pyc"].parent.parent.name == sys.implementation.cache_tag
     assert oct(made["docopt.pyc"].parent.stat().st_mode & 0o777) == "0o700"
-    again = run(pyz, cache, "db", "status", "--database", db)
+    again = run(pyz, cache, "config", "show", "--json")
     assert (again.returncode, again.stdout) == (0, first.stdout), again.stderr
     # what runs the second time is the cached code: a planted entry is what executes
     assert run(pyz, cache, "task", "lst").returncode == 2  # imports cli.usage, now cached
@@ -70,6 +68,15 @@ def test_a_new_archive_replaces_the_entries_of_the_old_one(pyz, tmp_path):
     assert run(copy, cache, "task", "lst").returncode == 2
     new = {p.parent for p in entries(cache).values()}
     assert len(old) == len(new) == 1 and old != new and not any(d.exists() for d in old)
+
+
+def test_services_and_server_host_commands_leave_the_home_alone(pyz, tmp_path):
+    cache = tmp_path / "cache"
+    r = run(pyz, cache, "db", "status", "--database", f"sqlite:///{tmp_path}/scitq.db")
+    assert r.returncode == 0, r.stderr
+    r = run(pyz, cache, "worker", "run", "--once", "-s", "http://127.0.0.1:9")
+    assert r.returncode != 0
+    assert not cache.exists(), "db, token, server, dispatcher and worker run do not write the cache"
 
 
 def test_no_cache_when_bytecode_is_off_or_the_directory_is_not_private(pyz, tmp_path):
