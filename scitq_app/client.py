@@ -19,11 +19,10 @@ import json
 import queue
 import socket
 import ssl
-import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import __version__
@@ -188,7 +187,8 @@ class Server:
         return self._retrying(method, path, body, query, timeout, retry=self.resilient)
 
     def _retrying(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None,
-                  timeout: float | None, retry: bool) -> Any:
+                  timeout: float | None, retry: bool,
+                  on_retry: Callable[[ScitqError, float], None] | None = None) -> Any:
         deadline = time.monotonic() + self.outage
         delay = 0.5
         while True:
@@ -201,6 +201,8 @@ class Server:
                     (isinstance(body, dict) and "key" in body)
                 if not retry or not safe or time.monotonic() > deadline:
                     raise
+                if on_retry is not None:
+                    on_retry(e, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -484,42 +486,71 @@ class Server:
 
     # --- waiting ---------------------------------------------------------------------
     def join(self, task_ids: Iterable[int], retry: int = 0, interval: float = 2.0,
-             progress: TextIO | None = sys.stderr, timeout: float | None = None) -> dict[str, int]:
-        """Wait until every task is finished; relaunch failed ones up to `retry`
-        times each. Prints a progress line on `progress` (None for silence).
-        Returns the final counts by status."""
+             on_event: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict[str, int]:
+        """Wait until every task is finished; relaunch failed ones up to `retry` times each.
+        Returns the final counts by status.
+
+        Progress goes to `on_event` as plain dicts, the progress convention of
+        `scitq_app.cli.progress` (which renders them: a bar on a terminal, periodic lines
+        otherwise, JSON lines on request): `progress` after each poll, `outage` while the
+        server cannot be reached (the wait goes on, retried with backoff for up to
+        `outage` seconds), `resumed` when it answers again, `done` at the end. Without
+        `on_event`, progress is logged at INFO (logger `scitq_app.client`); nothing is
+        written to a terminal by the library itself."""
         ids = sorted({int(i) for i in task_ids})
+        emit = on_event or _log_event
         relaunched: dict[int, int] = {}
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         final = ("succeeded", "failed", "canceled")
+        down = [False]
+
+        def call(method: str, path: str, body: Any, query: Mapping[str, Any] | None) -> Any:
+            def unreachable(error: ScitqError, delay: float) -> None:
+                down[0] = True
+                emit({"event": "outage", "what": "tasks", "error": error.message, "retry_in": delay})
+            reply = self._retrying(method, path, body, query, None, retry=True, on_retry=unreachable)
+            if down[0]:
+                down[0] = False
+                emit({"event": "resumed", "what": "tasks"})
+            return reply
+
         while True:
             statuses: dict[int, str] = {}
             for start in range(0, len(ids), 1000):
-                for t in self._retrying("GET", "/tasks", None, {"ids": ids[start:start + 1000], "limit": 1000},
-                                        None, retry=True)["tasks"]:
+                for t in call("GET", "/tasks", None, {"ids": ids[start:start + 1000], "limit": 1000})["tasks"]:
                     statuses[t["id"]] = t["status"]
             for tid, status in statuses.items():
                 if status == "failed" and relaunched.get(tid, 0) < retry:
                     relaunched[tid] = relaunched.get(tid, 0) + 1
-                    self._retrying("POST", f"/tasks/{tid}/relaunch", {}, None, None, retry=True)
+                    call("POST", f"/tasks/{tid}/relaunch", {}, None)
                     statuses[tid] = "pending"
             counts: dict[str, int] = {}
             for status in statuses.values():
                 counts[status] = counts.get(status, 0) + 1
             done = sum(counts.get(s, 0) for s in final)
-            if progress is not None:
-                parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-                progress.write(f"\r{done}/{len(ids)} finished ({parts})\x1b[K")
-                progress.flush()
+            event = {"event": "progress", "what": "tasks", "unit": "tasks", "done": done, "total": len(ids),
+                     "detail": dict(sorted(counts.items())), "elapsed": round(time.monotonic() - started, 3)}
+            emit(event)
             if done == len(statuses) == len(ids) or (len(statuses) < len(ids) and done == len(statuses)):
-                if progress is not None:
-                    progress.write("\n")
+                emit(dict(event, event="done", relaunched=sum(relaunched.values())))
                 return counts
             if deadline is not None and time.monotonic() > deadline:
-                if progress is not None:
-                    progress.write("\n")
                 raise TimeoutError(f"{len(ids) - done} task(s) still unfinished")
             self._sleep(interval)
+
+
+def _log_event(event: dict) -> None:
+    """join()'s progress when nobody asked for events: INFO log lines, no terminal codes."""
+    import logging
+    logger = logging.getLogger(__name__)
+    if event["event"] == "outage":
+        logger.warning("server unreachable, retrying in %.0f s: %s", event["retry_in"], event["error"])
+    elif event["event"] == "resumed":
+        logger.info("server reachable again")
+    elif event["event"] in ("progress", "done"):
+        parts = ", ".join(f"{n} {s}" for s, n in event["detail"].items())
+        logger.info("%d/%d finished (%s)", event["done"], event["total"], parts)
 
 
 class Pending:

@@ -252,12 +252,14 @@ def _split_flag(name: str) -> tuple[str, str]:
 
 
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
-                flags: Mapping[str, Any] | None = None, *, exists: Callable[[str], bool] = os.path.exists
-                ) -> Config:
+                flags: Mapping[str, Any] | None = None, *, exists: Callable[[str], bool] = os.path.exists,
+                flag_names: Mapping[str, str] | None = None) -> Config:
     """Build the configuration from defaults, the INI file, the environment and flags.
 
     `path` None means `/etc/scitq.conf` if it exists; an explicit path must
-    exist. `flags` maps `section_key` to a value (None values are ignored).
+    exist. `flags` maps `section_key` to a value (None values are ignored); an error in one
+    names the flag `flag_names[section_key]` when given (the option as the user typed it),
+    else `--key`.
     """
     env = os.environ if env is None else env
     values = {k: o.default for k, o in OPTIONS.items()}
@@ -281,7 +283,8 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         if raw is None:
             continue
         section, key = _split_flag(name)
-        values[(section, key)] = _convert(section, key, raw, "--" + key.replace("_", "-"))
+        values[(section, key)] = _convert(section, key, raw,
+                                          (flag_names or {}).get(name) or "--" + key.replace("_", "-"))
         origins[(section, key)] = "flag"
     return Config(values, origins, path)
 

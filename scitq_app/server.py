@@ -690,9 +690,27 @@ def check_listen(listen: str, port: int) -> None:
                           "0.0.0.0") from None
 
 
+def bind_listener(listen: str, port: int) -> Any:
+    """The server's socket, bound before anything else happens: a busy port fails here,
+    before the database is opened (or initialised) and the dispatcher started. OSError
+    when the address cannot be bound."""
+    import socket
+    family, kind, proto, _, address = socket.getaddrinfo(listen, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress does
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
-          ready: Callable[[str], None] | None = None) -> None:
+          ready: Callable[[str], None] | None = None, listener: Any = None) -> None:
     """Run the API on waitress until interrupted, with the dispatcher thread unless disabled.
+    `listener` is a socket from `bind_listener` (else [server] listen and port are bound here).
     While it listens, its entry in the user's server registry tells a CLI on this host
     where its admin token file is (`tokenfiles`)."""
     check_server_config(config)
@@ -716,9 +734,11 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         d = Dispatcher(store, config, on_change=notifier.notify)
         thread = threading.Thread(target=d.run, kwargs={"stop": stop}, name="dispatcher", daemon=True)
         thread.start()
-    server = waitress.create_server(app, host=config.server.listen, port=config.server.port,
-                                    threads=config.server.threads, max_request_body_size=config.server.max_body,
-                                    channel_timeout=120, connection_limit=4000, clear_untrusted_proxy_headers=True,
+    where = {"sockets": [listener]} if listener is not None else \
+        {"host": config.server.listen, "port": config.server.port}
+    server = waitress.create_server(app, **where, threads=config.server.threads,
+                                    max_request_body_size=config.server.max_body, channel_timeout=120,
+                                    connection_limit=4000, clear_untrusted_proxy_headers=True,
                                     asyncore_use_poll=True, ident="scitq")
     server.channel_class = _json_error_channel()
     url = f"http://{config.server.listen}:{server.effective_port}"

@@ -36,15 +36,28 @@ conflict with the object's state, 6 on an authentication error, 1 otherwise.
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 from .. import __version__
-from ..config import Config, load_config
-from ..errors import MissingDependency, ScitqError, UsageError
+
+# Start-up time is part of the interface (bench/startup.py): `--help`, `--version` and
+# `COMMAND --help` load this module and the command's own module only; everything else
+# (config, client, docopt, typing...) is imported where it is used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Mapping, Sequence, TextIO
+
+    from .context import Context
+
+# command -> the cli module that holds its usage doc and handler (its COMMANDS table)
+COMMAND_MODULES = {"server": "admin", "dispatcher": "admin", "db": "admin", "token": "admin", "config": "admin",
+                   "batch": "fleet", "worker": "fleet", "launch": "tasks", "task": "tasks", "execution": "tasks",
+                   "fetch": "fetch"}
+
+# Short-lived commands people type often: their start-up is worth a bytecode cache in the user's
+# home. Not the services (server, dispatcher, worker run: they start once) nor what install.sh
+# runs as the service user (db, token), whose home must stay as install.sh made it.
+CACHED_COMMANDS = frozenset({"launch", "task", "batch", "execution", "worker", "fetch", "config"})
 
 COMMON_OPTIONS = """
 Common options:
@@ -58,130 +71,22 @@ Common options:
 INTERNAL_ERROR = 70
 
 
-def _docopt() -> Any:
-    try:
-        from docopt import DocoptExit, docopt
-    except ImportError:
-        raise MissingDependency("the CLI needs docopt-ng: pip install docopt-ng (bundled in scitq.pyz)") from None
-    return docopt, DocoptExit
-
-
-class Context:
-    """What a command needs: configuration, a client, a store, and where to print."""
-
-    def __init__(self, options: Mapping[str, Any], out: TextIO, err: TextIO,
-                 env: Mapping[str, str] | None = None) -> None:
-        self.options = dict(options)
-        self.out = out
-        self.err = err
-        self.env = os.environ if env is None else env
-        self._config: Config | None = None
-
-    def flag(self, name: str) -> Any:
-        return self.options.get(name)
-
-    def config(self, **flags: Any) -> Config:
-        if self._config is None:
-            server, token = self.flag("--server"), self.flag("--token")
-            merged = {"client_server": server, "worker_server": server, "client_token": token,
-                      "worker_token": token, "log_level": self.flag("--log-level")}
-            merged.update(flags)
-            self._config = load_config(self.flag("--config"), self.env, merged)
-            level = self._config.log.level.upper()
-            logging.basicConfig(level=getattr(logging, level), stream=self.err,
-                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return self._config
-
-    def client(self) -> Any:
-        from ..client import Server
-        cfg = self.config()
-        token = cfg.client.token or local_token(cfg.client.server, cfg.client.token_file, self.env)
-        return Server(cfg.client.server, token, fingerprint=cfg.client.fingerprint.strip() or None,
-                      timeout=cfg.client.timeout)
-
-    def store(self, database: str | None = None) -> Any:
-        from ..store import open_store
-        cfg = self.config(server_database=database)
-        return open_store(cfg.server.database, pool_size=cfg.server.pool_size)
-
-    # --- output -----------------------------------------------------------------
-    def say(self, text: str = "") -> None:
-        print(text, file=self.out)
-
-    def warn(self, text: str) -> None:
-        print(text, file=self.err)
-
-    def json(self, value: Any) -> None:
-        print(json.dumps(value, indent=2, default=str), file=self.out)
-
-    def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
-              empty: str = "(none)") -> None:
-        """Print rows as aligned columns; columns are (key, header)."""
-        if not rows:
-            self.say(empty)
-            return
-        cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
-        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
-        widths[-1] = 0  # the last column is not padded
-        self.say("  ".join(h.upper().ljust(w) for (_, h), w in zip(columns, widths)).rstrip())
-        for c in cells:
-            self.say("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
-
-
-def local_token(server: str, path: str, env: Mapping[str, str] | None = None) -> str | None:
-    """For a server on this host when no token is given: the admin token its registry entry
-    points to, else [client] token_file (see `tokenfiles`); None when neither is readable."""
-    from ..tokenfiles import local_token as find
-    return find(server, path, env)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return ",".join(map(str, v)) or "-"
-    if isinstance(v, dict):
-        return " ".join(f"{k}:{n}" for k, n in v.items()) or "-"
-    text = str(v).replace("\n", " ")
-    if len(text) == 24 and text.endswith("Z") and text[10] == "T":
-        return text[:19].replace("T", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def parse(doc: str, argv: Sequence[str]) -> dict[str, Any]:
-    """Parse a command's argv against its usage doc (plus the common options)."""
-    docopt, DocoptExit = _docopt()
-    full = doc.rstrip() + "\n" + COMMON_OPTIONS
-    try:
-        return docopt(full, argv=list(argv), default_help=False, version=None)
-    except DocoptExit as e:
-        raise UsageError(_usage_message(str(e), argv)) from None
-
-
-def _usage_message(text: str, argv: Sequence[str]) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    first = lines[0] if lines else "invalid usage"
-    cmd = " ".join(a for a in argv[:2] if not a.startswith("-"))
-    if first.lower().startswith("usage"):
-        return f"invalid arguments for `{cmd}`; see `scitq {cmd} --help`"
-    return f"{first} (see `scitq {cmd} --help`)"
-
-
 def wants_help(argv: Sequence[str]) -> bool:
-    return "-h" in argv or "--help" in argv
+    """-h or --help among the options (not after `--`, where the words are a task's command)."""
+    words = list(argv)
+    words = words[:words.index("--")] if "--" in words else words
+    return "-h" in words or "--help" in words
 
 
 def commands() -> dict[str, tuple[str, Callable[[Context, list[str]], int]]]:
-    """command -> (usage doc, handler)."""
-    from . import admin, fetch, fleet, tasks
-    table: dict[str, tuple[str, Callable[[Context, list[str]], int]]] = {}
-    for module in (admin, fleet, tasks, fetch):
-        table.update(module.COMMANDS)
-    return table
+    """command -> (usage doc, handler), for every command."""
+    return {name: command(name) for name in COMMAND_MODULES}
+
+
+def command(name: str) -> tuple[str, Callable[[Context, list[str]], int]]:
+    """(usage doc, handler) of one command, importing its module only."""
+    import importlib
+    return importlib.import_module(f".{COMMAND_MODULES[name]}", __name__).COMMANDS[name]
 
 
 def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None,
@@ -190,31 +95,56 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     out = out or sys.stdout
     err = err or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
+    # the fast paths: nothing to parse, nothing else to import
+    if argv == ["--version"]:
+        print(f"scitq {__version__}", file=out)
+        return 0
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip(), file=out)
+        return 0
+    if argv and argv[0] in CACHED_COMMANDS and argv[1:2] != ["run"]:
+        from .bytecode import install
+        install()  # from here on, modules from scitq.pyz are compiled once per user, not per command
+    if argv and argv[0] in COMMAND_MODULES and wants_help(argv[1:]):
+        print(command(argv[0])[0].strip() + "\n" + COMMON_OPTIONS.rstrip(), file=out)
+        return 0
+    from ..errors import ScitqError, UsageError
     try:
+        if not argv:
+            raise UsageError("a command is required", usage=_command_list())
+        from .context import Context, _docopt
         docopt, DocoptExit = _docopt()
         try:
             top = docopt(__doc__, argv=argv, default_help=False, version=None, options_first=True)
-        except DocoptExit:
-            raise UsageError("invalid arguments; see `scitq --help`") from None
+        except DocoptExit as e:
+            from .usage import explain_top
+            raise explain_top(__doc__, argv, str(e), _command_list()) from None
         if top["--version"]:
             print(f"scitq {__version__}", file=out)
             return 0
-        table = commands()
-        command = top["<command>"]
-        if top["--help"] or command is None:
+        name = top["<command>"]
+        if top["--help"]:
             print(__doc__.strip(), file=out)
             return 0
-        if command not in table:
-            raise UsageError(f"unknown command {command!r}; see `scitq --help`")
-        doc, handler = table[command]
-        args = [command] + top["<args>"]
+        if name is None:
+            raise UsageError("a command is required", usage=_command_list())
+        if name not in COMMAND_MODULES:
+            from .usage import unknown_command
+            raise unknown_command(name, list(COMMAND_MODULES))
+        doc, handler = command(name)
+        args = [name] + top["<args>"]
         if wants_help(args):
             print(doc.strip() + "\n" + COMMON_OPTIONS.rstrip(), file=out)
             return 0
         ctx = Context(top, out, err, env)
         return handler(ctx, args) or 0
     except ScitqError as e:
-        print(f"scitq: {e.message}", file=err)
+        where = e.data.get("usage_of") if isinstance(e, UsageError) else None
+        print(f"scitq {where}: {e.message}" if where else f"scitq: {e.message}", file=err)
+        if isinstance(e, UsageError) and e.data.get("usage"):
+            print("Usage:\n" + e.data["usage"].rstrip(), file=err)
+            if e.data.get("usage_of"):
+                print(f"`scitq {e.data['usage_of']} --help` explains every option", file=err)
         return e.exit_code
     except KeyboardInterrupt:
         print("scitq: interrupted", file=err)
@@ -222,47 +152,18 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug: one line for people, the traceback in debug logs
+        import logging
         logging.getLogger(__name__).debug("internal error", exc_info=True)
         print(f"scitq: internal error: {type(e).__name__}: {e} (run with --log-level debug for details)", file=err)
         return INTERNAL_ERROR
 
 
+def _command_list() -> str:
+    """The top-level usage and command list (the help without its options)."""
+    return __doc__.split("Usage:", 1)[1].split("\nOptions:", 1)[0].strip("\n")
+
+
 def main() -> int:
     return run()
-
-
-def merge_options(args: Mapping[str, Any], into: Context) -> None:
-    """Common options given after the command behave as if given before it."""
-    for key in ("--config", "--server", "--token", "--log-level"):
-        if args.get(key) and not into.options.get(key):
-            into.options[key] = args[key]
-
-
-def int_arg(value: Any, name: str, minimum: int | None = None) -> int | None:
-    if value is None:
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name} must be an integer, not {value!r}") from None
-    if minimum is not None and n < minimum:
-        raise UsageError(f"{name} must be at least {minimum}")
-    return n
-
-
-def float_arg(value: Any, name: str, minimum: float | None = None) -> float | None:
-    if value is None:
-        return None
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name} must be a number, not {value!r}") from None
-    if minimum is not None and n < minimum:
-        raise UsageError(f"{name} must be at least {minimum:g}")
-    return n
-
-
-def ids_arg(values: Iterable[str], name: str = "<id>") -> list[int]:
-    return [int_arg(v, name, 1) for v in values]  # type: ignore[misc]
 
 

@@ -6,9 +6,8 @@ import os
 import signal
 from typing import Any, Callable
 
-from ..config import OPTIONS
 from ..errors import Conflict, ConfigError, UsageError
-from . import Context, merge_options, parse
+from .context import Context, merge_options, parse
 
 log = logging.getLogger(__name__)
 
@@ -141,19 +140,29 @@ def cmd_server(ctx: Context, argv: list[str]) -> int:
     merge_options(args, ctx)
     ctx.config(server_listen=args["--listen"], server_port=args["--port"], server_database=args["--database"],
                server_threads=args["--threads"])
-    from ..server import check_server_config, serve
-    check_server_config(ctx.config())  # before the database: a bad setting must not initialise one
-    store = _open_ready_store(ctx, args["--database"])
+    from ..server import bind_listener, check_server_config, serve
+    cfg = ctx.config()
+    check_server_config(cfg)  # before the database: a bad setting must not initialise one
+    try:
+        # the port first: a busy port must not initialise a database or start a dispatcher
+        listener = bind_listener(cfg.server.listen, cfg.server.port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {cfg.server.listen}:{cfg.server.port}: {e.strerror or e}") from None
+    try:
+        store = _open_ready_store(ctx, args["--database"])
+    except BaseException:
+        listener.close()
+        raise
     _sigterm_exits()
     try:
-        serve(store, ctx.config(), dispatcher=False if args["--no-dispatcher"] else None,
+        serve(store, cfg, dispatcher=False if args["--no-dispatcher"] else None, listener=listener,
               ready=lambda url: ctx.warn(f"scitq: server listening on {url} ({store.dialect})"))
     except KeyboardInterrupt:
         ctx.warn("scitq: server stopped")
     except OSError as e:
-        raise ConfigError(f"cannot listen on {ctx.config().server.listen}:{ctx.config().server.port}: "
-                          f"{e.strerror or e}") from None
+        raise ConfigError(f"cannot listen on {cfg.server.listen}:{cfg.server.port}: {e.strerror or e}") from None
     finally:
+        listener.close()
         store.close()
     return 0
 
@@ -242,6 +251,7 @@ def cmd_token(ctx: Context, argv: list[str]) -> int:
 
 
 def _mask(key: tuple[str, str], value: Any) -> Any:
+    from ..config import OPTIONS
     if not OPTIONS[key].secret or not value:
         return value
     if isinstance(value, str) and "://" in value:

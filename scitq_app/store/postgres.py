@@ -123,7 +123,7 @@ class PostgresBackend:
             con.run("SET plan_cache_mode = force_custom_plan")
             return con
         except (self._pg.InterfaceError, OSError) as e:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self._where}: {e}") from None
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self._where}: {unreachable_cause(e)}") from None
         except self._pg.DatabaseError as e:
             raise StoreUnavailable(f"PostgreSQL at {self._where} refused the connection: "
                                    f"{_message(e)}") from None
@@ -233,6 +233,26 @@ def _unavailable(exc: BaseException) -> bool:
 def _broken(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(w in text for w in ("network", "connection", "closed", "timed out", "timeout"))
+
+
+def unreachable_cause(exc: BaseException) -> str:
+    """Why a connection failed, in words (pg8000 wraps the socket error in a sentence about
+    its own arguments): the first OS error in the exception's chain decides."""
+    import socket
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(seen, ConnectionRefusedError):
+        return "connection refused (is PostgreSQL running and listening on that port?)"
+    if isinstance(seen, socket.gaierror):
+        return "unknown host name"
+    if isinstance(seen, (TimeoutError, socket.timeout)):
+        return "no answer (timed out)"
+    if isinstance(seen, OSError) and seen.strerror:
+        return seen.strerror[0].lower() + seen.strerror[1:]
+    if seen is None and _message(exc) == "network error":  # pg8000: the peer closed the connection
+        return "the connection was closed before PostgreSQL answered (is PostgreSQL on that port?)"
+    return _message(exc)
 
 
 def _message(exc: BaseException) -> str:

@@ -54,6 +54,20 @@ def test_list_batches_by_name_with_task_and_worker_counts(store, register):
     assert store.get_batch("zeta").workers == 2
 
 
+def test_a_batch_counts_the_live_workers_pinned_to_it_or_running_its_tasks(store, register, start, clock):
+    pinned = register(batch="live")
+    roaming = register()   # not pinned: counts only while it runs one of the batch's tasks
+    assert store.get_batch("live").workers == 1
+    e = start("running", worker=roaming, batch="live")
+    assert store.get_batch("live").workers == 2
+    assert {b.name: b.workers for b in store.list_batches()}["live"] == 2
+    store.report(e["id"], roaming.id, {"phase": "succeeded", "return_code": 0})
+    assert store.get_batch("live").workers == 1
+    clock.advance(120)
+    assert pinned.id in store.mark_offline(60)
+    assert store.get_batch("live").workers == 0, "a worker gone offline is not working on the batch"
+
+
 def test_a_paused_batch_is_not_claimed_until_it_goes(store, register):
     w = register()
     [task_id] = store.create_tasks([task_spec(batch="b")])

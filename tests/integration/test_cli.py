@@ -68,15 +68,22 @@ def test_top_level_help_and_version():
         assert name in r.out, f"`scitq --help` does not mention {name}"
     r = cli("--version")
     assert r.code == 0 and r.out.strip() == f"scitq {__version__}", r
-    r = cli()  # no command: a usage error, one line
-    assert r.code == 2 and len(r.err_lines) == 1 and "scitq --help" in r.err, r
+    r = cli()  # no command: a usage error, then the command list
+    assert r.code == 2 and r.err_lines[0] == "scitq: a command is required" and r.out == "", r
+    for name in commands():
+        assert any(line.strip().startswith(name + " ") for line in r.err_lines), (name, r)
 
 
-def test_unknown_command_and_bad_arguments_exit_2_with_one_line():
-    for argv in (["frobnicate"], ["task", "frobnicate"], ["task", "list", "--limit", "x"], ["task", "show"]):
+def test_unknown_command_and_bad_arguments_exit_2_with_one_line_and_the_usage():
+    # (tests/integration/test_usage.py walks every command in-process; this is the real process)
+    for argv, first in ((["frobnicate"], "scitq: unknown command 'frobnicate'; `scitq --help` lists the commands"),
+                        (["task", "frobnicate"], "scitq task: unknown subcommand 'frobnicate'"),
+                        (["task", "list", "--limit", "x"], "scitq: --limit must be an integer, not 'x'"),
+                        (["task", "show"], "scitq task show: missing arguments")):
         r = cli(*argv)
         assert r.code == 2, r
-        assert len(r.err_lines) == 1 and r.err_lines[0].startswith("scitq: "), r
+        assert r.err_lines[0] == first, r
+        assert r.err_lines[1:2] == (["Usage:"] if len(argv) > 1 and "--limit" not in argv else []), r
         assert "Traceback" not in r.err
 
 

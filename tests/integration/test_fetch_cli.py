@@ -80,8 +80,8 @@ def test_errors_are_one_line_with_a_non_zero_exit(s3, tmp_path):
                                            f"(not in {s3.conf})"], r
     r = fetch(s3, "copy", "lab://bucket/../etc/passwd", str(tmp_path) + "/")
     assert r.code == 2 and "'..'" in r.err and len(r.err_lines) == 1, r
-    r = fetch(s3, "copy", s3.uri("only-one"))
-    assert r.code == 2 and len(r.err_lines) == 1, r
+    r = fetch(s3, "copy", s3.uri("only-one"))  # a usage error: the line, then the usage
+    assert r.code == 2 and r.err_lines[:2] == ["scitq fetch copy: copy needs a source and a destination", "Usage:"], r
     r = cli("fetch", "list", s3.uri(""), "--rclone-config", str(tmp_path / "missing.conf"))
     assert r.code == 2 and "does not exist" in r.err, r
     r = fetch(s3, "list", "lab://nobucket-here/", env={"RCLONE_LOW_LEVEL_RETRIES": "1"})
@@ -96,7 +96,12 @@ def test_a_long_transfer_shows_its_progress(s3, tmp_path):
     assert r.code == 0, r
     lines = [ln for ln in r.err_lines if "%" in ln]
     assert lines and "MiB" in lines[-1] and "files" in lines[-1], r
-    assert r.err_lines[-1].startswith("scitq: done in"), r
+    assert r.err_lines[-1].startswith("done: 100%  6.0 MiB / 6.0 MiB") and " in " in r.err_lines[-1], r
+    assert "\r" not in r.err and "\x1b" not in r.err, "no terminal codes off a terminal"
+    r = fetch(s3, "copy", "--json", str(big), s3.uri("fetch/big3/"), env={"RCLONE_BWLIMIT": "3M"})
+    events = [json.loads(line) for line in r.out.splitlines()]
+    assert r.code == 0 and r.err == "" and events[-1]["event"] == "done", r
+    assert events[-1]["done"] == events[-1]["total"] == len(data) and events[-1]["unit"] == "bytes", events
     assert hashlib.sha256(read_bytes(s3.local("fetch/big/big.bin"))).hexdigest() == hashlib.sha256(data).hexdigest()
     r = fetch(s3, "copy", str(big), s3.uri("fetch/big2/"))
     assert r.code == 0 and r.err == "", "no progress when stderr is not a terminal, unless asked"

@@ -165,8 +165,8 @@ def test_the_cli_of_the_servers_user_finds_its_token_with_no_configuration(host,
     entry = os.path.join(home, ".local", "state", "scitq", "servers", f"{proc.port}.json")
     assert stat.S_IMODE(os.stat(entry).st_mode) == 0o600
     server = f"http://{host}:{proc.port}"
-    r = cli("batch", "list", env={**user, "SCITQ_SERVER": server}, cwd=str(tmp_path))
-    assert r.code == 0 and "Default" in r.out, r
+    r = cli("batch", "list", "--json", env={**user, "SCITQ_SERVER": server}, cwd=str(tmp_path))
+    assert r.code == 0 and [b["name"] for b in r.json()] == ["Default"], r
     r = cli("worker", "join-token", env={**user, "SCITQ_SERVER": server}, cwd=str(tmp_path))
     assert r.code == 0 and r.out.startswith("scitq_join_"), r
     # another user (another HOME) finds nothing: 401, exit 6

@@ -32,4 +32,4 @@ def test_every_configuration_option_is_in_the_readme_table_with_its_variable():
 def test_every_command_is_mentioned_in_the_readme():
     text = _readme()
     for command in commands():
-        assert f"scitq.pyz {command}" in text or f"`{command}`" in text, command
+        assert f"scitq {command}" in text or f"`{command}`" in text, command

@@ -40,8 +40,24 @@ INSERT INTO batch (name, status, priority, created, modified) VALUES (:name, :st
 ON CONFLICT (name) DO NOTHING
 
 -- name: batch_list
-SELECT b.*, (SELECT COUNT(*) FROM worker w WHERE w.batch_id = b.id) AS workers
-FROM batch b WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
+-- workers: live workers pinned to the batch or running one of its tasks (an unpinned worker
+-- counts while it works on the batch; a gone worker never does). One pass over the live
+-- executions (a partial index), not one probe per batch and worker.
+SELECT b.*, COALESCE(live.n, 0) AS workers
+FROM batch b
+LEFT JOIN (
+    SELECT pairs.batch_id, COUNT(DISTINCT pairs.worker_id) AS n
+    FROM (SELECT w.batch_id, w.id AS worker_id FROM worker w
+          WHERE w.batch_id IS NOT NULL AND w.status IN ('starting', 'running', 'paused', 'draining')
+          UNION
+          SELECT t.batch_id, e.worker_id FROM execution e
+          JOIN task t ON t.id = e.task_id
+          JOIN worker w ON w.id = e.worker_id
+          WHERE e.status IN ('assigned', 'running', 'uploading')
+            AND w.status IN ('starting', 'running', 'paused', 'draining')) pairs
+    GROUP BY pairs.batch_id
+) live ON live.batch_id = b.id
+WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
 
 -- name: batch_counts
 -- Maintained counts (triggers_*.sql): a few rows per batch, whatever the number of tasks.
