@@ -202,7 +202,11 @@ def has_claimable(tx: Tx, worker_id: int, strict: bool = False) -> bool:
         return False
     if int(w["concurrency"]) + int(w["prefetch"]) <= int(w["active"]):
         return False  # full: claim would return nothing (and a long poll would spin)
-    return tx.one("claim_probe", batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"], gpu=w["gpu"]) is not None
+    # A worker of one batch looks among that batch's tasks, any other in claim order (the
+    # pending tasks' index): each probe reads a few index entries, however many tasks wait.
+    probe = "claim_probe" if w["batch_id"] is None else "claim_probe_batch"
+    return tx.one(probe, batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"], gpu=w["gpu"]) is not None
+
 
 def fleet_size(tx: Tx) -> int:
     return int(tx.value("workers_live_count") or 0)

@@ -150,6 +150,7 @@ def _cases(dialect: str, some: dict) -> dict[str, dict[str, Any]]:
     cases: dict[str, dict[str, Any]] = {
         # worker protocol
         "claim_probe": pick,
+        "claim_probe_batch": {**pick, "batch_id": some["batch_id"]},
         "claim_pick": {**pick, "n": 4},
         "worker_get": {"id": w},
         "worker_settings": {"id": w},

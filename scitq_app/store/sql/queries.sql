@@ -402,6 +402,12 @@ WHERE {{include claimable}}
 ORDER BY t.priority DESC, t.id
 LIMIT 1
 
+-- name: claim_probe_batch
+-- A worker of one batch: its pending tasks through index task_batch_status (no order: a probe).
+SELECT t.id FROM task t
+WHERE {{include claimable}} AND t.batch_id = :batch_id
+LIMIT 1
+
 -- name: claim_mark
 UPDATE task SET status = 'assigned', attempts = attempts + 1, status_changed = :now, modified = :now
 WHERE id IN {{ints :ids}}
