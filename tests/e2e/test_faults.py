@@ -75,18 +75,6 @@ def test_an_agent_killed_for_good_mid_batch(cluster, tmp_path):
     assert lost and {e["failure_class"] for e in lost} == {"lost"}, "the killed agent's tasks ran elsewhere"
 
 
-@pytest.fixture
-def patient_cluster(database_url, tmp_path):
-    c = Cluster(database_url, str(tmp_path), env={"SCITQ_DISPATCHER_LEASE": "10"}).start()
-    try:
-        yield c
-    except BaseException:
-        print(c.diagnostics())
-        raise
-    finally:
-        c.stop()
-
-
 def test_an_agent_killed_and_restarted_mid_batch(patient_cluster, tmp_path):
     cluster = patient_cluster
     ledger = str(tmp_path / "ledger")

@@ -8,11 +8,9 @@ import signal
 import subprocess
 import time
 
-import pytest
 
 from scitq_app import supervisor
 from scitq_app.runner import kill_group, process_identity
-from tests.support.cluster import Cluster
 from tests.support.processes import read_text, wait_for
 
 
@@ -80,19 +78,6 @@ def test_a_killed_agent_that_does_not_come_back_leaves_no_live_copy_before_the_s
     assert done["retries_used"] == 0, "a lost worker does not spend the task's retries"
     assert sorted(_ledger_lines(ledger)) == ["grandchild", "main"], "each part of the command completed once"
     assert cluster.output(tid) == "finished\n"
-
-
-@pytest.fixture
-def patient_cluster(database_url, tmp_path):
-    """A server whose lease (10 s) leaves an agent time to come back: supervisors wait 5 s for it."""
-    c = Cluster(database_url, str(tmp_path), env={"SCITQ_DISPATCHER_LEASE": "10"}).start()
-    try:
-        yield c
-    except BaseException:
-        print(c.diagnostics())
-        raise
-    finally:
-        c.stop()
 
 
 def test_a_restarted_agent_adopts_its_running_tasks_and_those_that_ended_while_it_was_away(patient_cluster,
