@@ -30,7 +30,7 @@ from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllow
                      UnsupportedMediaType)
 from .models import Identity, Role
 from .container_policy import check_allowed, options_pattern, parse_rules
-from .schema import Context, validate
+from .schema import Context, validate, validate_bulk
 from .store import Store
 from .roots import parse_roots
 from .uris import rclone_remotes
@@ -226,9 +226,11 @@ class Api:
         self.notifier.notify()
         return self.store.get_task(task_id).to_dict()
 
+    def check_container_options(self, task: dict, where: str) -> None:
+        check_allowed(task.get("container_options"), self.container_allow, f"{where}.container_options")
+
     def create_tasks(self, ident: Identity, body: dict, **_: Any) -> dict:
-        for i, task in enumerate(body["tasks"]):
-            check_allowed(task.get("container_options"), self.container_allow, f"tasks[{i}].container_options")
+        # body["tasks"] checks each task (check_container_options) as the store reads it
         ids = self.store.create_tasks(body["tasks"], actor=ident.name, key=body.get("key"), scope=_scope(ident))
         self.notifier.notify()
         return {"ids": ids, "count": len(ids)}
@@ -551,7 +553,12 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
                     kwargs["query"] = parse_query(route, _query_params(request))
                 elif request.query_string:
                     parse_query(route, _query_params(request))
-                if route.body:
+                if route.body == "task_bulk":
+                    # Its tasks are validated as the store reads them, chunk by chunk (LazyItems).
+                    kwargs["body"] = validate_bulk(route.body, _read_json(request, max_body, True), "tasks",
+                                                   remotes=api.rclone.remotes(), file_roots=api.file_roots,
+                                                   check=api.check_container_options)
+                elif route.body:
                     # PATCH changes only the fields given: nothing required, no defaults filled in.
                     kwargs["body"] = validate(route.body, _read_json(request, max_body, bool(route.body)),
                                               partial=route.method == "PATCH",

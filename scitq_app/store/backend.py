@@ -12,9 +12,12 @@ from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)  # json.dumps would make one per call
+
+
 def dumps(value: Any) -> str:
     """Compact, stable JSON: the form list parameters ({{ints :p}}) and JSON columns take."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 class Tx:
