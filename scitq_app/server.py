@@ -196,7 +196,9 @@ class Api:
 
     # --- meta -----------------------------------------------------------------
     def health(self, ident: Identity, **_: Any) -> dict:
-        return {"status": "ok", "version": __version__, "time": self.clock(), "long_polls": self._polling}
+        return {"status": "ok", "version": __version__, "time": self.clock(), "long_polls": self._polling,
+                # whether tasks submitted through other server processes wake this one's long-polls
+                "hears_other_processes": self.notifier.listening}
 
     def openapi(self, ident: Identity, **_: Any) -> dict:
         # the URI patterns name this server's remotes and file roots: the document states what it accepts
@@ -356,7 +358,7 @@ class Api:
                 since = self.notifier.generation()
                 if not self.store.has_claimable(id):
                     # Wake at a task submitted here at once; poll for other processes' tasks.
-                    self.notifier.wait(since, min(remaining, 0.5))
+                    self.notifier.wait(since, min(remaining, self.notifier.recheck))
                     if not self.store.has_claimable(id):
                         continue
                 executions = self.store.claim(id, body["slots"], lease, request)
@@ -732,9 +734,11 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         raise MissingDependency("the server needs waitress: pip install waitress (bundled in scitq.pyz)") \
             from None
     limit_malloc_arenas()
-    notifier = Notifier()
+    notifier = Notifier(publish=store.announce_claimable)
     app = make_app(store, config, notifier=notifier)
     stop = threading.Event()
+    # tasks submitted (or requeued) through another server process on the database wake claims here
+    notifier.listen(store, stop)
     thread = None
     if config.server.dispatcher if dispatcher is None else dispatcher:
         from .dispatch.loops import Dispatcher

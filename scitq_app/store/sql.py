@@ -188,6 +188,13 @@ class SqlStore(Store):
     def has_claimable(self, worker_id: int) -> bool:
         return self._read(lambda tx: protocol.has_claimable(tx, worker_id))
 
+    def announce_claimable(self) -> None:
+        self.backend.announce("claimable_notify")
+
+    def listen_claimable(self, wake: Callable[[], None], stop: threading.Event,
+                         listening: Callable[[bool], None]) -> None:
+        self.backend.listen("claimable_listen", wake, stop, listening)
+
     def fleet_size(self) -> int:
         return self._read(protocol.fleet_size)
 
