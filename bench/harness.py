@@ -42,7 +42,7 @@ def server(backend: str, env: dict[str, str] | None = None) -> Iterator[tuple[Se
     with tempfile.TemporaryDirectory(prefix="scitq-bench-") as workdir:
         with database(backend, workdir) as url:
             proc = ServerProcess(url, workdir, env=env).start()
-            client = Server(proc.url, timeout=300)
+            client = Server(proc.url, token=proc.admin_token, timeout=300)
             try:
                 yield proc, client, workdir
             finally:

@@ -17,18 +17,54 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+# A long-poll's own look at the store once announcements wake it: only a safety net.
+LISTENING_RECHECK = 5.0
+
 
 class Notifier:
-    """Wakes long-polling claims when tasks become pending in this process."""
+    """Wakes long-polling claims when tasks may have become claimable: `notify` for a change
+    made in this process (also told to the other processes on the database with `publish`,
+    e.g. Store.announce_claimable), `wake` for one another process announced (`listen`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[], None] | None = None) -> None:
         self._cond = threading.Condition()
         self._generation = 0
+        self._publish = publish
+        self._listening = False
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    @property
+    def recheck(self) -> float:
+        """How long a long-poll waits before it looks at the store again by itself: short while
+        changes made by other processes wake nobody here, long while `listen` hears them."""
+        return LISTENING_RECHECK if self._listening else 0.5
 
     def notify(self) -> None:
+        self.wake()
+        if self._publish is not None:
+            try:
+                self._publish()
+            except ScitqError as e:
+                log.warning("could not tell other server processes about claimable tasks: %s", e.message)
+
+    def wake(self) -> None:
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
+
+    def listen(self, store: Store, stop: threading.Event) -> threading.Thread:
+        """Wake on every other process's announcements (a thread of its own, until `stop`)."""
+        def listening(yes: bool) -> None:
+            self._listening = yes
+
+        def run() -> None:
+            store.listen_claimable(self.wake, stop, listening)
+        thread = threading.Thread(target=run, name="claimable-listener", daemon=True)
+        thread.start()
+        return thread
 
     def generation(self) -> int:
         return self._generation

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 
 from . import uris
 from .errors import Invalid
@@ -248,6 +248,63 @@ def validate(kind: str, payload: Any, *, partial: bool = False, where: str = "",
             out[key] = f.default
     if partial and not out:
         raise Invalid(f"{where or 'body'} names no field to change")
+    return out
+
+
+class LazyItems(Sequence[dict[str, Any]]):
+    """The items of a list field, validated as they are read: a bulk request's tasks stream
+    into the store in chunks instead of being held as the parsed body plus its validated copy
+    plus its rows all at once. Each read validates again (a retried transaction reads them
+    again). `check`, if given, is called on each validated item with its field name (the
+    server's configured refusals)."""
+
+    def __init__(self, kind: str, raw: list[Any], where: str, *, remotes: Iterable[str] | None = None,
+                 file_roots: Iterable[str] | None = None,
+                 check: Callable[[dict[str, Any], str], None] | None = None) -> None:
+        self.kind, self.raw, self.where, self.check = kind, raw, where, check
+        self.remotes = None if remotes is None else frozenset(remotes)
+        self.file_roots = None if file_roots is None else tuple(file_roots)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[dict[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self._one(j) for j in range(*i.indices(len(self.raw)))]
+        return self._one(i if i >= 0 else len(self.raw) + i)
+
+    def _one(self, i: int) -> dict[str, Any]:
+        where = f"{self.where}[{i}]"
+        item = validate(self.kind, self.raw[i], where=where, remotes=self.remotes, file_roots=self.file_roots)
+        if self.check is not None:
+            self.check(item, where)
+        return item
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(len(self.raw)):
+            yield self._one(i)
+
+
+def validate_bulk(kind: str, payload: Any, list_field: str, *, remotes: Iterable[str] | None = None,
+                  file_roots: Iterable[str] | None = None,
+                  check: Callable[[dict[str, Any], str], None] | None = None) -> dict[str, Any]:
+    """`validate` for a body whose `list_field` (a list of items) is checked lazily: the rest
+    of the body now, the list's length now, each item as it is read (`LazyItems`)."""
+    f = SPECS[kind][list_field]
+    if not isinstance(payload, dict) or not isinstance(payload.get(list_field), list):
+        return validate(kind, payload, remotes=remotes, file_roots=file_roots)  # its own refusal
+    items = payload[list_field]
+    if f.maximum is not None and len(items) > f.maximum:
+        raise _err(list_field, f"holds {len(items)} items, at most {int(f.maximum)} are allowed")
+    out = validate(kind, {**payload, list_field: []}, remotes=remotes, file_roots=file_roots)
+    out[list_field] = LazyItems(f.item or "", items, list_field, remotes=remotes, file_roots=file_roots,
+                                check=check)
     return out
 
 

@@ -30,7 +30,7 @@ from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllow
                      UnsupportedMediaType)
 from .models import Identity, Role
 from .container_policy import check_allowed, options_pattern, parse_rules
-from .schema import Context, validate
+from .schema import Context, validate, validate_bulk
 from .store import Store
 from .roots import parse_roots
 from .uris import rclone_remotes
@@ -196,7 +196,9 @@ class Api:
 
     # --- meta -----------------------------------------------------------------
     def health(self, ident: Identity, **_: Any) -> dict:
-        return {"status": "ok", "version": __version__, "time": self.clock(), "long_polls": self._polling}
+        return {"status": "ok", "version": __version__, "time": self.clock(), "long_polls": self._polling,
+                # whether tasks submitted through other server processes wake this one's long-polls
+                "hears_other_processes": self.notifier.listening}
 
     def openapi(self, ident: Identity, **_: Any) -> dict:
         # the URI patterns name this server's remotes and file roots: the document states what it accepts
@@ -226,9 +228,11 @@ class Api:
         self.notifier.notify()
         return self.store.get_task(task_id).to_dict()
 
+    def check_container_options(self, task: dict, where: str) -> None:
+        check_allowed(task.get("container_options"), self.container_allow, f"{where}.container_options")
+
     def create_tasks(self, ident: Identity, body: dict, **_: Any) -> dict:
-        for i, task in enumerate(body["tasks"]):
-            check_allowed(task.get("container_options"), self.container_allow, f"tasks[{i}].container_options")
+        # body["tasks"] checks each task (check_container_options) as the store reads it
         ids = self.store.create_tasks(body["tasks"], actor=ident.name, key=body.get("key"), scope=_scope(ident))
         self.notifier.notify()
         return {"ids": ids, "count": len(ids)}
@@ -354,7 +358,7 @@ class Api:
                 since = self.notifier.generation()
                 if not self.store.has_claimable(id):
                     # Wake at a task submitted here at once; poll for other processes' tasks.
-                    self.notifier.wait(since, min(remaining, 0.5))
+                    self.notifier.wait(since, min(remaining, self.notifier.recheck))
                     if not self.store.has_claimable(id):
                         continue
                 executions = self.store.claim(id, body["slots"], lease, request)
@@ -551,7 +555,12 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
                     kwargs["query"] = parse_query(route, _query_params(request))
                 elif request.query_string:
                     parse_query(route, _query_params(request))
-                if route.body:
+                if route.body == "task_bulk":
+                    # Its tasks are validated as the store reads them, chunk by chunk (LazyItems).
+                    kwargs["body"] = validate_bulk(route.body, _read_json(request, max_body, True), "tasks",
+                                                   remotes=api.rclone.remotes(), file_roots=api.file_roots,
+                                                   check=api.check_container_options)
+                elif route.body:
                     # PATCH changes only the fields given: nothing required, no defaults filled in.
                     kwargs["body"] = validate(route.body, _read_json(request, max_body, bool(route.body)),
                                               partial=route.method == "PATCH",
@@ -725,9 +734,11 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         raise MissingDependency("the server needs waitress: pip install waitress (bundled in scitq.pyz)") \
             from None
     limit_malloc_arenas()
-    notifier = Notifier()
+    notifier = Notifier(publish=store.announce_claimable)
     app = make_app(store, config, notifier=notifier)
     stop = threading.Event()
+    # tasks submitted (or requeued) through another server process on the database wake claims here
+    notifier.listen(store, stop)
     thread = None
     if config.server.dispatcher if dispatcher is None else dispatcher:
         from .dispatch.loops import Dispatcher

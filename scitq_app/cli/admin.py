@@ -172,7 +172,7 @@ def cmd_dispatcher(ctx: Context, argv: list[str]) -> int:
     merge_options(args, ctx)
     store = _open_ready_store(ctx, args["--database"])
     from ..dispatch.loops import Dispatcher
-    d = Dispatcher(store, ctx.config())
+    d = Dispatcher(store, ctx.config(), on_change=store.announce_claimable)  # wakes the API processes' claims
     _sigterm_exits()
     try:
         d.run(once=bool(args["--once"]))

@@ -8,13 +8,17 @@ and `sql.SqlStore` composes them into the `Store` contract.
 from __future__ import annotations
 
 import json
+import threading
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)  # json.dumps would make one per call
+
+
 def dumps(value: Any) -> str:
     """Compact, stable JSON: the form list parameters ({{ints :p}}) and JSON columns take."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 class Tx:
@@ -88,6 +92,17 @@ class Backend(Protocol):
     def reclaim_space(self) -> None:
         """Give back to the file system some of the space deleted rows left (SQLite's
         incremental vacuum; PostgreSQL's autovacuum does it by itself)."""
+        ...
+
+    def announce(self, name: str) -> None:
+        """Run the named notification query outside any transaction (nothing on SQLite)."""
+        ...
+
+    def listen(self, name: str, wake: Callable[[], None], stop: threading.Event,
+               listening: Callable[[bool], None]) -> None:
+        """On a connection of its own, run the named LISTEN query and call `wake` at each
+        notification until `stop` is set, and `listening` as it starts and stops hearing
+        them; returns at once where there are none (SQLite)."""
         ...
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ suite against both.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..models import (ApiToken, Batch, Event, Execution, Identity, OutputSlice, Task, Worker)
@@ -212,6 +213,20 @@ class Store:
 
     def has_claimable(self, worker_id: int) -> bool:
         """Cheap read-only check: could `claim` return something for this worker now?"""
+        raise NotImplementedError
+
+    def announce_claimable(self) -> None:
+        """Tell every server process on this database that tasks may have become claimable
+        (a submission, a requeue, a freed slot), so that their long-polling claims look at
+        once. Nothing on SQLite, which one server process serves."""
+        raise NotImplementedError
+
+    def listen_claimable(self, wake: Callable[[], None], stop: threading.Event,
+                         listening: Callable[[bool], None]) -> None:
+        """Call `wake` whenever a process announces claimable tasks (`announce_claimable`),
+        until `stop` is set, on a database connection of its own (reopened when lost); calls
+        `listening(True)` once it hears them, `listening(False)` when it lost the connection.
+        Returns at once where announcements do not cross processes (SQLite)."""
         raise NotImplementedError
 
     def fleet_size(self) -> int:

@@ -8,7 +8,9 @@ by `SqlStore` (sql.py).
 from __future__ import annotations
 
 import json
+import logging
 import queue
+import select
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from urllib.parse import unquote, urlparse
 from ..errors import ConfigError, Conflict, MissingDependency, StoreUnavailable
 from . import queries
 from .backend import Tx
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_CODES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 
@@ -209,6 +213,41 @@ class PostgresBackend:
 
     def reclaim_space(self) -> None:
         pass  # autovacuum's job
+
+    def announce(self, name: str) -> None:
+        with self.transaction(write=False) as tx:
+            tx.run(name)
+
+    def listen(self, name: str, wake: Callable[[], None], stop: threading.Event,
+               listening: Callable[[bool], None]) -> None:
+        """LISTEN on a connection of its own; the notifications pg8000 reads are handed to
+        `wake`. The socket is watched with select (pg8000 reads notifications only while it
+        runs a statement: a `SELECT 1` collects them), and polled every second anyway, which
+        also finds a lost connection: it is reopened after a pause."""
+        while not stop.is_set():
+            con = None
+            try:
+                con = self._connect()
+                con.run(self.sql[name])
+                listening(True)
+                wake()  # announcements made while no connection listened
+                while not stop.is_set():
+                    if con.notifications:
+                        con.notifications.clear()
+                        wake()
+                    select.select([con._usock], [], [], 1.0)  # pg8000's socket (no public name)
+                    con.run(self.sql["listen_poll"])
+            except (StoreUnavailable, OSError, self._pg.InterfaceError, self._pg.DatabaseError) as e:
+                log.warning("listening for claimable tasks on PostgreSQL at %s: %s; again in 1 s", self._where,
+                            e.message if isinstance(e, StoreUnavailable) else _message(e))
+                listening(False)
+                stop.wait(1.0)
+            finally:
+                if con is not None:
+                    try:
+                        con.close()
+                    except Exception:
+                        pass
 
     def _drain(self) -> None:
         while True:

@@ -109,7 +109,10 @@ class SqlStore(Store):
     # --- tasks --------------------------------------------------------------
     def create_tasks(self, specs: Sequence[Mapping[str, Any]], actor: str | None = None,
                      key: str | None = None, scope: str = "") -> list[int]:
-        return self._write(lambda tx: tasks.create_tasks(tx, specs, actor, key, scope))
+        try:
+            return self._write(lambda tx: tasks.create_tasks(tx, specs, actor, key, scope))
+        except tasks.Resubmitted as e:  # rolled back: a concurrent first try of this request won
+            return e.ids
 
     def get_task(self, task_id: int) -> Task:
         return self._read(lambda tx: tasks.get_task(tx, task_id))
@@ -184,6 +187,13 @@ class SqlStore(Store):
 
     def has_claimable(self, worker_id: int) -> bool:
         return self._read(lambda tx: protocol.has_claimable(tx, worker_id))
+
+    def announce_claimable(self) -> None:
+        self.backend.announce("claimable_notify")
+
+    def listen_claimable(self, wake: Callable[[], None], stop: threading.Event,
+                         listening: Callable[[bool], None]) -> None:
+        self.backend.listen("claimable_listen", wake, stop, listening)
 
     def fleet_size(self) -> int:
         return self._read(protocol.fleet_size)

@@ -149,6 +149,13 @@ class SqliteBackend:
         finally:
             self._pool.put(conn)
 
+    def announce(self, name: str) -> None:
+        pass  # one server process serves a SQLite database: its own Notifier tells its claims
+
+    def listen(self, name: str, wake: Callable[[], None], stop: threading.Event,
+               listening: Callable[[bool], None]) -> None:
+        pass
+
     def close(self) -> None:
         with self._lock:
             for c in self._conns:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
 from ..models import (
@@ -80,71 +80,147 @@ def _find_cycle(edges: dict[int, list[int]]) -> list[int] | None:
 
 
 # --- creation -----------------------------------------------------------
+_CREATE_CHUNK = 5000  # tasks validated, turned into rows and inserted at a time
+
+
+class Resubmitted(Exception):
+    """A concurrent first try of this idempotent submission committed while this one inserted
+    its tasks: this transaction rolls back, and the request gets the first try's ids."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(f"{len(ids)} tasks already submitted under this key")
+        self.ids = ids
+
+
+def _digest(specs: Iterable[Mapping[str, Any]]) -> Any:
+    """sha256 of dumps(list(specs)), hashed spec by spec (the same digest, without the text)."""
+    h = hashlib.sha256(b"[")
+    for i, s in enumerate(specs):
+        h.update((b"," if i else b"") + dumps(s).encode("utf-8"))
+    return h
+
+
 def create_tasks(tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None = None,
                  key: str | None = None, scope: str = "") -> list[int]:
+    """Insert the tasks `specs`, all or none, reading them once and in chunks (`specs` may
+    validate each task as it is read: schema.LazyItems), so that no more than a chunk's rows
+    are held at a time. A bad task anywhere raises, and the transaction inserts nothing."""
     if not specs:
         return []
+    where_one = len(specs) == 1
     if key is not None:
-        digest = hashlib.sha256(dumps(list(specs)).encode("utf-8")).hexdigest()
+        prior = tx.value("submission_digest", scope=scope, key=key)
+        if prior is not None:
+            # A retried submission: the same request gets the same ids, another one is
+            # refused rather than answered with ids that are not its tasks.
+            return _resubmitted(tx, scope, key, prior, None, specs)
+    hasher = hashlib.sha256(b"[") if key is not None else None
+    stored_key = submit_key(scope, key) if key is not None else None
+    batch_ids: dict[str, int] = {}
+    refs: dict[str, int] = {}  # ref -> index of its task
+    ids: list[int] = []
+    known: dict[int, str] = {}  # status of the tasks named by id in requires
+    ref_edges: dict[int, list[str]] = {}  # index -> refs it requires (resolved at the end)
+    index = 0
+    chunk: list[Mapping[str, Any]] = []
+    it = iter(specs)
+    while True:
+        chunk.clear()
+        for s in it:
+            chunk.append(s)
+            if len(chunk) == _CREATE_CHUNK:
+                break
+        if not chunk:
+            break
+        if hasher is not None:
+            for n, s in enumerate(chunk, index):
+                hasher.update((b"," if n else b"") + dumps(s).encode("utf-8"))
+        _insert_chunk(tx, chunk, index, stored_key, where_one, batch_ids, refs, ids, known, ref_edges)
+        index += len(chunk)
+    deps: list[dict[str, int]] = []
+    for i, wanted in ref_edges.items():
+        where = "requires" if where_one else f"tasks[{i}].requires"
+        for r in wanted:
+            if r not in refs:  # like an unknown id: the task it names does not exist (404)
+                raise NotFound(f"{where}: no task with ref {r!r} in this request", field=where)
+    cycle = _find_cycle({i: [refs[r] for r in wanted] for i, wanted in ref_edges.items()})
+    if cycle:
+        raise Invalid("requirements form a cycle: " + " -> ".join(f"tasks[{i}]" for i in cycle),
+                      field="requires")
+    for i, wanted in ref_edges.items():
+        deps.extend({"task_id": ids[i], "required_id": ids[refs[r]]} for r in unique(wanted))
+    if deps:
+        tx.many("dependency_insert", deps)
+    if key is not None and hasher is not None:
+        hasher.update(b"]")
+        digest = hasher.hexdigest()
         if not tx.run("submission_insert", scope=scope, key=key, digest=digest, now=tx.now):
-            # A retried submission (a concurrent first try holding the key made this
-            # insert wait for its commit): the same request gets the same ids, another
-            # one is refused rather than answered with ids that are not its tasks.
-            if tx.value("submission_digest", scope=scope, key=key) != digest:
-                raise Conflict(f"idempotency key {key!r} was already used by this token for a different "
-                               "request: use a new key for new tasks", key=key)
-            return [int(r["id"]) for r in tx.all("task_ids_by_key", key=submit_key(scope, key))]
-        key = submit_key(scope, key)
-    batch_ids = {name: batches.batch_id(tx, name, create=True)
-                 for name in unique(s.get("batch") or DEFAULT_BATCH for s in specs)}
-    refs: dict[str, int] = {}
-    for i, s in enumerate(specs):
+            # a concurrent first try holding the key made this insert wait for its commit
+            mine = set(ids)  # this transaction sees its own tasks under the key too
+            raise Resubmitted([i for i in _resubmitted(tx, scope, key, tx.value("submission_digest", scope=scope,
+                                                                                 key=key), digest, specs)
+                               if i not in mine])
+    detail: dict[str, Any] = {"count": len(ids), "first": ids[0], "last": ids[-1]}
+    admin.event(tx, "task.create", f"batch:{','.join(batch_ids)}"[:200], detail, actor)
+    return ids
+
+
+def _resubmitted(tx: Tx, scope: str, key: str, prior: Any, digest: str | None,
+                 specs: Sequence[Mapping[str, Any]]) -> list[int]:
+    if digest is None:
+        h = _digest(specs)
+        h.update(b"]")
+        digest = h.hexdigest()
+    if prior != digest:
+        raise Conflict(f"idempotency key {key!r} was already used by this token for a different "
+                       "request: use a new key for new tasks", key=key)
+    return [int(r["id"]) for r in tx.all("task_ids_by_key", key=submit_key(scope, key))]
+
+
+def _insert_chunk(tx: Tx, chunk: Sequence[Mapping[str, Any]], first: int, key: str | None, where_one: bool,
+                  batch_ids: dict[str, int], refs: dict[str, int], ids: list[int], known: dict[int, str],
+                  ref_edges: dict[int, list[str]]) -> None:
+    """Insert the tasks `chunk`, the first of which is the request's task `first`."""
+    for name in unique(s.get("batch") or DEFAULT_BATCH for s in chunk):
+        if name not in batch_ids:
+            batch_ids[name] = batches.batch_id(tx, name, create=True)
+    for i, s in enumerate(chunk, first):
         ref = s.get("ref")
         if ref:
             if ref in refs:
                 raise Invalid(f"ref {ref!r} is used by tasks {refs[ref]} and {i}", field=f"tasks[{i}].ref")
             refs[ref] = i
-    wanted = unique(r for s in specs for r in (s.get("requires") or []) if isinstance(r, int))
-    known: dict[int, str] = {}
-    for chunk_start in range(0, len(wanted), 5000):
-        chunk = wanted[chunk_start:chunk_start + 5000]
-        for row in tx.all("task_status_by_ids", ids=dumps(chunk)):
+    wanted = [r for r in unique(r for s in chunk for r in (s.get("requires") or []) if isinstance(r, int))
+              if r not in known]
+    if wanted:
+        for row in tx.all("task_status_by_ids", ids=dumps(wanted)):
             known[int(row["id"])] = row["status"]
-    ref_edges: dict[int, list[int]] = {}
-    for i, s in enumerate(specs):
-        for r in s.get("requires") or []:
-            where = f"tasks[{i}].requires" if len(specs) > 1 else "requires"
-            if isinstance(r, str):
-                if r not in refs:  # like an unknown id: the task it names does not exist (404)
-                    raise NotFound(f"{where}: no task with ref {r!r} in this request", field=where)
-                ref_edges.setdefault(i, []).append(refs[r])
-            elif r not in known:
-                # a well-formed id naming no task: the object is missing (404), the body is not invalid
-                raise NotFound(f"{where}: no task {r}", field=where, task_id=r)
-    cycle = _find_cycle(ref_edges)
-    if cycle:
-        raise Invalid("requirements form a cycle: " + " -> ".join(f"tasks[{i}]" for i in cycle),
-                      field="requires")
-    ids = tx.reserve_ids("task", len(specs))
+    chunk_ids = tx.reserve_ids("task", len(chunk))
+    ids.extend(chunk_ids)
     rows: list[dict[str, Any]] = []
     deps: list[dict[str, int]] = []
-    for i, s in enumerate(specs):
-        required = [r if isinstance(r, int) else ids[refs[r]] for r in (s.get("requires") or [])]
-        required = unique(required)
-        ready = all(isinstance(r, int) and known.get(r) == TaskStatus.SUCCEEDED.value
-                    for r in (s.get("requires") or []))
+    for i, (task_id, s) in enumerate(zip(chunk_ids, chunk), first):
+        requires = s.get("requires") or []
+        ready = True
+        for r in requires:
+            if isinstance(r, str):
+                ref_edges.setdefault(i, []).append(r)
+                ready = False
+            elif r not in known:
+                # a well-formed id naming no task: the object is missing (404), the body is not invalid
+                where = "requires" if where_one else f"tasks[{i}].requires"
+                raise NotFound(f"{where}: no task {r}", field=where, task_id=r)
+            elif known[r] != TaskStatus.SUCCEEDED.value:
+                ready = False
         if s.get("status") == TaskStatus.PAUSED.value:
             status = TaskStatus.PAUSED.value
         else:
             status = TaskStatus.PENDING.value if ready else TaskStatus.WAITING.value
-        rows.append(spec_row(ids[i], batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now, key))
-        deps.extend({"task_id": ids[i], "required_id": r} for r in required)
+        rows.append(spec_row(task_id, batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now, key))
+        deps.extend({"task_id": task_id, "required_id": r} for r in unique(r for r in requires if isinstance(r, int)))
     tx.many("task_insert", rows)
     if deps:
         tx.many("dependency_insert", deps)
-    detail: dict[str, Any] = {"count": len(ids), "first": ids[0], "last": ids[-1]}
-    admin.event(tx, "task.create", f"batch:{','.join(batch_ids)}"[:200], detail, actor)
-    return ids
 
 # --- reading ------------------------------------------------------------
 def with_deps(tx: Tx, rows: list[dict[str, Any]]) -> list[Task]:

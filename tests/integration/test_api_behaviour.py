@@ -78,6 +78,28 @@ def test_bulk_submit_is_all_or_nothing(srv):
     assert_error(srv.call("GET", f"/tasks/counts?batch={batch}"), 404)  # not even the batch was made
 
 
+
+def test_bulk_submit_is_all_or_nothing_past_the_first_inserted_chunk(srv):
+    # the tasks are validated and inserted chunk by chunk (5,000 at a time): a bad one after
+    # several chunks went in still leaves nothing behind, and the refusal names it
+    batch = unique("bulkchunks")
+    tasks = [{"command": f"echo {i}", "batch": batch} for i in range(12_000)]
+    tasks[11_000] = {"command": "echo bad", "batch": batch, "inputs": ["s3://b/../x"]}
+    body = assert_error(srv.call("POST", "/tasks/bulk", {"tasks": tasks}), 422, "invalid")
+    assert body["data"]["field"].startswith("tasks[11000].inputs")
+    assert_error(srv.call("GET", f"/tasks/counts?batch={batch}"), 404)
+
+
+def test_bulk_ref_to_a_task_chunks_later_makes_a_dependency(srv):
+    batch = unique("fwdref")
+    tasks: list[dict] = [{"command": f"echo {i}", "batch": batch} for i in range(7_000)]
+    tasks[0]["requires"] = ["last"]
+    tasks[6_999]["ref"] = "last"
+    ids = srv.ok("POST", "/tasks/bulk", {"tasks": tasks})["ids"]
+    first = srv.ok("GET", f"/tasks/{ids[0]}")
+    assert first["requires"] == [ids[6_999]] and first["status"] == "waiting"
+    assert srv.ok("GET", f"/tasks/counts?batch={batch}")["counts"] == {"pending": 6_999, "waiting": 1}
+
 def test_bulk_refs_make_dependencies(srv):
     batch = unique("deps")
     reply = srv.ok("POST", "/tasks/bulk", {"tasks": [

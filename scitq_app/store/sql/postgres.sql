@@ -108,6 +108,15 @@ ON CONFLICT (batch_id, status) DO UPDATE SET n = task_count.n + EXCLUDED.n
 -- name: reserve_ids
 SELECT nextval(pg_get_serial_sequence(:table, 'id')) AS id FROM generate_series(1, :n)
 
+-- name: claimable_notify
+SELECT pg_notify('scitq_claimable', '')
+
+-- name: claimable_listen
+LISTEN scitq_claimable
+
+-- name: listen_poll
+SELECT 1
+
 -- name: task_insert_json
 INSERT INTO task (id, batch_id, name, command, shell, container, container_options, inputs, resources, output,
                   status, priority, cpu, mem, gpu, disk, max_retries, download_timeout, run_timeout, use_cache,
