@@ -4,7 +4,7 @@
 #
 # Usage:
 #   install.sh server [--database URL | --sqlite] [--public-url URL] [--https-port N]
-#                     [--cert FILE --key FILE] [--pyz PATH] [--dry-run]
+#                     [--cert FILE --key FILE] [--api-processes N] [--pyz PATH] [--dry-run]
 #   install.sh worker --server URL --join-token TOKEN [--name NAME] [--concurrency N]
 #                     [--pyz PATH] [--dry-run]
 #   install.sh uninstall [--purge] [--dry-run]
@@ -27,6 +27,9 @@
 #   --sqlite          server: SQLite in /var/lib/scitq/scitq.db instead of PostgreSQL (for trials only)
 #   --public-url URL  server: the URL workers use (default https://<this host's first address>[:port])
 #   --https-port N    server: the port nginx serves the API on (default 443)
+#   --api-processes N server: API processes behind nginx (default 1, or as many as run already; at
+#                     most 16; more than 1 needs PostgreSQL): scitq-server on port 5000, then
+#                     scitq-server@5001 and on. Run it again with another N to add or remove some.
 #   --cert FILE, --key FILE
 #                     server: the TLS certificate and key to serve (default: a self-signed pair,
 #                     made once in /etc/scitq/tls)
@@ -74,19 +77,20 @@ note() { echo "$PROG: $*"; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
 ROLE="" PYZ="" SERVER_URL="" JOIN_TOKEN="" DATABASE="" SQLITE=0 PUBLIC_URL="" HTTPS_PORT=443
-CERT="" KEY="" NAME="" CONCURRENCY="" PURGE=0 DRY_RUN=0
+CERT="" KEY="" NAME="" CONCURRENCY="" PURGE=0 DRY_RUN=0 API_PROCESSES=
 need_value() { [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value (see --help)"; }
 while (($#)); do
   case $1 in
     server | worker | uninstall)
       [[ -z $ROLE ]] || die "give one role, not '$ROLE' and '$1'"
       ROLE=$1 ;;
-    --pyz | --server | --join-token | --database | --public-url | --https-port | --cert | --key | --name | --concurrency)
+    --pyz | --server | --join-token | --database | --public-url | --https-port | --cert | --key | --name | --concurrency | \
+    --api-processes)
       need_value "$@"; opt=${1#--}; val=$2; shift
       case $opt in
         pyz) PYZ=$val ;; server) SERVER_URL=$val ;; join-token) JOIN_TOKEN=$val ;; database) DATABASE=$val ;;
         public-url) PUBLIC_URL=$val ;; https-port) HTTPS_PORT=$val ;; cert) CERT=$val ;; key) KEY=$val ;;
-        name) NAME=$val ;; concurrency) CONCURRENCY=$val ;;
+        name) NAME=$val ;; concurrency) CONCURRENCY=$val ;; api-processes) API_PROCESSES=$val ;;
       esac ;;
     --server-url | --token) die "$1 is gone: use --server URL --join-token TOKEN (mint one on the server: scitq worker join-token)" ;;
     --sqlite) SQLITE=1 ;;
@@ -105,7 +109,7 @@ only_for() { # only_for ROLE OPTION VALUE: refuse an option given to another rol
   [[ -z $3 || $3 == 0 || $ROLE == "$1" ]] || die "$2 is for the $1 role"
 }
 only_for server --database "$DATABASE"; only_for server --sqlite "$SQLITE"; only_for server --public-url "$PUBLIC_URL"
-only_for server --cert "$CERT"; only_for server --key "$KEY"
+only_for server --cert "$CERT"; only_for server --key "$KEY"; only_for server --api-processes "$API_PROCESSES"
 [[ $HTTPS_PORT == 443 || $ROLE == server ]] || die "--https-port is for the server role"
 only_for worker --server "$SERVER_URL"; only_for worker --join-token "$JOIN_TOKEN"; only_for worker --name "$NAME"
 only_for worker --concurrency "$CONCURRENCY"; only_for uninstall --purge "$PURGE"
@@ -117,6 +121,13 @@ if [[ $ROLE == server ]]; then
   fi
   [[ -z $PUBLIC_URL || $PUBLIC_URL =~ ^https://[^[:space:]/]+/?$ ]] || die "--public-url must look like https://HOST[:PORT], not '$PUBLIC_URL'"
   [[ -n $CERT && -n $KEY || -z $CERT && -z $KEY ]] || die "give --cert and --key together"
+  if [[ -n $API_PROCESSES ]]; then
+    if ! [[ $API_PROCESSES =~ ^[0-9]{1,2}$ ]] || ((API_PROCESSES < 1 || API_PROCESSES > 16)); then
+      die "--api-processes must be a whole number from 1 to 16, not '$API_PROCESSES'"
+    fi
+    ((API_PROCESSES == 1 || SQLITE == 0)) ||
+      die "--api-processes $API_PROCESSES needs PostgreSQL: SQLite takes one API process (drop --sqlite)"
+  fi
   if [[ -n $CERT ]]; then [[ -r $CERT ]] || die "--cert: cannot read $CERT"; [[ -r $KEY ]] || die "--key: cannot read $KEY"; fi
 fi
 if [[ $ROLE == worker ]]; then
@@ -454,7 +465,17 @@ setup_nginx() {
   local content ipv6=""
   if [[ -s /proc/net/if_inet6 ]]; then ipv6="    listen [::]:$HTTPS_PORT ssl;
 "; fi
+  local upstream="" port
+  for ((port = API_PORT; port < API_PORT + API_PROCESSES; port++)); do upstream+="    server 127.0.0.1:$port;
+"; done
   content="# scitq API over TLS. Written by install.sh (rewritten when it runs again; copy it to keep changes).
+# The API processes (install.sh server --api-processes N); long-polls make the least busy the best pick.
+upstream scitq_api {
+    least_conn;
+${upstream}}
+# which API process served each request (\$upstream_addr) and how long it took
+log_format scitq '\$remote_addr [\$time_local] \"\$request\" \$status \$body_bytes_sent '
+                 'upstream=\$upstream_addr time=\$request_time';
 server {
     listen $HTTPS_PORT ssl;
 ${ipv6}    server_name _;
@@ -462,8 +483,9 @@ ${ipv6}    server_name _;
     ssl_certificate_key $TLS_DIR/scitq.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     client_max_body_size 64m;
+    access_log /var/log/nginx/scitq.access.log scitq;
     location / {
-        proxy_pass http://127.0.0.1:$API_PORT;
+        proxy_pass http://scitq_api;
         proxy_http_version 1.1;
         # the client's own Host: the server checks it (DNS rebinding)
         proxy_set_header Host \$http_host;
@@ -497,7 +519,11 @@ NGINX_CHANGED=0
 # --- units --------------------------------------------------------------------------------------
 install_units() {
   local units=() unit
-  if [[ $ROLE == server ]]; then units=(scitq-server.service scitq-dispatcher.service scitq.target); else units=(scitq-worker.service); fi
+  if [[ $ROLE == server ]]; then
+    units=(scitq-server.service scitq-server@.service scitq-dispatcher.service scitq.target)
+  else
+    units=(scitq-worker.service)
+  fi
   for unit in "${units[@]}"; do
     [[ -f $HERE/systemd/$unit ]] || fail "$HERE/systemd/$unit is missing"
     if [[ -f $UNIT_DIR/$unit ]] && cmp -s "$HERE/systemd/$unit" "$UNIT_DIR/$unit"; then
@@ -548,16 +574,66 @@ start_server() {
   if ! systemd_running; then
     note "systemd is not running here (a container?): units installed, nothing started"
     note "start by hand as user scitq in $STATE_DIR: scitq server --no-dispatcher, and scitq dispatcher"
+    ((API_PROCESSES == 1)) || note "and the other API processes: scitq server --no-dispatcher --port 5001 (up to $((API_PORT + API_PROCESSES - 1)))"
     return
   fi
   enable scitq-server.service scitq-dispatcher.service scitq.target
+  local unit extra=() port
+  for unit in $(extra_api_units); do
+    port=${unit#scitq-server@}; port=${port%.service}
+    if ((port - API_PORT >= API_PROCESSES)); then
+      run systemctl disable --now --quiet "$unit"
+    fi
+  done
+  for ((port = API_PORT + 1; port < API_PORT + API_PROCESSES; port++)); do extra+=("scitq-server@$port.service"); done
+  if ((${#extra[@]})); then enable "${extra[@]}"; fi
   if ((CHANGED || UNITS_CHANGED)); then
-    run systemctl restart scitq.target scitq-server scitq-dispatcher
-  elif systemctl is-active --quiet scitq-server scitq-dispatcher; then
-    note "scitq-server and scitq-dispatcher are running"
+    run systemctl restart scitq.target scitq-server scitq-dispatcher "${extra[@]}"
+  elif all_active scitq-server scitq-dispatcher "${extra[@]}"; then
+    note "scitq-server and scitq-dispatcher are running${extra[*]:+, and ${extra[*]%.service}}"
   else
-    run systemctl start scitq.target
+    run systemctl start scitq.target scitq-server scitq-dispatcher "${extra[@]}"
   fi
+  for ((port = API_PORT; port < API_PORT + API_PROCESSES && !DRY_RUN; port++)); do
+    wait_api_process "$port" || fail "the API process on port $port does not answer: see journalctl -u 'scitq-server*'"
+  done
+}
+
+# all_active UNIT...: whether every one of the units is active (systemctl is-active says whether any is).
+all_active() {
+  local unit
+  for unit in "$@"; do systemctl is-active --quiet "$unit" || return 1; done
+}
+
+# extra_api_units: the scitq-server@PORT instances enabled now (the API processes beyond the first).
+extra_api_units() {
+  local link
+  for link in "$UNIT_DIR"/scitq.target.wants/scitq-server@*.service; do
+    [[ -e $link || -L $link ]] && basename "$link"
+  done
+  return 0
+}
+
+# api_processes: --api-processes, else as many as are enabled now (re-runs keep them), else 1.
+api_processes() {
+  if [[ -n $API_PROCESSES ]]; then echo "$API_PROCESSES"; return; fi
+  echo $(($(extra_api_units | wc -l) + 1))
+}
+
+# wait_api_process PORT: wait (60 s at most) until the API process on PORT answers its health check.
+wait_api_process() {
+  "$PYTHON" - "$1" <<'EOF'
+import sys, time, urllib.request
+deadline = time.monotonic() + 60
+while True:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/health", timeout=5) as reply:
+            sys.exit(0 if reply.status == 200 else 1)
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(1)
+        time.sleep(0.5)
+EOF
 }
 
 # check_health URL FINGERPRINT: GET URL/api/v1/health over TLS, pinning the certificate.
@@ -665,6 +741,10 @@ start_worker() {
 # --- uninstall ----------------------------------------------------------------------------------
 uninstall() {
   local unit units=(scitq-worker.service scitq-server.service scitq-dispatcher.service scitq.target)
+  for unit in $(extra_api_units); do
+    if systemd_running; then run systemctl disable --now --quiet "$unit" || true; fi
+  done
+  units+=(scitq-server@.service)
   for unit in "${units[@]}"; do
     if [[ -f $UNIT_DIR/$unit ]]; then
       if systemd_running; then run systemctl disable --now --quiet "$unit" || true; fi
@@ -716,6 +796,10 @@ install_packages
 create_user_and_dirs
 install_pyz
 if [[ $ROLE == server ]]; then
+  API_PROCESSES=$(api_processes)
+  if ((API_PROCESSES > 1)) && grep -qs '^database *= *sqlite' "$CONF"; then
+    die "--api-processes $API_PROCESSES needs PostgreSQL: $CONF says SQLite, which takes one API process"
+  fi
   if [[ ! -e $CONF && -z $DATABASE && $SQLITE == 0 ]]; then setup_postgresql; fi
   write_config
   setup_tls

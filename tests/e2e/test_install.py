@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -103,19 +104,49 @@ def test_dry_run_server(fake_pyz: Path, tmp_path: Path) -> None:
     linked = os.path.islink("/usr/local/bin/scitq") and os.readlink("/usr/local/bin/scitq") == str(PYZ_DEST)
     assert ("/usr/local/bin/scitq -> " if linked else f"[dry-run] ln -sfn {PYZ_DEST} /usr/local/bin/scitq") in out
     assert "/usr/local/lib/scitq/releases/scitq-" in out
-    for unit in ("scitq-server.service", "scitq-dispatcher.service", "scitq.target"):
+    for unit in ("scitq-server.service", "scitq-server@.service", "scitq-dispatcher.service", "scitq.target"):
         assert f"{UNITS / unit} /etc/systemd/system/{unit}" in out
     assert "scitq-worker.service" not in out
     assert "[dry-run] scitq db upgrade (as user scitq)" in out
     assert "[dry-run] scitq token create --role admin" in out
     assert "[dry-run] write /etc/nginx/sites-available/scitq" in out
-    assert "proxy_pass http://127.0.0.1:5000;" in out
+    assert "proxy_pass http://scitq_api;" in out
+    assert upstream_ports(out) == [5000]
     config = written_config(out)
     if config is not None:
         assert "[dry-run] write /etc/scitq.conf (mode 640, owner root:scitq)" in out
         assert "tls_certificate = /etc/scitq/tls/scitq.crt" in config
         assert "database = ********" in config  # the generated password is never shown
         assert_valid_config(config.replace("database = ********", "database = sqlite:///x.db"), tmp_path)
+
+
+def upstream_ports(out: str) -> list[int]:
+    """The ports of the API processes in the nginx site a dry run would write."""
+    block = out.split("upstream scitq_api {", 1)[1].split("}", 1)[0]
+    return [int(m) for m in re.findall(r"server 127\.0\.0\.1:(\d+);", block)]
+
+
+def test_dry_run_server_with_three_api_processes_puts_them_all_behind_nginx(fake_pyz: Path) -> None:
+    done = install("--dry-run", "server", "--api-processes", "3", "--pyz", str(fake_pyz))
+    assert done.returncode == 0, done.stderr
+    assert upstream_ports(done.stdout) == [5000, 5001, 5002]
+    assert "least_conn;" in done.stdout and "upstream=$upstream_addr" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["server", "--sqlite", "--api-processes", "2"], "--api-processes 2 needs PostgreSQL: SQLite takes one API process (drop --sqlite)"),
+    (["server", "--api-processes", "0"], "--api-processes must be a whole number from 1 to 16, not '0'"),
+    (["server", "--api-processes", "17"], "--api-processes must be a whole number from 1 to 16, not '17'"),
+    (["server", "--api-processes", "two"], "--api-processes must be a whole number from 1 to 16, not 'two'"),
+    (["worker", "--api-processes", "2"], "--api-processes is for the server role"),
+])
+def test_bad_api_processes_are_refused_before_anything_is_done(fake_pyz: Path, args: list[str],
+                                                                message: str) -> None:
+    before = snapshot()
+    done = install("--dry-run", *args, "--pyz", str(fake_pyz))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.strip() == f"install.sh: error: {message}"
+    assert snapshot() == before
 
 
 def test_dry_run_server_on_sqlite_says_it_is_for_trials(fake_pyz: Path, tmp_path: Path) -> None:

@@ -381,6 +381,42 @@ def test_the_units_pass_systemd_analyze_verify(install: Install) -> None:
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout
 
 
+def test_two_api_processes_behind_nginx_and_one_dispatcher_serve_a_batch_together(install: Install) -> None:
+    srv = install.srv
+    done = srv.run(f"bash {SRC}/install.sh server --api-processes 2", timeout=300)
+    assert "+ systemctl enable --quiet scitq-server@5001.service" in done.stdout
+    assert srv.run("systemctl is-active scitq-server scitq-server@5001 scitq-dispatcher").stdout.split() \
+        == ["active"] * 3
+    verify = srv.run("systemd-analyze verify scitq-server@5001.service 2>&1", check=False)
+    assert (verify.returncode, verify.stdout.strip()) == (0, "")
+    # each process hears what is submitted through the other (PostgreSQL LISTEN/NOTIFY)
+    for port in (5000, 5001):
+        health = json.loads(srv.run(f"python3 -c 'import urllib.request; print(urllib.request.urlopen("
+                                    f"\"http://127.0.0.1:{port}/api/v1/health\").read().decode())'").stdout)
+        assert health["hears_other_processes"] is True, (port, health)
+    srv.run(": > /var/log/nginx/scitq.access.log")
+    names = [f"two{i}" for i in range(30)]
+    ids = install.submit(names, "sleep 0.3")  # through the process on port 5000
+    install.wait_succeeded(ids, 180)
+    install.assert_each_ran_once(names)
+    # the workers' claims went through nginx to both processes, and so do their heartbeats (a few
+    # seconds apart: waited for)
+    def served(path: str) -> dict[int, int]:
+        log = srv.read("/var/log/nginx/scitq.access.log").splitlines()
+        return {port: sum(1 for ln in log if path in ln and f"upstream=127.0.0.1:{port} " in ln)
+                for port in (5000, 5001)}
+    assert min(served("/claim ").values()) > 0, f"claims per API process: {served('/claim ')}"
+    wait_until("heartbeats through both API processes", lambda: min(served("/heartbeat ").values()) > 0, 60)
+    # a re-run keeps both; --api-processes 1 stops the second and takes it out of nginx
+    again = srv.run(f"bash {SRC}/install.sh server", timeout=300)
+    assert [ln for ln in again.stdout.splitlines() if ln.startswith("+ ")] == []
+    done = srv.run(f"bash {SRC}/install.sh server --api-processes 1", timeout=300)
+    assert "+ systemctl disable --now --quiet scitq-server@5001.service" in done.stdout
+    assert srv.run("systemctl is-active scitq-server@5001", check=False).stdout.strip() == "inactive"
+    assert "127.0.0.1:5001" not in srv.read("/etc/nginx/sites-available/scitq")
+    assert "the API answers through TLS" in done.stdout
+
+
 def test_the_admin_s_own_certificate_replaces_the_self_signed_one_and_join_tokens_carry_it(install: Install) -> None:
     srv = install.srv
     srv.run("openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=scitq.lab.example "

@@ -1,0 +1,353 @@
+"""A fleet over HTTP: thousands of simulated workers, submitters and listers against real server
+processes on a database filled like a busy lab's, for minutes.
+
+Fill (as bench/scale.py): TASKS tasks in mixed statuses, EXECUTIONS executions, as many events,
+WORKERS workers holding the running executions. The workers belong to the batch `fleet`, empty at
+first, so they are idle: they heart-beat at the interval the server sets (each with its real
+execution list) and claim as the server tells them (a long-poll when the process has room for one,
+else `retry_after`). Submitters add one task at a time to `fleet` (pickup latency: from sending the
+submission to a claim reply that holds it); the worker that took it reports it running then
+succeeded. Listers page through running tasks, counts by batch and workers.
+
+Server side: on PostgreSQL, API processes (`--api`, default 2) and one dispatcher process; on
+SQLite, one server with its dispatcher. The servers are pinned to CPU 0 and this load generator
+to CPU 1 (`taskset`), so the server's share of a 2-core machine is what /proc says; the
+database's own CPU (PostgreSQL's backends) is reported beside.
+
+    python3 bench/fleet.py postgres --tasks 1000000 --workers 5000 --seconds 300
+    python3 bench/fleet.py sqlite --tasks 1000000 --workers 1000 --seconds 300
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from harness import database, pct  # noqa: E402
+from scale import fill_statements, run_sql  # noqa: E402
+
+from tests.support.processes import ServerProcess, scitq_env  # noqa: E402
+
+STATS = {"cpu": 12.0, "iowait": 0.5, "load": [0.3, 0.2, 0.1], "mem": 21.0, "disk": 30.0, "disk_free_gb": 400.0,
+         "version": "bench"}
+
+
+# --- an asyncio HTTP/1.1 client with a keep-alive pool per server process ---------------------------
+class Pool:
+    """At most `size` keep-alive connections to one API process (what nginx's upstream keepalive
+    gives a real fleet: the server never sees thousands of sockets)."""
+
+    def __init__(self, port: int, size: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.slots = asyncio.Semaphore(size)
+
+    async def request(self, method: str, path: str, token: str, body: Any = None,
+                      timeout: float = 60) -> tuple[int, Any]:
+        async with self.slots:
+            conn = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                status, reply = await asyncio.wait_for(self._exchange(conn, method, path, token, body), timeout)
+            except BaseException:
+                conn[1].close()
+                raise
+            self.idle.append(conn)
+            return status, reply
+
+    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, path: str,
+                        token: str, body: Any) -> tuple[int, Any]:
+        reader, writer = conn
+        data = json.dumps(body).encode() if body is not None else b""
+        head = (f"{method} /api/v1{path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n")
+        writer.write(head.encode() + data)
+        status_line = await reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length, chunked = 0, False
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        if chunked:
+            parts = []
+            while True:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    await reader.readline()
+                    break
+                parts.append(await reader.readexactly(size))
+                await reader.readline()
+            payload = b"".join(parts)
+        else:
+            payload = await reader.readexactly(length)
+        return status, json.loads(payload) if payload else None
+
+
+class Load:
+    """The simulated fleet, submitters and listers; latencies by kind, in seconds."""
+
+    def __init__(self, pools: list[Pool], admin: str, workers: list[tuple[int, str, list[int]]],
+                 seconds: float, submitters: int, listers: int) -> None:
+        self.pools = pools
+        self.admin = admin
+        self.workers = workers
+        self.seconds = seconds
+        self.submitters = submitters
+        self.listers = listers
+        self.lat: dict[str, list[float]] = {}
+        self.counts: dict[str, int] = {"claim_empty_at_once": 0}  # an idle worker spinning: must stay 0
+        self.errors: list[str] = []
+        self.submitted: dict[str, float] = {}  # task name -> when its submission was sent
+        self.pickup: list[float] = []
+        self.stop_at = 0.0
+        self.rng = random.Random(7)
+
+    def pool(self) -> Pool:
+        return self.pools[self.rng.randrange(len(self.pools))]
+
+    async def call(self, kind: str, method: str, path: str, token: str, body: Any = None,
+                   timeout: float = 60) -> Any:
+        t0 = time.monotonic()
+        try:
+            status, reply = await self.pool().request(method, path, token, body, timeout)
+        except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
+            self.errors.append(f"{kind}: {type(e).__name__} {e}")
+            return None
+        if status >= 400:
+            self.errors.append(f"{kind}: HTTP {status} {reply}")
+            return None
+        self.lat.setdefault(kind, []).append(time.monotonic() - t0)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        return reply
+
+    def running(self) -> bool:
+        return time.monotonic() < self.stop_at
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep, but not past the end of the run."""
+        await asyncio.sleep(max(0.0, min(seconds, self.stop_at - time.monotonic())))
+
+    async def worker(self, wid: int, token: str, held: list[int]) -> None:
+        interval = [25.0]
+        mine = list(held)
+
+        async def beats() -> None:
+            await self.nap(self.rng.uniform(0, interval[0]))
+            while self.running():
+                reply = await self.call("heartbeat", "POST", f"/workers/{wid}/heartbeat", token,
+                                        {"stats": STATS, "executions": mine, "acks": []})
+                if reply:
+                    interval[0] = float(reply.get("heartbeat", interval[0]))
+                await self.nap(interval[0])
+
+        async def claims() -> None:
+            await self.nap(self.rng.uniform(0, 5))
+            while self.running():
+                t0 = time.monotonic()
+                reply = await self.call("claim", "POST", f"/workers/{wid}/claim", token,
+                                        {"slots": 2, "wait": 5.0}, timeout=70)
+                if reply is None:
+                    await self.nap(5)
+                    continue
+                got = time.monotonic()
+                # what kind of claim it was: told to come back (the server's own latency), given
+                # work (maybe after waiting for it), or a long-poll that ended empty
+                kind = "claim_later" if "retry_after" in reply else "claim_work" if reply["executions"] \
+                    else "claim_empty"
+                self.lat.setdefault(kind, []).append(self.lat["claim"].pop())
+                self.counts[kind] = self.counts.get(kind, 0) + 1
+                if kind == "claim_empty" and got - t0 < 4:
+                    self.counts["claim_empty_at_once"] = self.counts.get("claim_empty_at_once", 0) + 1
+                for e in reply["executions"]:
+                    sent = self.submitted.pop(e["command"].split()[-1], None)
+                    if sent is not None:
+                        self.pickup.append(got - sent)
+                    mine.append(e["id"])
+                    await self.call("report", "POST", f"/executions/{e['id']}/report", token, {"phase": "running"})
+                    await self.nap(0.2)
+                    await self.call("report", "POST", f"/executions/{e['id']}/report", token,
+                                    {"phase": "succeeded", "return_code": 0})
+                    mine.remove(e["id"])
+                if "retry_after" in reply:
+                    await self.nap(float(reply["retry_after"]))
+
+        await asyncio.gather(beats(), claims())
+
+    async def submitter(self, k: int) -> None:
+        n = 0
+        while self.running():
+            await self.nap(self.rng.uniform(1.0, 3.0))
+            name = f"s{k}-{n}"
+            n += 1
+            self.submitted[name] = time.monotonic()
+            await self.call("submit", "POST", "/tasks", self.admin,
+                            {"command": f"echo {name}", "batch": "fleet", "name": name})
+
+    async def lister(self, k: int) -> None:
+        pages = [("list_running_page", "/tasks?status=running&limit=100"), ("batches", "/batches"),
+                 ("list_pending_page", "/tasks?status=pending&batch=b3&limit=100"),
+                 ("workers_of_batch", "/workers?batch=fleet"), ("counts", "/tasks/counts")]
+        while self.running():
+            await self.nap(self.rng.uniform(0.5, 1.5))
+            kind, path = pages[self.rng.randrange(len(pages))]
+            await self.call(kind, "GET", path, self.admin)
+
+    async def run(self) -> None:
+        self.stop_at = time.monotonic() + self.seconds
+        await asyncio.gather(*(self.worker(*w) for w in self.workers),
+                             *(self.submitter(k) for k in range(self.submitters)),
+                             *(self.lister(k) for k in range(self.listers)))
+
+
+# --- processes ------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def postgres_pids(url: str) -> list[int]:
+    """The PostgreSQL processes serving `url`'s port (postmaster and its children)."""
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    out = subprocess.run(["pgrep", "-f", "--", f"-p {port} "], capture_output=True, text=True).stdout.split()
+    roots = [int(p) for p in out]
+    pids = list(roots)
+    for root in roots:
+        pids += [int(p) for p in subprocess.run(["pgrep", "-P", str(root)], capture_output=True,
+                                                text=True).stdout.split()]
+    return pids
+
+
+def pin(pid: int, cpu: int) -> None:
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+
+
+def prepare(url: str, tasks: int, executions: int, workers: int) -> tuple[str, list[tuple[int, str, list[int]]]]:
+    from scitq_app.store import open_store
+
+    store = open_store(url)
+    secret: list[str] = []
+    store.init_schema(on_admin_secret=secret.append)
+    store.create_batch("fleet")
+    regs = [store.register_worker({"name": f"sim-{i:05d}", "concurrency": 4, "prefetch": 0, "batch": "fleet"})
+            for i in range(workers)]
+    # the fill's worker rows are these: skip its own worker insert
+    run_sql(url, fill_statements(store.dialect, tasks, executions, workers)[1:])
+    held: dict[int, list[int]] = {}
+    for t in store.list_tasks(statuses=["running"], limit=tasks):
+        if t.current_execution_id is not None:
+            e = store.get_execution(t.current_execution_id)
+            if e.worker_id is not None:
+                held.setdefault(e.worker_id, []).append(e.id)
+    store.close()
+    return secret[0], [(w.id, token, held.get(w.id, [])) for w, token in regs]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("backend", choices=("sqlite", "postgres"))
+    p.add_argument("--tasks", type=int, default=1_000_000)
+    p.add_argument("--executions", type=int, default=200_000)
+    p.add_argument("--workers", type=int, default=5_000)
+    p.add_argument("--seconds", type=float, default=300)
+    p.add_argument("--api", type=int, default=2, help="API processes (PostgreSQL; SQLite runs one)")
+    p.add_argument("--submitters", type=int, default=10)
+    p.add_argument("--listers", type=int, default=10)
+    p.add_argument("--pool", type=int, default=90, help="keep-alive connections per API process")
+    a = p.parse_args()
+    if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
+        os.sched_setaffinity(0, {1})
+    with tempfile.TemporaryDirectory(prefix="scitq-fleet-") as workdir, database(a.backend, workdir) as url:
+        t0 = time.perf_counter()
+        admin, workers = prepare(url, a.tasks, a.executions, a.workers)
+        fill_s = time.perf_counter() - t0
+        env = {"SCITQ_SERVER_THREADS": "48"}
+        procs: list[ServerProcess] = []
+        if a.backend == "sqlite":
+            procs.append(ServerProcess(url, workdir, env=env).start())
+        else:
+            for _ in range(a.api):
+                procs.append(ServerProcess(url, workdir, env=env, args=["--no-dispatcher"]).start())
+        dispatcher = None
+        if a.backend == "postgres":
+            dispatcher = subprocess.Popen([sys.executable, "-m", "scitq_app", "dispatcher"], cwd=workdir,
+                                          env=scitq_env(SCITQ_SERVER_DATABASE=url, XDG_STATE_HOME=workdir),
+                                          stdout=open(os.path.join(workdir, "dispatcher.log"), "ab"),
+                                          stderr=subprocess.STDOUT)
+        server_pids = [sp.proc.pid for sp in procs if sp.proc] + ([dispatcher.pid] if dispatcher else [])
+        for pid in server_pids:
+            pin(pid, 0)
+        db_pids = postgres_pids(url) if a.backend == "postgres" else []
+        try:
+            load = Load([Pool(sp.port, a.pool) for sp in procs], admin, workers, a.seconds, a.submitters, a.listers)
+            cpu0 = {pid: cpu_seconds(pid) for pid in server_pids}
+            db0 = {pid: cpu_seconds(pid) for pid in db_pids if os.path.exists(f"/proc/{pid}")}
+            w0 = time.monotonic()
+            asyncio.run(load.run())
+            wall = time.monotonic() - w0
+            server_cpu = sum(cpu_seconds(pid) - cpu0[pid] for pid in server_pids)
+            db_now = postgres_pids(url) if a.backend == "postgres" else []
+            db_cpu = sum(cpu_seconds(pid) - db0.get(pid, 0.0) for pid in db_now if os.path.exists(f"/proc/{pid}"))
+            rss = sum(rss_mb(pid) for pid in server_pids)
+        finally:
+            for sp in procs:
+                sp.stop()
+            if dispatcher:
+                dispatcher.terminate()
+                dispatcher.wait(10)
+    protocol = sum(load.counts.get(k, 0) for k in ("heartbeat", "claim", "report"))
+
+    def lat(kind: str, q: float) -> float | None:
+        values = load.lat.get(kind)
+        return round(pct(values, q) * 1000, 1) if values else None
+    result = {
+        "backend": a.backend, "tasks": a.tasks, "workers": a.workers, "api_processes": len(procs),
+        "fill_s": round(fill_s, 1), "seconds": round(wall, 1), "counts": load.counts,
+        "requests_per_s": round(sum(n for k, n in load.counts.items() if not k.startswith("claim_")) / wall, 1),
+        "server_cores": round(server_cpu / wall, 3),
+        "server_cpu_ms_per_protocol_request": round(server_cpu * 1000 / max(1, protocol), 3),
+        "server_rss_mb": round(rss, 1), "postgres_cores": round(db_cpu / wall, 3) if db_pids else None,
+        "heartbeat_ms": {"p50": lat("heartbeat", 50), "p99": lat("heartbeat", 99)},
+        "claim_ms": {kind: {"p50": lat(kind, 50), "p99": lat(kind, 99)}
+                     for kind in ("claim_later", "claim_work", "claim_empty")},
+        "submit_ms": {"p50": lat("submit", 50), "p99": lat("submit", 99)},
+        "pages_ms_p95": {k: lat(k, 95) for k in ("list_running_page", "list_pending_page", "batches",
+                                                 "workers_of_batch", "counts")},
+        "pickup_s": {"n": len(load.pickup),
+                     "p50": round(pct(load.pickup, 50), 3) if load.pickup else None,
+                     "p99": round(pct(load.pickup, 99), 3) if load.pickup else None},
+        "not_picked_up": len(load.submitted),
+        "errors": len(load.errors), "first_errors": load.errors[:5],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
