@@ -595,7 +595,8 @@ start_server() {
     run systemctl start scitq.target scitq-server scitq-dispatcher "${extra[@]}"
   fi
   for ((port = API_PORT; port < API_PORT + API_PROCESSES && !DRY_RUN; port++)); do
-    wait_api_process "$port" || fail "the API process on port $port does not answer: see journalctl -u 'scitq-server*'"
+    check_health "http://127.0.0.1:$port" >/dev/null ||
+      fail "the API process on port $port does not answer: see journalctl -u 'scitq-server*'"
   done
 }
 
@@ -620,25 +621,10 @@ api_processes() {
   echo $(($(extra_api_units | wc -l) + 1))
 }
 
-# wait_api_process PORT: wait (60 s at most) until the API process on PORT answers its health check.
-wait_api_process() {
-  "$PYTHON" - "$1" <<'EOF'
-import sys, time, urllib.request
-deadline = time.monotonic() + 60
-while True:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/health", timeout=5) as reply:
-            sys.exit(0 if reply.status == 200 else 1)
-    except OSError:
-        if time.monotonic() > deadline:
-            sys.exit(1)
-        time.sleep(0.5)
-EOF
-}
-
-# check_health URL FINGERPRINT: GET URL/api/v1/health over TLS, pinning the certificate.
+# check_health URL [FINGERPRINT]: wait (60 s at most) until GET URL/api/v1/health answers 200 and
+# print the version; an https URL is checked with its certificate pinned to FINGERPRINT.
 check_health() {
-  "$PYTHON" - "$1" "$2" <<'EOF'
+  "$PYTHON" - "$1" "${2:-}" <<'EOF'
 import hashlib, http.client, json, ssl, sys, time
 from urllib.parse import urlsplit
 url, pin = urlsplit(sys.argv[1]), sys.argv[2]
@@ -648,26 +634,31 @@ start = time.monotonic()
 deadline, last = start + 60, "no answer"
 while time.monotonic() < deadline:
     try:
-        conn = http.client.HTTPSConnection(url.hostname, url.port or 443, context=ctx, timeout=5)
-        conn.connect()
-        seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True)).hexdigest()
-        if seen != pin:
-            # nginx's old workers may still answer for a moment after a reload: a new certificate
-            # is only wrong if it is still not served some seconds later
-            if time.monotonic() - start > 15:
-                sys.exit(f"the certificate served is {seen}, not {pin}")
-            time.sleep(0.5)
-            continue
+        if url.scheme == "https":
+            conn = http.client.HTTPSConnection(url.hostname, url.port or 443, context=ctx, timeout=5)
+            conn.connect()
+            seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True)).hexdigest()
+            if seen != pin:
+                conn.close()
+                # nginx's old workers may still answer for a moment after a reload: a new
+                # certificate is only wrong if it is still not served some seconds later
+                if time.monotonic() - start > 15:
+                    sys.exit(f"the certificate served is {seen}, not {pin}")
+                time.sleep(0.5)
+                continue
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=5)
         conn.request("GET", "/api/v1/health")
         reply = conn.getresponse()
         body = reply.read()
+        conn.close()
         if reply.status == 200:
             print(json.loads(body).get("version", "?"))
             sys.exit(0)
         last = f"HTTP {reply.status}"
     except (OSError, ValueError) as e:
         last = str(e)
-    time.sleep(1)
+    time.sleep(0.5)
 sys.exit(f"no healthy answer within 60 s ({last})")
 EOF
 }

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from harness import database, pct  # noqa: E402
+from harness import cpu_seconds, database, pct  # noqa: E402
 from scale import fill_statements, run_sql  # noqa: E402
 
 from tests.support.processes import ServerProcess, scitq_env  # noqa: E402
@@ -219,12 +219,6 @@ class Load:
 
 
 # --- processes ------------------------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
