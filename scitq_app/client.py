@@ -170,6 +170,13 @@ class Server:
             conn.close()
         self._local = threading.local()
 
+    def __del__(self) -> None:
+        # a client dropped without close(): its sockets are closed here, not left to the collector
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to do
+            pass
+
     def __enter__(self) -> "Server":
         return self
 

@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import queue
 import shutil
 import socket
 import stat
@@ -113,7 +114,13 @@ class Worker:
         self.slots = Slots(w.concurrency)
         self.jobs: dict[int, Job] = {}
         self._jobs_lock = threading.Lock()
+        # Signals and fences from heartbeat replies are applied by their own thread, in order: a job
+        # may hold its lock for seconds (starting its supervisor), and the heartbeat that renews
+        # every lease of this worker must never wait for one job. A signal is acked once applied.
         self._acks: list[int] = []
+        self._acks_lock = threading.Lock()
+        self._orders: queue.Queue[tuple[str, int, dict[str, Any]]] = queue.Queue()
+        self._ordered: set[int] = set()  # signal ids queued or applied and not yet acked to the server
         self.stopping = 0            # 0 running, 1 warm stop, 2 cold stop
         self.upgrade_requested = False  # set by SIGUSR1 (install.sh upgrade): drain, then exit 75
         self._upgrade_since: float | None = None
@@ -132,6 +139,7 @@ class Worker:
         self._beat_faults = Outage("scitq worker: heartbeat loop", say, clock)
         self._send_faults = Outage("scitq worker: delivery loop", say, clock)
         self._lease_faults = Outage("scitq worker: lease loop", say, clock)
+        self._order_faults = Outage("scitq worker: signals loop", say, clock)
         self.short: str | None = None  # what this worker lacks to take work (disk, inodes), in words
         self._last_reclaim = 0.0
         self._ended: dict[int, str] = {}  # execution id -> outcome, of those ended under this agent
@@ -275,7 +283,8 @@ class Worker:
     def _heartbeat(self) -> None:
         if self.worker_id is None:  # callers beat only once registered
             raise NotFound("this worker is not registered")
-        acks, self._acks = self._acks, []
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
         try:
             reply = self.client.heartbeat(self.worker_id, self.machine.stats() | {"version": __version__,
                                           "engine": self.runner.name,
@@ -284,19 +293,51 @@ class Worker:
                                           | self.stager.stats(),
                                           self._held(), acks)
         except BaseException:
-            self._acks = acks + self._acks
+            with self._acks_lock:
+                self._acks = acks + self._acks
             raise
+        with self._acks_lock:
+            self._ordered.difference_update(acks)  # the server has them: it will not send them again
         self._apply_settings(reply["settings"])
         self._apply_pace(reply)
         self._sync_rclone_config(reply.get("rclone_config"))
         for s in reply.get("signals", []):
-            self._handle_signal(s)
-            self._acks.append(int(s["id"]))
+            sid = int(s["id"])
+            with self._acks_lock:
+                if sid in self._ordered:
+                    continue  # sent again before its ack reached the server: queued once
+                self._ordered.add(sid)
+            self._orders.put(("signal", sid, s))
         for eid in reply.get("fenced", []):
-            job = self.jobs.get(int(eid))
-            if job is not None:
-                log.warning("execution %s was given to another worker: stopping it", eid)
-                job.fence()
+            self._orders.put(("fence", int(eid), {}))
+
+    def apply_orders(self, block: bool = True) -> int:
+        """Apply the signals and fences heartbeats queued, in the order they came; with `block`,
+        wait for the next one first. Returns how many were applied (the signals thread, and tests)."""
+        done = 0
+        while True:
+            try:
+                kind, ident, s = self._orders.get(block=block and done == 0, timeout=1.0)
+            except queue.Empty:
+                return done
+            if kind == "fence":
+                job = self.jobs.get(ident)
+                if job is not None:
+                    log.warning("execution %s was given to another worker: stopping it", ident)
+                    job.fence()
+            else:
+                self._handle_signal(s)
+                with self._acks_lock:
+                    self._acks.append(ident)
+            done += 1
+
+    def _orders_loop(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.apply_orders()
+            except Exception as e:  # this thread must not die: signals would wait forever
+                log.debug("applying a signal failed", exc_info=True)
+                self._order_faults.failed(f"{type(e).__name__}: {e}")
 
     def _apply_pace(self, reply: dict[str, Any]) -> None:
         """The server's heartbeat interval (when shorter than ours), output caps and lease, as it sends
@@ -621,6 +662,7 @@ class Worker:
         self.recover()
         self.register()
         heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        threading.Thread(target=self._orders_loop, name="signals", daemon=True).start()
         sender = threading.Thread(target=self._sender_loop, name="sender", daemon=True)
         heart.start()
         sender.start()

@@ -104,7 +104,7 @@ def test_the_server_down_for_8_s_mid_batch(cluster, tmp_path):
     assert _tally(cluster, ids, ledger) == CLEAN
 
 
-def test_batch_and_task_control_racing_a_running_batch(cluster, tmp_path):
+def test_batch_and_task_control_racing_a_running_batch(cluster, tmp_path, request):
     ledger = str(tmp_path / "ledger")
     ids = cluster.client.submit_many(_specs(ledger, "storm", seconds=0.5))
     cluster.worker("w1", concurrency=3)
@@ -112,7 +112,7 @@ def test_batch_and_task_control_racing_a_running_batch(cluster, tmp_path):
     rng = random.Random(9)
     stopped: set[int] = set()
     controller = Server(cluster.server.url, cluster.server.admin_token)
-
+    request.addfinalizer(controller.close)  # also when the test fails: no socket left to the collector
     errors: list[BaseException] = []
 
     def storm() -> None:
@@ -148,7 +148,6 @@ def test_batch_and_task_control_racing_a_running_batch(cluster, tmp_path):
     controller.go_batch("storm")
     cluster.wait_final(ids, timeout=120)
     assert _tally(cluster, ids, ledger, may_cancel=frozenset(stopped)) == CLEAN
-    controller.close()
 
 
 def test_postgresql_restarting_mid_batch(tmp_path):

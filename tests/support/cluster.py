@@ -61,7 +61,20 @@ class Cluster:
         def done() -> dict[int, dict] | None:
             tasks = self.tasks(ids)
             return tasks if all(t["status"] in FINAL for t in tasks.values()) and len(tasks) == len(ids) else None
-        return wait_for(done, timeout, 0.2, f"{len(ids)} tasks to finish")
+        try:
+            return wait_for(done, timeout, 0.2, f"{len(ids)} tasks to finish")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.unfinished(ids)}\n{self.diagnostics()}") from None
+
+    def unfinished(self, ids: list[int]) -> str:
+        """The tasks not final yet, each with its executions (newest first): what a timeout shows."""
+        assert self.client
+        lines = []
+        for tid, t in sorted(self.tasks(ids).items()):
+            if t["status"] not in FINAL:
+                runs = [(e["id"], e["worker_name"], e["status"]) for e in self.client.executions(tid)]
+                lines.append(f"task {tid} {t['name']} {t['status']}: executions {runs}")
+        return "\n".join(lines)
 
     def wait_status(self, task_id: int, status: str, timeout: float = 30.0) -> dict:
         assert self.client
