@@ -96,6 +96,7 @@ def main() -> int:
                 wall, used = timed(argv, env, work)
                 times[name].append(wall)
                 cpu[name].append(used)
+        stops = [idle_worker_stop(py, pyz, env, work, port, i) for i in range(min(args.runs, 5))]
     finally:
         server.terminate()
         server.wait(10)
@@ -118,7 +119,7 @@ def main() -> int:
                      "ratio_cpu": fig[name]["cpu_median_ms"] / fig[base]["cpu_median_ms"]})
     if args.json:
         print(json.dumps({"python": py, "version": sys.version.split()[0], "runs": args.runs, "figures": fig,
-                          "checks": rows}, indent=2))
+                          "checks": rows, "idle_worker_stop_ms": [1000 * t for t in stops]}, indent=2))
         return 0
     print(f"{py} ({subprocess.run([py, '--version'], capture_output=True, text=True).stdout.strip()}), "
           f"{args.runs} interleaved rounds; wall-clock median (min) and CPU median, in ms")
@@ -128,7 +129,38 @@ def main() -> int:
               f"  vs  {r['baseline']:<42} wall {r['base_median_ms']:6.1f} ({r['base_min_ms']:5.1f})"
               f" cpu {r['base_cpu_ms']:6.1f}  = wall {r['ratio_median']:.2f}x ({r['ratio_min']:.2f}x)"
               f" cpu {r['ratio_cpu']:.2f}x  target <= {r['target']}x (cpu)  {verdict}")
+    worst = max(stops)
+    print(f"  idle worker, SIGTERM to exit: median {1000 * statistics.median(stops):.0f} ms, worst "
+          f"{1000 * worst:.0f} ms of {len(stops)}  target < 1000 ms  {'ok' if worst < 1 else 'OVER'}")
     return 0
+
+
+def idle_worker_stop(py: str, pyz: str, env: dict[str, str], work: str, port: int, i: int) -> float:
+    """Seconds from SIGTERM to exit of an idle worker agent sitting in its claim's long poll."""
+    token = subprocess.run([py, pyz, "worker", "join-token", "--json"], env=env, cwd=work, capture_output=True,
+                           text=True, check=True)
+    home = os.path.join(work, f"worker-{i}")
+    wenv = dict(env, SCITQ_WORKER_JOIN_TOKEN=json.loads(token.stdout)["join_token"], SCITQ_WORKER_NAME=f"idle-{i}",
+                SCITQ_WORKER_WORKDIR=home, SCITQ_WORKER_TASK_USER="root" if os.geteuid() == 0 else "",
+                SCITQ_WORKER_SERVER=f"http://127.0.0.1:{port}")
+    log = os.path.join(work, f"worker-{i}.log")
+    with open(log, "w") as out:
+        agent = subprocess.Popen([py, pyz, "worker", "run"], env=wenv, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "registered as worker" not in open(log).read():
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not register: {open(log).read()[-500:]}")
+            time.sleep(0.05)
+        time.sleep(1.0)  # into its long poll
+        start = time.perf_counter()
+        agent.terminate()
+        agent.wait(60)
+        return time.perf_counter() - start
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
 
 
 if __name__ == "__main__":

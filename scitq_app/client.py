@@ -16,17 +16,20 @@ import base64
 import hashlib
 import http.client
 import json
-import queue
+import os
 import socket
 import ssl
 import threading
 import time
-import uuid
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
 from . import __version__
 from .errors import BY_KIND, ConfigError, ScitqError, ServerUnreachable, TlsMismatch, TlsUntrusted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    import queue
+    from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 API = "/api/v1"
 
@@ -215,6 +218,7 @@ class Server:
 
     def _enqueue(self, method: str, path: str, body: Any, timeout: float | None) -> "Pending":
         if self._writes is None:
+            import queue  # resilient mode only
             self._writes = queue.Queue()
             threading.Thread(target=self._writer, name="scitq-writes", daemon=True).start()
         pending = Pending(f"{method} {path}")
@@ -325,13 +329,13 @@ class Server:
     # --- tasks ------------------------------------------------------------------
     def submit(self, command: str, **fields: Any) -> Any:
         """Submit one task; returns {"ids": [id], "count": 1} (a `Pending` in resilient mode)."""
-        return self.post("/tasks/bulk", {"tasks": [{"command": command, **fields}], "key": uuid.uuid4().hex},
+        return self.post("/tasks/bulk", {"tasks": [{"command": command, **fields}], "key": os.urandom(16).hex()},
                          timeout=max(self.timeout, 60))
 
     def submit_many(self, tasks: Sequence[Mapping[str, Any]], chunk: int = 10_000) -> list[int]:
         """Submit many tasks; returns their ids. Each chunk is all-or-nothing and
         carries an idempotency key, so retries never duplicate tasks."""
-        replies = [self.post("/tasks/bulk", {"tasks": list(tasks[start:start + chunk]), "key": uuid.uuid4().hex},
+        replies = [self.post("/tasks/bulk", {"tasks": list(tasks[start:start + chunk]), "key": os.urandom(16).hex()},
                              timeout=max(self.timeout, 120)) for start in range(0, len(tasks), chunk)]
         return [i for reply in replies for i in reply["ids"]]
 

@@ -7,28 +7,50 @@ The result is validated once and frozen; an unknown key or a bad value is a
 """
 from __future__ import annotations
 
-import configparser
 import math
 import os
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
 
-from .container_policy import DEFAULT_ALLOW, DEFAULT_DENY
 from .errors import ConfigError
+
+# Start-up time is part of the CLI's interface (bench/startup.py): typing and dataclasses are
+# not imported by the modules every command loads.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Mapping
 
 DEFAULT_PATH = "/etc/scitq.conf"
 
 
-@dataclass(frozen=True)
+# Container options (container_policy.py applies them). Harmless options most tasks need: GPUs,
+# shared memory, environment, limits (memory, cpu, processes, ulimits), the working dir and
+# entry point inside the image, an init process, a read-only root, no network. None of them
+# reaches the host beyond what the task owns already.
+DEFAULT_ALLOW = ("--gpus --shm-size --env --ulimit --memory --memory-swap --memory-reservation --cpus "
+                 "--cpu-shares --cpuset-cpus --pids-limit --workdir --entrypoint --init --read-only "
+                 "--hostname --network=none")
+# What no task gets on a worker, even when its server allows it: host paths (volumes, mounts,
+# bind-like reads and writes of host files by the engine), privileges (capabilities, devices,
+# security profiles, id maps, cgroups) and host or other containers' namespaces.
+DEFAULT_DENY = ("--privileged --volume --volumes-from --mount --rootfs --device --device-cgroup-rule --cap-add "
+                "--security-opt --seccomp-policy --userns --uidmap --gidmap --subuidname "
+                "--subgidname --pid --ipc --uts --cgroupns --cgroup-parent --cgroups --network=host "
+                "--network=container:* --network=ns:* --pod --env-file --env-host --secret --hooks-dir "
+                "--init-path --log-driver --log-opt --cidfile --pidfile --conmon-pidfile --authfile "
+                "--decryption-key --cert-dir --group-add --systemd --annotation --oom-score-adj "
+                "--bind --fakeroot --writable --add-caps --allow-setuid --home")
+
+
 class Option:
-    default: Any
-    kind: str  # str | int | float | bool | choice
-    help: str
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    secret: bool = False
-    maximum: float | None = None
+    """One option: its default, kind (str | int | float | bool | choice), help text, choices,
+    bounds, and whether its value is a secret (never shown)."""
+
+    __slots__ = ("default", "kind", "help", "choices", "minimum", "secret", "maximum")
+
+    def __init__(self, default: Any, kind: str, help: str, choices: tuple[str, ...] = (),
+                 minimum: float | None = None, secret: bool = False, maximum: float | None = None) -> None:
+        self.default, self.kind, self.help, self.choices = default, kind, help, choices
+        self.minimum, self.secret, self.maximum = minimum, secret, maximum
 
 
 def _o(default: Any, kind: str, help: str, **kw: Any) -> Option:
@@ -290,6 +312,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
 
 
 def _read_file(path: str, values: dict, origins: dict) -> None:
+    import configparser  # only when there is a file to read
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as f:

@@ -27,27 +27,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Iterable
 
+# the defaults live in config.py with every option's (re-exported for the modules that apply them)
+from .config import DEFAULT_ALLOW, DEFAULT_DENY  # noqa: F401
 from .errors import ConfigError, Invalid
-
-# Harmless options most tasks need: GPUs, shared memory, environment, limits
-# (memory, cpu, processes, ulimits), the working dir and entry point inside the
-# image, an init process, a read-only root, no network. None of them reaches
-# the host beyond what the task owns already.
-DEFAULT_ALLOW = ("--gpus --shm-size --env --ulimit --memory --memory-swap --memory-reservation --cpus "
-                 "--cpu-shares --cpuset-cpus --pids-limit --workdir --entrypoint --init --read-only "
-                 "--hostname --network=none")
-
-# What no task gets on this worker, even when a server allows it: host paths
-# (volumes, mounts, bind-like reads and writes of host files by the engine),
-# privileges (capabilities, devices, security profiles, id maps, cgroups) and
-# host or other containers' namespaces.
-DEFAULT_DENY = ("--privileged --volume --volumes-from --mount --rootfs --device --device-cgroup-rule --cap-add "
-                "--security-opt --seccomp-policy --userns --uidmap --gidmap --subuidname "
-                "--subgidname --pid --ipc --uts --cgroupns --cgroup-parent --cgroups --network=host "
-                "--network=container:* --network=ns:* --pod --env-file --env-host --secret --hooks-dir "
-                "--init-path --log-driver --log-opt --cidfile --pidfile --conmon-pidfile --authfile "
-                "--decryption-key --cert-dir --group-add --systemd --annotation --oom-score-adj "
-                "--bind --fakeroot --writable --add-caps --allow-setuid --home")
 
 # Options that take a value (docker, podman, apptainer); the others are flags (or unknown).
 _VALUED = frozenset("""

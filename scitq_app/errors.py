@@ -6,7 +6,9 @@ class to an HTTP status (`http_status`) and `cli.py` to an exit code
 """
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    from typing import Any
 
 
 class ScitqError(Exception):

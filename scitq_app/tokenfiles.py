@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import os
 import socket
-import tempfile
-from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    from typing import Any, Mapping
 
 
 def write_secret_file(path: str, secret: str) -> str:
@@ -40,6 +39,7 @@ def write_secret_file(path: str, secret: str) -> str:
     folder = os.path.dirname(target)
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
+        import tempfile
         fd, tmp = tempfile.mkstemp(prefix=".scitq-token-", dir=folder)  # O_EXCL, mode 600
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -77,6 +77,7 @@ def register_server(url: str, port: int, token_file: str, env: Mapping[str, str]
     entry = {"url": url, "port": port, "pid": os.getpid(), "token_file": os.path.abspath(token_file)}
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
+        import tempfile
         fd, tmp = tempfile.mkstemp(prefix=".server-", dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -87,7 +88,8 @@ def register_server(url: str, port: int, token_file: str, env: Mapping[str, str]
             os.unlink(tmp)
             raise
     except OSError as e:
-        log.warning("cannot record this server in %s (%s): a CLI on this host needs a token or "
+        import logging  # only to say this: logging costs milliseconds at every CLI start
+        logging.getLogger(__name__).warning("cannot record this server in %s (%s): a CLI on this host needs a token or "
                     "[client] token_file to reach it", folder, e.strerror or e)
         return None
     return path

@@ -4,11 +4,12 @@ parser of a command's argv, and argument converters. Imported by the command mod
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TextIO
 
 from . import COMMON_OPTIONS
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    from typing import Any, Iterable, Mapping, Sequence, TextIO
     from ..config import Config
 
 

@@ -1,10 +1,13 @@
 """Commands about batches and workers (and running the worker agent)."""
 from __future__ import annotations
 
-from typing import Any
 
 from ..errors import NotFound, UsageError
 from .context import Context, int_arg, merge_options, parse
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    from typing import Any
 
 BATCH_DOC = """Inspect and steer batches.
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from typing import Any
 
 from ..errors import UsageError
 from .context import Context, float_arg, ids_arg, int_arg, merge_options, parse
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    from typing import Any
 
 LAUNCH_DOC = """Submit one task.
 

@@ -11,9 +11,12 @@ This module is imported only on the error path and by `--help`.
 from __future__ import annotations
 
 import re
-from typing import Sequence
 
 from ..errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    from typing import Sequence
 
 _OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 

@@ -11,6 +11,7 @@ import time
 
 from scitq_app import supervisor
 from scitq_app.runner import kill_group, process_identity
+from tests.support.cluster import Cluster
 from tests.support.processes import read_text, wait_for
 
 
@@ -106,14 +107,21 @@ def test_a_restarted_agent_adopts_its_running_tasks_and_those_that_ended_while_i
     assert "adopted" in w.log()
 
 
-def test_an_idle_agent_exits_within_a_second_of_sigterm(cluster):
-    w = cluster.worker("idle")
-    wait_for(lambda: any(x["name"] == "idle" for x in cluster.client.workers()), 20, what="registration")
-    time.sleep(0.5)  # into its long poll (2 s here): the stop must break it off
-    start = time.monotonic()
-    w.signal(signal.SIGTERM)
-    assert w.wait(5) == 0
-    assert time.monotonic() - start < 1.0
+def test_an_idle_agent_breaks_off_its_long_poll_on_sigterm(database_url, tmp_path):
+    # Claims long-poll for 30 s here: an agent that waited for its poll to end before exiting would
+    # take up to that. (How fast it exits, about 0.1 s, is measured by bench/startup.py, not here:
+    # a wall-clock bound in a test fails on a loaded machine, not on a slow agent.)
+    cluster = Cluster(database_url, str(tmp_path), env={"SCITQ_SERVER_CLAIM_WAIT": "30"}).start()
+    try:
+        w = cluster.worker("idle")
+        wait_for(lambda: any(x["name"] == "idle" for x in cluster.client.workers()), 20, what="registration")
+        time.sleep(0.5)  # into its long poll
+        start = time.monotonic()
+        w.signal(signal.SIGTERM)
+        assert w.wait(25) == 0
+        assert time.monotonic() - start < 10, "the agent waited for its long poll to end"
+    finally:
+        cluster.stop()
 
 
 def test_nothing_is_signalled_without_the_same_boot_and_start_time(tmp_path):
