@@ -56,6 +56,27 @@ def test_bulk_of_ten_thousand_in_one_call(store):
     assert store.get_task(ids[-1]).name == "n9999"
 
 
+def test_counts_stay_exact_across_bulk_and_single_submissions_and_a_failed_bulk(store):
+    # a bulk chunk counts its rows itself on SQLite (its insert trigger held): a mix of batches and
+    # statuses, a refused bulk that rolls back, then single tasks, which the trigger counts again
+    specs = [task_spec(name=f"m{i}", batch="even" if i % 2 else "odd", **({"status": "paused"} if i % 3 == 0 else {}))
+             for i in range(300)]
+    first = store.create_tasks(specs)
+    # and tasks waiting on others (a third status)
+    store.create_tasks([task_spec(batch="odd", requires=[first[i]]) for i in range(60)])
+    bad = [task_spec(batch="even") for _ in range(199)] + [task_spec(requires=[123_456_789])]
+    with pytest.raises(NotFound):
+        store.create_tasks(bad)
+    store.create_tasks([task_spec(batch="even")])
+    store.create_tasks([task_spec(batch="odd", status="paused")])
+    tasks = store.list_tasks(limit=1000)
+    for batch in ("even", "odd"):
+        statuses = [t.status for t in tasks if t.batch == batch]
+        assert store.count_tasks(batch) == {s: statuses.count(s) for s in set(statuses)}
+    assert sum(store.count_tasks().values()) == len(tasks) == 362
+    assert store.count_tasks("odd")["waiting"] == 60
+
+
 @pytest.mark.parametrize("bad", [123_456_789, "no-such-ref"])
 def test_bulk_is_all_or_nothing_when_the_last_item_has_a_bad_requirement(store, bad):
     specs = [task_spec(batch="fresh" if i == 0 else "Default", name=f"n{i}") for i in range(10_000)]
