@@ -14,8 +14,9 @@ them (work done twice). The supervisor owns the command instead:
   (CLOCK_MONOTONIC, shared by every process of one boot); when no agent renewed it in time,
   the supervisor kills the whole tree before the server may requeue the task, and says so
   in `exit.json` (`lease_expired`);
-- it relays the agent's signals to the command's tree: SIGTERM (term), SIGUSR1 (pause),
-  SIGUSR2 (resume), SIGHUP (kill).
+- it relays the agent's signals to the command's tree: SIGTERM (term), SIGHUP (kill), and on
+  SIGUSR1 / SIGUSR2 it pauses or resumes the tree as the `wanted` file says (signals do not
+  arrive in the order they were sent).
 
 A restarted agent finds it through `supervisor.json` (pid, boot id, process start time: a pid
 is trusted only on the same boot and with the same start time) and re-adopts the task.
@@ -40,6 +41,11 @@ SPEC = "supervise.json"     # written by the agent: argv, env, cwd, account, lea
 STATE = "supervisor.json"   # written by the supervisor once the command started
 EXIT = "exit.json"          # the outcome, written by the supervisor when the tree is gone
 LOG = "supervisor.log"      # the supervisor's own complaints
+# Written by the agent before each pause / resume signal: "paused" or "running". Signals are
+# not delivered in the order they were sent (pending ones go lowest number first, and several
+# of one kind make one), so a pause sent before a resume could be applied after it; the
+# supervisor applies what this file says on either signal, whatever their order.
+WANTED = "wanted"
 PR_SET_CHILD_SUBREAPER = 36
 
 WORKER_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT}
@@ -76,6 +82,23 @@ def _atomic_json(path: str, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_wanted(exec_dir: str) -> str | None:
+    """What the agent last asked of the command: "paused", "running", or None (never asked)."""
+    try:
+        with open(os.path.join(exec_dir, WANTED), encoding="ascii") as f:
+            wanted = f.read().strip()
+    except (OSError, ValueError):
+        return None
+    return wanted if wanted in ("paused", "running") else None
+
+
+def write_wanted(exec_dir: str, wanted: str) -> None:
+    tmp = os.path.join(exec_dir, f"{WANTED}.tmp")
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(wanted)
+    os.replace(tmp, os.path.join(exec_dir, WANTED))  # whole or absent: a reader never sees half of it
 
 
 def write_lease(path: str, deadline: float) -> None:
@@ -154,12 +177,13 @@ class Supervisor:
         if signum == signal.SIGTERM:
             self.signal_tree(signal.SIGTERM)
             self.signal_tree(signal.SIGCONT)  # a stopped tree would not see SIGTERM until continued
-        elif signum == signal.SIGUSR1:
-            self._paused = True
-            self.signal_tree(signal.SIGSTOP)
-        elif signum == signal.SIGUSR2:
-            self._paused = False
-            self.signal_tree(signal.SIGCONT)
+        elif signum in (signal.SIGUSR1, signal.SIGUSR2):
+            wanted = read_wanted(self.dir)
+            if wanted is None:  # an agent that writes no file (an older release): the signal says
+                wanted = "paused" if signum == signal.SIGUSR1 else "running"
+            self._paused = wanted == "paused"
+            self.signal_tree(signal.SIGSTOP if self._paused else signal.SIGCONT)
+            print(f"signal {signum}: the command is {wanted}", file=sys.stderr, flush=True)
         elif signum == signal.SIGHUP:
             self.kill_tree()
 
@@ -333,6 +357,8 @@ class SupervisedProcess:
 
     def send(self, action: str) -> None:
         if self._same():
+            if action in ("pause", "resume"):
+                write_wanted(self.dir, "paused" if action == "pause" else "running")
             try:
                 os.kill(self.pid, _ACTIONS[action])
             except ProcessLookupError:

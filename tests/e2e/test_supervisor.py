@@ -147,3 +147,36 @@ def test_nothing_is_signalled_without_the_same_boot_and_start_time(tmp_path):
     finally:
         if victim.poll() is None:
             victim.kill()
+
+
+def _state_letter(pid: int) -> str:
+    stat = read_text(f"/proc/{pid}/stat")
+    return stat[stat.rindex(")") + 2]
+
+
+def test_a_pause_signal_delivered_after_a_resume_leaves_the_command_running(tmp_path):
+    # Pending signals are delivered lowest number first and coalesce: a pause (SIGUSR1) sent before a
+    # resume (SIGUSR2) can reach the supervisor after it. It obeys what the agent asked last.
+    from scitq_app.runner import LocalRunner, RunSpec
+    exec_dir = tmp_path / "exec-1"
+    dirs = {k: str(exec_dir / k) for k in ("input", "output", "resource", "tmp")}
+    for d in dirs.values():
+        os.makedirs(d)
+    lease = supervisor.Lease(str(tmp_path / "lease"), 600)
+    lease.renew()
+    proc = LocalRunner(lease=lease).start(RunSpec(command="sleep 60", shell="none", dirs=dirs))
+    handle = proc.handle  # type: ignore[attr-defined]
+    command = json.loads(read_text(str(exec_dir / supervisor.STATE)))["command_pid"]
+    log = str(exec_dir / supervisor.LOG)
+    try:
+        proc.send("pause")
+        wait_for(lambda: _state_letter(command) == "T", 10, what="the command stopped")
+        proc.send("resume")
+        wait_for(lambda: _state_letter(command) != "T", 10, what="the command continued")
+        os.kill(handle.pid, signal.SIGUSR1)  # the pause, late
+        wait_for(lambda: read_text(log).count("the command is") == 3, 10, what="the late signal handled")
+        assert read_text(log).splitlines()[-1].endswith("the command is running")
+        assert _state_letter(command) != "T", "a late pause signal stopped the command the agent resumed"
+    finally:
+        proc.send("kill")
+        proc.wait()
