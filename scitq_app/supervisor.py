@@ -357,7 +357,7 @@ class SupervisedProcess:
 
     def send(self, action: str) -> None:
         if self._same():
-            if action in ("pause", "resume"):
+            if action != "kill":  # a tree being stopped (term) must run to see it: a late pause must not stop it
                 write_wanted(self.dir, "paused" if action == "pause" else "running")
             try:
                 os.kill(self.pid, _ACTIONS[action])
