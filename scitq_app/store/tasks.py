@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
 from ..models import (
@@ -123,19 +125,8 @@ def create_tasks(tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None =
     known: dict[int, str] = {}  # status of the tasks named by id in requires
     ref_edges: dict[int, list[str]] = {}  # index -> refs it requires (resolved at the end)
     index = 0
-    chunk: list[Mapping[str, Any]] = []
-    it = iter(specs)
-    while True:
-        chunk.clear()
-        for s in it:
-            chunk.append(s)
-            if len(chunk) == _CREATE_CHUNK:
-                break
-        if not chunk:
-            break
-        if hasher is not None:
-            for n, s in enumerate(chunk, index):
-                hasher.update((b"," if n else b"") + dumps(s).encode("utf-8"))
+    chunks = _chunks(specs, hasher)
+    for chunk in (_read_ahead(chunks) if len(specs) > _CREATE_CHUNK else chunks):
         _insert_chunk(tx, chunk, index, stored_key, where_one, batch_ids, refs, ids, known, ref_edges)
         index += len(chunk)
     deps: list[dict[str, int]] = []
@@ -164,6 +155,60 @@ def create_tasks(tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None =
     detail: dict[str, Any] = {"count": len(ids), "first": ids[0], "last": ids[-1]}
     admin.event(tx, "task.create", f"batch:{','.join(batch_ids)}"[:200], detail, actor)
     return ids
+
+
+def _chunks(specs: Iterable[Mapping[str, Any]], hasher: Any) -> Iterator[list[Mapping[str, Any]]]:
+    """The specs `_CREATE_CHUNK` at a time (reading them validates them: schema.LazyItems), each
+    added to `hasher` (the idempotency digest) as it is read."""
+    chunk: list[Mapping[str, Any]] = []
+    for n, s in enumerate(specs):
+        if hasher is not None:
+            hasher.update((b"," if n else b"") + dumps(s).encode("utf-8"))
+        chunk.append(s)
+        if len(chunk) == _CREATE_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _read_ahead(chunks: Iterator[list[Mapping[str, Any]]]) -> Iterator[list[Mapping[str, Any]]]:
+    """`chunks`, the next one read (validated, hashed) by a thread while the caller inserts this
+    one: Python's work and the database's overlap (both drivers let go of the interpreter while
+    the database works). At most one chunk waits. An error reading a chunk is raised here, in
+    its turn; a caller that stops early stops the thread."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not hand(("chunk", chunk)):
+                    return
+            hand(("end", None))
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread, in order
+            hand(("error", e))
+
+    threading.Thread(target=read, name="bulk-reader", daemon=True).start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def _resubmitted(tx: Tx, scope: str, key: str, prior: Any, digest: str | None,
