@@ -129,6 +129,8 @@ class Supervisor:
         self.killed = threading.Event()
         self.done = threading.Event()
         self._paused = False
+        self._notes_r, self._notes_w = os.pipe()  # signal handler -> obey(), see on_signal
+        os.set_blocking(self._notes_w, False)
 
     def descendants(self) -> list[int]:
         """Every live process below this one (a subreaper: orphans of the tree are re-parented here)."""
@@ -174,18 +176,48 @@ class Supervisor:
             time.sleep(0.02)
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGTERM:
-            self.signal_tree(signal.SIGTERM)
-            self.signal_tree(signal.SIGCONT)  # a stopped tree would not see SIGTERM until continued
-        elif signum in (signal.SIGUSR1, signal.SIGUSR2):
-            wanted = read_wanted(self.dir)
-            if wanted is None:  # an agent that writes no file (an older release): the signal says
-                wanted = "paused" if signum == signal.SIGUSR1 else "running"
-            self._paused = wanted == "paused"
-            self.signal_tree(signal.SIGSTOP if self._paused else signal.SIGCONT)
-            print(f"signal {signum}: the command is {wanted}", file=sys.stderr, flush=True)
-        elif signum == signal.SIGHUP:
-            self.kill_tree()
+        """Only notes the signal for `obey`: a Python handler can run inside another one (between
+        any two of its steps), so a handler that acted could apply an earlier wish after a later
+        one, and a storm of signals nested deep enough to end the supervisor."""
+        try:
+            os.write(self._notes_w, bytes([signum]))
+        except BlockingIOError:
+            pass  # thousands of notes not read yet: the ones waiting say the same
+
+    def obey(self) -> None:
+        """The agent's signals, acted on one at a time, in the order they were handled: SIGTERM
+        (term), SIGHUP (kill); SIGUSR1 / SIGUSR2 pause or resume the tree as the `wanted` file
+        says (the latest wish, whatever order the signals came in)."""
+        while True:
+            try:
+                notes = os.read(self._notes_r, 4096)
+            except InterruptedError:
+                continue
+            if not notes:
+                return
+            wish = None
+            for signum in notes:
+                if signum in (signal.SIGUSR1, signal.SIGUSR2):
+                    wish = signum  # a run of them: one look at the file, after the last
+                    continue
+                if wish is not None:
+                    self._apply_wish(wish)
+                    wish = None
+                if signum == signal.SIGTERM:
+                    self.signal_tree(signal.SIGTERM)
+                    self.signal_tree(signal.SIGCONT)  # a stopped tree would not see SIGTERM until continued
+                elif signum == signal.SIGHUP:
+                    self.kill_tree()
+            if wish is not None:
+                self._apply_wish(wish)
+
+    def _apply_wish(self, signum: int) -> None:
+        wanted = read_wanted(self.dir)
+        if wanted is None:  # an agent that writes no file (an older release): the signal says
+            wanted = "paused" if signum == signal.SIGUSR1 else "running"
+        self._paused = wanted == "paused"
+        self.signal_tree(signal.SIGSTOP if self._paused else signal.SIGCONT)
+        print(f"signal {signum}: the command is {wanted}", file=sys.stderr, flush=True)
 
     def watch_lease(self) -> None:
         """Kill the tree when the agent's deadline passes unrenewed."""
@@ -227,6 +259,7 @@ class Supervisor:
         _subreaper()
         for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
+        threading.Thread(target=self.obey, name="obey", daemon=True).start()
         self._reserve_exit()
         error = self.start()
         if error is not None:

@@ -180,3 +180,34 @@ def test_a_pause_signal_delivered_after_a_resume_leaves_the_command_running(tmp_
     finally:
         proc.send("kill")
         proc.wait()
+
+
+def test_a_storm_of_pauses_and_resumes_ends_as_the_agent_asked_last(tmp_path):
+    # A signal handler can run inside another one (while it lists the tree in /proc): the inner,
+    # later wish must not be undone by the outer, earlier one finishing last.
+    from scitq_app.runner import LocalRunner, RunSpec
+    exec_dir = tmp_path / "exec-1"
+    dirs = {k: str(exec_dir / k) for k in ("input", "output", "resource", "tmp")}
+    for d in dirs.values():
+        os.makedirs(d)
+    lease = supervisor.Lease(str(tmp_path / "lease"), 600)
+    lease.renew()
+    # a tree of a few processes: listing it takes the supervisor a while, as a real task's would
+    proc = LocalRunner(lease=lease).start(RunSpec(command="sleep 60 & sleep 60 & sleep 60 & wait", shell="sh",
+                                                  dirs=dirs))
+    command = json.loads(read_text(str(exec_dir / supervisor.STATE)))["command_pid"]
+    log = str(exec_dir / supervisor.LOG)
+    try:
+        for last in ("pause", "resume"):
+            for _ in range(150):
+                proc.send("pause")
+                proc.send("resume")
+            if last == "pause":
+                proc.send("pause")
+            want = "paused" if last == "pause" else "running"
+            wait_for(lambda: read_text(log).splitlines()[-1].endswith(f"the command is {want}")
+                     and (_state_letter(command) == "T") == (want == "paused"), 20,
+                     what=f"the command {want}, as asked last")
+    finally:
+        proc.send("kill")
+        proc.wait()
