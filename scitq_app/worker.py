@@ -114,6 +114,8 @@ class Worker:
         self.slots = Slots(w.concurrency)
         self.jobs: dict[int, Job] = {}
         self._jobs_lock = threading.Lock()
+        self._stop_r, self._stop_w = os.pipe()  # request_stop (a signal handler) -> the stopper thread
+        os.set_blocking(self._stop_w, False)
         # Signals and fences from heartbeat replies are applied by their own thread, in order: a job
         # may hold its lock for seconds (starting its supervisor), and the heartbeat that renews
         # every lease of this worker must never wait for one job. A signal is acked once applied.
@@ -615,8 +617,25 @@ class Worker:
 
     # --- the loop ---------------------------------------------------------------------
     def request_stop(self) -> None:
-        """First call: warm stop. Second: cold stop."""
+        """First call: warm stop. Second: cold stop. Safe in a signal handler: it takes no lock
+        (a handler runs in the main thread, between two of its steps, maybe while that thread
+        holds one); the `stopper` thread hands the jobs back and wakes the loop."""
         self.stopping = min(self.stopping + 1, 2)
+        try:
+            os.write(self._stop_w, b"\0")
+        except BlockingIOError:
+            pass  # a stop is already waiting for the stopper
+        # an idle agent sits in a claim's long poll: break it off, so a stop takes no longer than that
+        self.client.interrupt()
+
+    def _stopper_loop(self) -> None:
+        while os.read(self._stop_r, 64):
+            try:
+                self._stop_jobs()
+            except Exception:  # noqa: BLE001 - this thread must not die: a second signal would do nothing
+                log.warning("handing the jobs back failed", exc_info=True)
+
+    def _stop_jobs(self) -> None:
         with self._jobs_lock:
             jobs = list(self.jobs.values())
         handback = self.config.worker.on_stop == "handback"
@@ -624,8 +643,6 @@ class Worker:
             job.hand_back(force=self.stopping == 2 or handback)
         self._wake.set()
         self.slots.wake()
-        # an idle agent sits in a claim's long poll: break it off, so a stop takes no longer than that
-        self.client.interrupt()
 
     def request_upgrade(self) -> None:
         """Upgrade drain, safe to call from a signal handler (it only sets a flag): the loop then
@@ -658,6 +675,7 @@ class Worker:
     def run(self, once: bool = False) -> int:
         """Run until stopped (or, with `once`, one claim round run to completion). Returns 0, or
         EXIT_UPGRADE after an upgrade drain."""
+        threading.Thread(target=self._stopper_loop, name="stopper", daemon=True).start()
         threading.Thread(target=self._lease_loop, name="lease", daemon=True).start()
         self.recover()
         self.register()
