@@ -77,17 +77,10 @@ def expand(sql: str, dialect: str) -> str:
 
 
 def ddl(text: str, dialect: str) -> str:
-    """Replace {id} {bigint} {real} {blob} in DDL text with the dialect's types,
-    {task_count_triggers} with the dialect's triggers (triggers_DIALECT.sql), and
-    {task_count_insert_trigger} with what replaces an older insert trigger by the current one."""
+    """Replace {id} {bigint} {real} {blob} in DDL text with the dialect's types, and
+    {task_count_triggers} with the dialect's triggers (triggers_DIALECT.sql)."""
     if "{task_count_triggers}" in text:
         text = text.replace("{task_count_triggers}", read_resource("sql", f"triggers_{dialect}.sql"))
-    if "{task_count_insert_trigger}" in text:
-        # the insert trigger as it is now, in place of an older one (SQLite: PostgreSQL's is unchanged)
-        line = [x for x in read_resource("sql", f"triggers_{dialect}.sql").splitlines()
-                if x.startswith("CREATE TRIGGER task_count_insert ")]
-        text = text.replace("{task_count_insert_trigger}",
-                            f"DROP TRIGGER task_count_insert;\n{line[0]}" if dialect == "sqlite" else "")
     for k, v in DDL_TYPES[dialect].items():
         text = text.replace("{" + k + "}", v)
     return text

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
-from collections import Counter
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
 from ..models import (
@@ -125,8 +122,19 @@ def create_tasks(tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None =
     known: dict[int, str] = {}  # status of the tasks named by id in requires
     ref_edges: dict[int, list[str]] = {}  # index -> refs it requires (resolved at the end)
     index = 0
-    chunks = _chunks(specs, hasher)
-    for chunk in (_read_ahead(chunks) if len(specs) > _CREATE_CHUNK else chunks):
+    chunk: list[Mapping[str, Any]] = []
+    it = iter(specs)
+    while True:
+        chunk.clear()
+        for s in it:
+            chunk.append(s)
+            if len(chunk) == _CREATE_CHUNK:
+                break
+        if not chunk:
+            break
+        if hasher is not None:
+            for n, s in enumerate(chunk, index):
+                hasher.update((b"," if n else b"") + dumps(s).encode("utf-8"))
         _insert_chunk(tx, chunk, index, stored_key, where_one, batch_ids, refs, ids, known, ref_edges)
         index += len(chunk)
     deps: list[dict[str, int]] = []
@@ -155,60 +163,6 @@ def create_tasks(tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None =
     detail: dict[str, Any] = {"count": len(ids), "first": ids[0], "last": ids[-1]}
     admin.event(tx, "task.create", f"batch:{','.join(batch_ids)}"[:200], detail, actor)
     return ids
-
-
-def _chunks(specs: Iterable[Mapping[str, Any]], hasher: Any) -> Iterator[list[Mapping[str, Any]]]:
-    """The specs `_CREATE_CHUNK` at a time (reading them validates them: schema.LazyItems), each
-    added to `hasher` (the idempotency digest) as it is read."""
-    chunk: list[Mapping[str, Any]] = []
-    for n, s in enumerate(specs):
-        if hasher is not None:
-            hasher.update((b"," if n else b"") + dumps(s).encode("utf-8"))
-        chunk.append(s)
-        if len(chunk) == _CREATE_CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _read_ahead(chunks: Iterator[list[Mapping[str, Any]]]) -> Iterator[list[Mapping[str, Any]]]:
-    """`chunks`, the next one read (validated, hashed) by a thread while the caller inserts this
-    one: Python's work and the database's overlap (both drivers let go of the interpreter while
-    the database works). At most one chunk waits. An error reading a chunk is raised here, in
-    its turn; a caller that stops early stops the thread."""
-    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def hand(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read() -> None:
-        try:
-            for chunk in chunks:
-                if not hand(("chunk", chunk)):
-                    return
-            hand(("end", None))
-        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread, in order
-            hand(("error", e))
-
-    threading.Thread(target=read, name="bulk-reader", daemon=True).start()
-    try:
-        while True:
-            kind, value = ready.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
 
 
 def _resubmitted(tx: Tx, scope: str, key: str, prior: Any, digest: str | None,
@@ -264,32 +218,9 @@ def _insert_chunk(tx: Tx, chunk: Sequence[Mapping[str, Any]], first: int, key: s
             status = TaskStatus.PENDING.value if ready else TaskStatus.WAITING.value
         rows.append(spec_row(task_id, batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now, key))
         deps.extend({"task_id": task_id, "required_id": r} for r in unique(r for r in requires if isinstance(r, int)))
-    _INSERTS[tx.dialect](tx, rows)
+    tx.many("task_insert", rows)
     if deps:
         tx.many("dependency_insert", deps)
-
-
-def _insert_rows(tx: Tx, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL: its statement-level trigger adds the counts once per statement."""
-    tx.many("task_insert", rows)
-
-
-def _insert_rows_counted(tx: Tx, rows: list[dict[str, Any]]) -> None:
-    """SQLite: the per-row count trigger held, the chunk's counts added in one statement
-    (a few rows are left to the trigger: holding costs two statements)."""
-    if len(rows) < 50:
-        tx.many("task_insert", rows)
-        return
-    counts = Counter((r["batch_id"], r["status"]) for r in rows)
-    tx.run("task_counts_hold")
-    try:
-        tx.many("task_insert", rows)
-        tx.many("task_counts_add", [{"batch_id": b, "status": s, "n": n} for (b, s), n in counts.items()])
-    finally:
-        tx.run("task_counts_release")
-
-
-_INSERTS = {"postgres": _insert_rows, "sqlite": _insert_rows_counted}
 
 # --- reading ------------------------------------------------------------
 def with_deps(tx: Tx, rows: list[dict[str, Any]]) -> list[Task]:

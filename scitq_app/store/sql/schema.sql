@@ -86,9 +86,6 @@ CREATE TABLE task_count (
     PRIMARY KEY (batch_id, status)
 );
 
--- SQLite: a row here while a bulk insert counts its tasks itself (see triggers_sqlite.sql).
-CREATE TABLE task_count_hold (held INTEGER NOT NULL);
-
 CREATE TABLE task_count_delta (
     id {id},
     batch_id {bigint} NOT NULL,

@@ -69,17 +69,6 @@ SELECT e.id, e.task_id FROM execution e
 WHERE e.status IN ('assigned', 'running', 'uploading') AND e.lease_expires < :now
 ORDER BY e.id LIMIT 500
 
--- name: task_counts_hold
--- A bulk insert counts its own rows: the per-row insert trigger stands aside until released.
-INSERT INTO task_count_hold (held) VALUES (1)
-
--- name: task_counts_release
-DELETE FROM task_count_hold
-
--- name: task_counts_add
-INSERT INTO task_count (batch_id, status, n) VALUES (:batch_id, :status, :n)
-ON CONFLICT (batch_id, status) DO UPDATE SET n = n + excluded.n
-
 -- name: task_counts_fold
 -- SQLite's triggers count in place (one writer at a time): no delta is ever written.
 DELETE FROM task_count_delta
