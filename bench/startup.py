@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
+    args.pyz = os.path.abspath(args.pyz)  # the commands run in a directory of their own
     if not os.path.exists(args.pyz):
         raise SystemExit(f"{args.pyz} does not exist: build it with `python3 build_zipapp.py`")
     work = tempfile.mkdtemp(prefix="scitq-startup-")
@@ -64,9 +65,10 @@ def main() -> int:
     # a HOME of its own: the server's registry entry lets the CLI find the admin token
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCITQ_", "PYTHON"))}
     env.update(HOME=work, XDG_STATE_HOME="", SCITQ_CONFIG=os.devnull, SCITQ_SERVER=f"http://127.0.0.1:{port}")
+    server_log = open(os.path.join(work, "server.log"), "w")
     server = subprocess.Popen([args.python, args.pyz, "server", "--port", str(port), "--database",
                                f"sqlite:///{work}/scitq.db"], env=env, cwd=work,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=server_log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -75,7 +77,7 @@ def main() -> int:
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
+                    raise SystemExit("the server did not start: " + open(server_log.name).read()[-1500:])
                 time.sleep(0.1)
         py, pyz = args.python, args.pyz
         commands = {
