@@ -333,6 +333,11 @@ class Job:
                     threading.Timer(TERM_GRACE, self._kill_if_alive).start()
 
     def _failure_class(self, outcome: Outcome | None) -> str | None:
+        """How the attempt failed, or None if it succeeded. A command that exited 0 by itself
+        succeeded even when a stop or its run_timeout came as it ended: reported canceled, the
+        server would requeue work already done (the batch's stop raced the last lines)."""
+        if outcome is not None and outcome.return_code == 0 and not (outcome.lost or outcome.oom):
+            return None
         if self.stop_reason == "timeout":
             return "timeout"
         if self.stop_reason in ("canceled", "fenced"):
@@ -353,7 +358,7 @@ class Job:
             short = self.short_of() or "resources"
             message = f"the command failed while this worker was short of {short}"
             stderr.note(f"scitq: {message}: counted as the worker's failure, not the task's\n")
-        if self.stop_reason == "timeout":
+        if failure == "timeout":
             stderr.note(f"scitq: run_timeout of {self.execution.get('run_timeout')} s reached: killed\n")
         output_files: list[str] = []
         if outcome is not None and self.stop_reason != "fenced" and self.execution.get("output"):
@@ -379,7 +384,7 @@ class Job:
             self.failure_class = failure
             self._report("failed", failure_class=failure, **fields)
         self.outbox.wake()
-        if failure is None and self.stop_reason is None:
+        if failure is None and self.stop_reason != "fenced":
             self.outcome = "succeeded"  # removed once its logs are delivered; failed ones are kept
 
 

@@ -5,12 +5,15 @@ for (a grandchild), so a copy that outlived its agent would show as a second com
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
+import signal
 import threading
 
 import pytest
 
+from scitq_app import supervisor
 from scitq_app.client import Server
 from scitq_app.errors import Conflict
 from tests.support.cluster import Cluster
@@ -21,17 +24,28 @@ BATCH = 24
 
 
 def _specs(ledger: str, batch: str, seconds: float = 1.5) -> list[dict]:
-    # the completion is written by a grandchild: only a copy whose whole tree lived to the end counts
-    return [{"command": f"(sleep {seconds}; echo done-{i} >> {ledger}) & wait; echo out-{i}", "shell": "sh",
-             "batch": batch, "name": f"t{i}"} for i in range(BATCH)]
+    # the completion is written by a grandchild: only a copy whose whole tree lived to the end counts;
+    # each line says when and from which execution's folder ($TEMP is EXEC_DIR/tmp)
+    return [{"command": f"(sleep {seconds}; echo done-{i} $(date +%s.%N) $TEMP >> {ledger}) & wait; echo out-{i}",
+             "shell": "sh", "batch": batch, "name": f"t{i}"} for i in range(BATCH)]
 
 
-def _tally(cluster: Cluster, ids: list[int], ledger: str, may_cancel: frozenset[int] = frozenset()) -> dict:
+def _tally(cluster: Cluster, ids: list[int], ledger: str, may_cancel: frozenset[int] = frozenset(),
+           stops: bool = False) -> dict:
     """lost: tasks that did not end as they should (succeeded, or canceled when the test stopped them);
     twice: commands whose completion is in the ledger more than once; disagree: tasks whose status is
-    not what their last execution says."""
+    not what their last execution says.
+
+    With `stops` (people stopped running tasks), a command may have written its completion and
+    been ended by the stop before it exited: that attempt rightly failed, canceled, and the task
+    ran again. Such a completion is not counted twice when its execution was ended by a signal and
+    the line was written before its supervisor saw the whole tree dead (exit.json): a copy that
+    escaped the stop would write after."""
     tasks = cluster.tasks(ids)
-    counts = collections.Counter(read_text(ledger).split() if os.path.exists(ledger) else [])
+    entries = _entries(ledger)
+    if stops:
+        entries = [e for e in entries if not _killed_after_writing(e)]
+    counts = collections.Counter(name for name, *_ in entries)
     names = {tid: t["name"] for tid, t in tasks.items()}
     lost = [tid for tid, t in tasks.items()
             if not (t["status"] == "succeeded" or (t["status"] == "canceled" and tid in may_cancel))]
@@ -51,7 +65,51 @@ def _tally(cluster: Cluster, ids: list[int], ledger: str, may_cancel: frozenset[
     return {"lost": lost, "twice": twice, "disagree": disagree}
 
 
+def _entries(ledger: str) -> list[tuple[str, float, str]]:
+    """The ledger's completions: (command name, when, the execution's folder)."""
+    if not os.path.exists(ledger):
+        return []
+    out = []
+    for line in read_text(ledger).splitlines():
+        name, when, temp = line.split()
+        out.append((name, float(when), os.path.dirname(temp)))
+    return out
+
+
+def _killed_after_writing(entry: tuple[str, float, str]) -> bool:
+    _, when, exec_dir = entry
+    try:
+        outcome = json.loads(read_text(os.path.join(exec_dir, supervisor.EXIT)))
+        ended = os.stat(os.path.join(exec_dir, supervisor.EXIT)).st_mtime
+    except FileNotFoundError:
+        return False  # removed: it succeeded (only then are an execution's files dropped)
+    return outcome.get("signal") in (signal.SIGTERM, signal.SIGKILL) and when <= ended
+
+
 CLEAN = {"lost": [], "twice": [], "disagree": []}
+
+
+def _completions(ledger: str) -> list[str]:
+    """The names of the commands in the ledger, once per completion."""
+    return [name for name, *_ in _entries(ledger)]
+
+
+def _story(cluster: Cluster, ids: list[int], ledger: str) -> str:
+    """What a failed tally shows: each troubled task's completions (when, by which execution, how
+    that execution's supervisor saw it end) and its executions."""
+    tally = _tally(cluster, ids, ledger, stops=True)
+    troubled = {tid for tid, *_ in tally["disagree"]} | set(tally["lost"])
+    out = []
+    for tid, t in sorted(cluster.tasks(ids).items()):
+        if tid in troubled:
+            out.append(f"task {tid} {t['name']} {t['status']}")
+            for name, when, exec_dir in _entries(ledger):
+                if name == "done-" + t["name"][1:]:
+                    path = os.path.join(exec_dir, supervisor.EXIT)
+                    end = f"{read_text(path)} at {os.stat(path).st_mtime}" if os.path.exists(path) else "gone"
+                    out.append(f"  completed at {when} in {exec_dir}, exit {end}")
+            out += [f"  {e}" for e in reversed(cluster.client.executions(tid))]
+    return "\n".join(out)
 
 
 def _running(cluster: Cluster, ids: list[int], at_least: int) -> None:
@@ -97,7 +155,7 @@ def test_the_server_down_for_8_s_mid_batch(cluster, tmp_path):
     cluster.worker("w2", concurrency=4)
     _running(cluster, ids, 8)
     cluster.server.kill()
-    wait_for(lambda: len(collections.Counter(read_text(ledger).split()) if os.path.exists(ledger) else []) >= 8,
+    wait_for(lambda: len(set(_completions(ledger))) >= 8,
              30, what="tasks finishing while the server is down")
     cluster.server.start()
     cluster.wait_final(ids, timeout=90)
@@ -147,7 +205,8 @@ def test_batch_and_task_control_racing_a_running_batch(cluster, tmp_path, reques
     assert errors == []
     controller.go_batch("storm")
     cluster.wait_final(ids, timeout=120)
-    assert _tally(cluster, ids, ledger, may_cancel=frozenset(stopped)) == CLEAN
+    assert _tally(cluster, ids, ledger, may_cancel=frozenset(stopped), stops=True) == CLEAN, \
+        _story(cluster, ids, ledger)
 
 
 def test_postgresql_restarting_mid_batch(tmp_path):
