@@ -50,6 +50,7 @@ PACKAGE = "scitq_app"
 DEFAULT_OUTPUT = ROOT / "dist" / "scitq.pyz"
 DEFAULT_LOCK = ROOT / "requirements" / "pyz.txt"
 DEFAULT_CACHE = ROOT / ".cache" / "pyz-wheels"
+INSTALL_FILES = ("install.sh", "systemd/scitq-worker.service")  # shipped as scitq_app/install/NAME
 
 # 1980-01-01 00:00 UTC: the earliest time a zip entry can hold; the timestamp when
 # SOURCE_DATE_EPOCH is unset, so that plain rebuilds are byte-identical too.
@@ -392,6 +393,12 @@ def collect(staged: Path, source: Path) -> dict[str, bytes]:
                     continue
                 path = Path(dirpath) / filename
                 entries[prefix + path.relative_to(base).as_posix()] = path.read_bytes()
+    # what `provision` runs on a host, from the one file it uploads: install.sh and the worker's unit
+    for name in INSTALL_FILES:
+        path = source.parent / name
+        if not path.is_file():
+            raise BuildError(f"{name} is missing beside {PACKAGE}/: provision ships it inside the pyz")
+        entries[f"{PACKAGE}/install/{Path(name).name}"] = path.read_bytes()
     compiled = [n for n in entries if n.endswith(COMPILED_SUFFIXES)]
     if compiled:
         raise BuildError(f"compiled files would be bundled: {', '.join(compiled)}")

@@ -207,7 +207,10 @@ install_packages() {
     if apt-cache show nginx-light >/dev/null 2>&1 || is_installed nginx-light; then packages+=(nginx-light); else packages+=(nginx); fi
     if [[ -z $DATABASE && $SQLITE == 0 ]]; then packages+=(postgresql); fi
   fi
-  for p in "${packages[@]}"; do is_installed "$p" || missing+=("$p"); done
+  for p in "${packages[@]}"; do
+    # rclone may come as a bare binary (provision uploads one to hosts that cannot download)
+    is_installed "$p" || { [[ $p == rclone ]] && command -v rclone >/dev/null; } || missing+=("$p")
+  done
   if [[ $ROLE == server ]] && [[ " ${missing[*]} " == *" nginx"* ]] && { is_installed nginx || is_installed nginx-full || is_installed nginx-core; }; then
     missing=("${missing[@]/nginx-light/}")   # some nginx is there already
   fi

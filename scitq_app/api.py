@@ -208,6 +208,25 @@ ROUTES: tuple[Route, ...] = (
       tags=("admin",)),
     R("GET", "/rclone-config", "rclone_config", "the server's rclone config (a secret), for `scitq config rclone "
       "--install` on another machine", ADMIN, tags=("admin",)),
+    R("GET", "/jobs", "list_jobs", "background jobs (provision...), by id", ADMIN,
+      query=(Query("status", "str", "pending, running, succeeded or failed",
+                   choices=("pending", "running", "succeeded", "failed")),
+             Query("after", "int", "job id", 0), _LIMIT), tags=("jobs",)),
+    R("POST", "/jobs", "create_job", "record a job a command runs (its steps follow with PATCH and its log "
+      "with POST /jobs/{id}/log)", ADMIN, body="job_create", status=201, tags=("jobs",)),
+    R("GET", "/jobs/<id:int>", "get_job", "one job", ADMIN, tags=("jobs",)),
+    R("PATCH", "/jobs/<id:int>", "update_job", "move a job on: status, step, progress, message (409 once it "
+      "ended)", ADMIN, body="job_update", tags=("jobs",)),
+    R("DELETE", "/jobs/<id:int>", "delete_job", "delete an ended job and its log", ADMIN, tags=("jobs",)),
+    R("GET", "/jobs/<id:int>/log", "job_log", "a job's log lines numbered after `after`", ADMIN,
+      query=(Query("after", "int", "line number", 0), _LIMIT), tags=("jobs",)),
+    R("POST", "/jobs/<id:int>/log", "append_job_log", "append lines to a job's log (409 once it ended)", ADMIN,
+      body="job_log_append", tags=("jobs",)),
+    R("POST", "/host-keys", "trust_host_key", "trust on first use: the SSH host key recorded for host, this one "
+      "if none was; 409 naming both keys when another is recorded", ADMIN, body="host_key_trust", tags=("admin",)),
+    R("GET", "/host-keys/<host>", "get_host_key", "the SSH host key recorded for a host", ADMIN, tags=("admin",)),
+    R("DELETE", "/host-keys/<host>", "forget_host_key", "forget a host's key: the next contact trusts anew",
+      ADMIN, tags=("admin",)),
     R("GET", "/events", "list_events", "the audit log", PEOPLE,
       query=(Query("target", "str", "e.g. task:12, batch:b1"), Query("after", "int", "event id", 0), _LIMIT),
       tags=("admin",)),

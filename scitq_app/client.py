@@ -495,6 +495,41 @@ class Server:
     def health(self) -> dict:
         return self.get("/health")
 
+    # --- jobs and host keys (admin) ---------------------------------------------------
+    def jobs(self, status: str | None = None, after: int = 0, limit: int = 100) -> list[dict]:
+        return self.get("/jobs", status=status, after=after, limit=limit)["jobs"]
+
+    def job(self, job_id: int) -> dict:
+        return self.get(f"/jobs/{int(job_id)}")
+
+    def create_job(self, kind: str, target: str) -> dict:
+        return self.post("/jobs", {"kind": kind, "target": target})
+
+    def update_job(self, job_id: int, **changes: Any) -> dict:
+        """status, step, progress (0..1), message: what is given changes."""
+        return self.patch(f"/jobs/{int(job_id)}", {k: v for k, v in changes.items() if v is not None})
+
+    def delete_job(self, job_id: int) -> dict:
+        return self.delete(f"/jobs/{int(job_id)}")
+
+    def job_log(self, job_id: int, after: int = 0, limit: int = 1000) -> list[dict]:
+        """Log lines numbered after `after`: {seq, at, line}."""
+        return self.get(f"/jobs/{int(job_id)}/log", after=after, limit=limit)["lines"]
+
+    def append_job_log(self, job_id: int, lines: Sequence[str]) -> int:
+        # the API takes no empty line: a blank one is kept as one space
+        return self.post(f"/jobs/{int(job_id)}/log", {"lines": [ln or " " for ln in lines]})["log_lines"]
+
+    def trust_host_key(self, host: str, key_type: str, key_data: str) -> dict:
+        """The key recorded for `host`, this one on first contact; Conflict when another is."""
+        return self.post("/host-keys", {"host": host, "key_type": key_type, "key_data": key_data})
+
+    def host_key(self, host: str) -> dict:
+        return self.get(f"/host-keys/{quote(host, safe='')}")
+
+    def forget_host_key(self, host: str) -> dict:
+        return self.delete(f"/host-keys/{quote(host, safe='')}")
+
     # --- waiting ---------------------------------------------------------------------
     def join(self, task_ids: Iterable[int], retry: int = 0, interval: float = 2.0,
              on_event: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict[str, int]:

@@ -184,6 +184,18 @@ class ProvisionError(ScitqError):
     kind = "provision"
 
 
+class SshError(ProvisionError):
+    """A host could not be reached, or refused us, over SSH."""
+
+    kind = "ssh"
+
+
+class HostKeyRefused(SshError):
+    """A host offered another SSH key than the one scitq knows for it."""
+
+    kind = "host_key"
+
+
 class MissingDependency(ConfigError):
     """A Python package needed by this role is missing."""
 

@@ -141,6 +141,32 @@ EXECUTION_TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
     _E.FAILED: frozenset(),
 }
 
+class JobStatus(str, Enum):
+    """A background operation on a host (provision; deploy, destroy, reconcile to come)."""
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+_J = JobStatus
+JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    _J.PENDING: frozenset({_J.RUNNING, _J.FAILED}),
+    _J.RUNNING: frozenset({_J.SUCCEEDED, _J.FAILED}),
+    _J.SUCCEEDED: frozenset(),
+    _J.FAILED: frozenset(),
+}
+JOB_FINAL = frozenset({_J.SUCCEEDED, _J.FAILED})
+
+
+def check_job_transition(job_id: int, old: JobStatus | str, new: JobStatus | str) -> None:
+    """Raise Conflict unless a job may go from `old` to `new` (staying put is allowed)."""
+    old, new = JobStatus(old), JobStatus(new)
+    if old != new and new not in JOB_TRANSITIONS[old]:
+        raise Conflict(f"job {job_id} is {old.value}: it cannot become {new.value}", job_id=job_id,
+                       status=old.value)
+
+
 # Fields of a task a person may edit, and the statuses where editing them is
 # safe: what defines the work cannot change under a worker holding a copy.
 TASK_DEFINITION_FIELDS = frozenset({
@@ -379,6 +405,53 @@ class Event(Record):
     detail: dict = field(default_factory=dict)
     _times = ("at",)
     _dicts = ("detail",)
+
+
+@dataclass(frozen=True)
+class Job(Record):
+    """A background operation (kind `provision`...) on a target (a host), with its current step,
+    progress (0..1) and, once ended, a message saying why it failed."""
+    id: int
+    kind: str
+    target: str
+    status: str
+    step: str | None = None
+    progress: float = 0.0
+    message: str | None = None
+    actor: str | None = None
+    log_lines: int = 0
+    created: float | None = None
+    modified: float | None = None
+    finished: float | None = None
+    _times = ("created", "modified", "finished")
+
+
+@dataclass(frozen=True)
+class JobLogLine(Record):
+    job_id: int
+    seq: int
+    at: float
+    line: str
+    _times = ("at",)
+
+
+def key_fingerprint(key_b64: str) -> str:
+    """OpenSSH's `SHA256:...` fingerprint of a base64 public key blob (no padding)."""
+    import base64
+    import hashlib
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+@dataclass(frozen=True)
+class HostKey(Record):
+    """An SSH host key scitq trusts for `host` (an address:port, or a provider's machine id)."""
+    host: str
+    key_type: str
+    key_data: str
+    fingerprint: str
+    created: float | None = None
+    _times = ("created",)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 
 from . import uris
 from .errors import Invalid
-from .models import (FailureClass, Shell, SignalAction, Stream, TaskStatus, WorkerStatus,
+from .models import (FailureClass, JobStatus, Shell, SignalAction, Stream, TaskStatus, WorkerStatus,
                      SETTABLE_WORKER_STATUSES, values_of)
 
 MAX_TEXT = 1_000_000
@@ -168,8 +168,8 @@ def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = Non
     if k == "b64":
         if not isinstance(v, str):
             raise _err(name, f"must be a base64 string, not {_tname(v)}")
-        if len(v) > MAX_B64:
-            raise _err(name, f"is longer than {MAX_B64} characters")
+        if len(v) > (f.max_length or MAX_B64):
+            raise _err(name, f"is longer than {f.max_length or MAX_B64} characters")
         return v
     if k == "int":
         return _number(name, f, v, True)
@@ -198,6 +198,8 @@ def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = Non
     if k == "strs":
         if not isinstance(v, list):
             raise _err(name, f"must be an array of strings, not {_tname(v)}")
+        if f.maximum is not None and len(v) > f.maximum:
+            raise _err(name, f"holds {len(v)} items, at most {int(f.maximum)} are allowed")
         return [_check_text(f"{name}[{i}]", x, empty_ok=False, limit=4096) for i, x in enumerate(v)]
     if k == "requires":
         if not isinstance(v, list):
@@ -429,6 +431,22 @@ SPECS: dict[str, dict[str, Field]] = {
         "batch": _f("name", "batch the workers it registers join", nullable=True),
         "name": _f("name", "the only worker name it registers", nullable=True),
     },
+    "job_create": {
+        "kind": _f("enum", "what the job does", required=True, choices=("provision",)),
+        "target": _f("str", "what it acts on: a host as HOST:PORT", required=True, max_length=300),
+    },
+    "job_update": {
+        "status": _f("enum", "running, then succeeded or failed", nullable=True, choices=tuple(values_of(JobStatus))),
+        "step": _f("str", "the step under way, in words", nullable=True, max_length=300),
+        "progress": _f("number", "how far, 0 to 1", nullable=True, minimum=0, maximum=1),
+        "message": _f("text", "why it failed, in words", nullable=True),
+    },
+    "job_log_append": {"lines": _f("strs", "log lines, in order", required=True, maximum=1000)},
+    "host_key_trust": {
+        "host": _f("str", "HOST:PORT, or a provider's machine id", required=True, max_length=300),
+        "key_type": _f("str", "e.g. ssh-ed25519", required=True, max_length=100),
+        "key_data": _f("b64", "the public key blob, base64", required=True, max_length=4096),
+    },
     "token_create": {"name": _f("name", "token name", required=True),
                      # worker tokens come from registration (POST /workers/register) only
                      "role": _f("enum", "admin or user", required=True, choices=("admin", "user"))},
@@ -481,7 +499,7 @@ _SIMPLE: dict[str, Callable[[Field, Context], dict]] = {
     "options": lambda f, c: {"type": "string", "maxLength": MAX_STR,
                              "pattern": c.container_options or STR_PATTERN},
     "stats": lambda f, c: {"type": "object"},
-    "b64": lambda f, c: {"type": "string", "format": "byte", "maxLength": MAX_B64},
+    "b64": lambda f, c: {"type": "string", "format": "byte", "maxLength": f.max_length or MAX_B64},
     "text": lambda f, c: {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN},
     "name": lambda f, c: {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 200},
     "int": lambda f, c: _int_schema(f),
@@ -494,7 +512,8 @@ _SIMPLE: dict[str, Callable[[Field, Context], dict]] = {
     "output": lambda f, c: _uri(c),
     "ints": lambda f, c: {"type": "array", "items": _int_schema(Field("int", "", minimum=f.minimum))},
     "strs": lambda f, c: {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 4096,
-                                                     "pattern": TEXT_PATTERN}},
+                                                     "pattern": TEXT_PATTERN},
+                          **({"maxItems": int(f.maximum)} if f.maximum is not None else {})},
     "requires": lambda f, c: {"type": "array", "items": {"oneOf": [
         _int_schema(Field("int", "", minimum=1)),
         {"type": "string", "minLength": 1, "maxLength": 200, "pattern": LINE_PATTERN}]}},

@@ -475,6 +475,43 @@ class Api:
         text, digest, remotes = self.rclone.current()
         return {"config": text, "hash": digest, "remotes": sorted(remotes), "path": self.rclone.path}
 
+    # --- jobs and host keys ---------------------------------------------------
+    def list_jobs(self, ident: Identity, query: dict, **_: Any) -> dict:
+        jobs = self.store.list_jobs(status=query.get("status"), after=query.get("after") or 0,
+                                    limit=query.get("limit") or 100)
+        return {"jobs": [j.to_dict() for j in jobs]}
+
+    def create_job(self, ident: Identity, body: dict, **_: Any) -> dict:
+        return self.store.create_job(body["kind"], body["target"], actor=ident.name).to_dict()
+
+    def get_job(self, ident: Identity, id: int, **_: Any) -> dict:
+        return self.store.get_job(id).to_dict()
+
+    def update_job(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        return self.store.update_job(id, status=body.get("status"), step=body.get("step"),
+                                     progress=body.get("progress"), message=body.get("message")).to_dict()
+
+    def delete_job(self, ident: Identity, id: int, **_: Any) -> dict:
+        self.store.delete_job(id, actor=ident.name)
+        return {"deleted": id}
+
+    def job_log(self, ident: Identity, id: int, query: dict, **_: Any) -> dict:
+        lines = self.store.read_job_log(id, after=query.get("after") or 0, limit=query.get("limit") or 1000)
+        return {"lines": [ln.to_dict() for ln in lines], "next": lines[-1].seq if lines else query.get("after") or 0}
+
+    def append_job_log(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        return {"log_lines": self.store.append_job_log(id, body["lines"])}
+
+    def trust_host_key(self, ident: Identity, body: dict, **_: Any) -> dict:
+        return self.store.trust_host_key(body["host"], body["key_type"], body["key_data"], actor=ident.name).to_dict()
+
+    def get_host_key(self, ident: Identity, host: str, **_: Any) -> dict:
+        return self.store.get_host_key(host).to_dict()
+
+    def forget_host_key(self, ident: Identity, host: str, **_: Any) -> dict:
+        self.store.forget_host_key(host, actor=ident.name)
+        return {"forgotten": host}
+
     def list_events(self, ident: Identity, query: dict, **_: Any) -> dict:
         events = self.store.list_events(target=query.get("target"), after=query.get("after") or 0,
                                         limit=query.get("limit") or 100)

@@ -16,6 +16,9 @@ Management (over the HTTP API):
   batch         list, show, create, pause, go, stop, delete batches
   execution     list a task's executions, show one, print its output
   fetch         copy, list, sync or delete data by URI (rclone remotes, http, ftp, file)
+  provision     turn SSH-reachable hosts into workers (admin)
+  job           list, show, follow the log of, or delete background jobs (admin)
+  host-key      show or forget the SSH host keys scitq trusts (admin)
 
 On the server host (direct database access):
   db            init, upgrade or show the database schema
@@ -52,12 +55,13 @@ if TYPE_CHECKING:
 # command -> the cli module that holds its usage doc and handler (its COMMANDS table)
 COMMAND_MODULES = {"server": "admin", "dispatcher": "admin", "db": "admin", "token": "admin", "config": "admin",
                    "batch": "fleet", "worker": "fleet", "launch": "tasks", "task": "tasks", "execution": "tasks",
-                   "fetch": "fetch"}
+                   "fetch": "fetch", "provision": "provision", "job": "provision", "host-key": "provision"}
 
 # Short-lived commands people type often: their start-up is worth a bytecode cache in the user's
 # home. Not the services (server, dispatcher, worker run: they start once) nor what install.sh
 # runs as the service user (db, token), whose home must stay as install.sh made it.
-CACHED_COMMANDS = frozenset({"launch", "task", "batch", "execution", "worker", "fetch", "config"})
+CACHED_COMMANDS = frozenset({"launch", "task", "batch", "execution", "worker", "fetch", "config", "job",
+                             "host-key"})
 
 COMMON_OPTIONS = """
 Common options:

@@ -11,7 +11,8 @@ e.g. "tasks", "transfer", "provision worker-3"); by kind:
 - `{"event": "progress", "what", "unit", "done", "total", ...}`: how far. `unit` is "tasks",
   "bytes", "steps" or another countable noun; `total` may be None when unknown. Optional:
   `detail` (a dict of named counts, e.g. tasks by status), `rate` (units per second), `eta`
-  (seconds), `elapsed` (seconds), `files` ("3/10").
+  (seconds), `elapsed` (seconds), `files` ("3/10"), `note` (the step under way, in words),
+  `name` (a short label shown first when several things progress at once: provisioning's host).
   Emit it whenever something is known to have changed, or about once a second: the renderer
   decides what to show and how often.
 - `{"event": "message", "what", "text"}`: one step worth a line of its own ("copying scitq.pyz").
@@ -21,11 +22,12 @@ e.g. "tasks", "transfer", "provision worker-3"); by kind:
 - `{"event": "done", "what", ...}`: the end, with the same keys as the last `progress`.
 
 **Consumers**: only `cli/` renders events, through `Progress` (build it with `for_command`):
-- on a terminal (stderr is a TTY): one bar redrawn in place, `[######....] 12/31 tasks  ...`,
-  and a new line for messages, outages and the end;
-- otherwise (a pipe, a log file, systemd): plain lines without control codes, one when the
-  figures changed and at least `every` seconds (10 s) went by, plus every message, outage,
-  resumption and the end;
+- on a terminal (stderr is a TTY): one bar redrawn in place, `[######....] 12/31 tasks  ...`
+  (one per `what` when several progress at once, e.g. one per host), and a new line for
+  messages, outages and each end;
+- otherwise (a pipe, a log file, systemd): plain lines without control codes, one per `what`
+  when its figures changed and at least `every` seconds (10 s) went by, plus every message,
+  outage, resumption and end;
 - with `--json`: each event as one JSON line on stdout, untouched, for scripts;
 - during an outage, "server unreachable, retrying (...)" once, then again at most every
   `every` seconds, and "server reachable again" when it is.
@@ -55,9 +57,10 @@ class Progress:
         self.mode = mode
         self.every = every
         self.clock = clock
-        self._bar_shown = False
-        self._last_line = ""
-        self._last_time: float | None = None
+        self._bars: dict[str, str] = {}  # what -> its bar line, in the order they came
+        self._block = 0                  # lines of bars on screen (the cursor ends the last one)
+        self._last_line: dict[str, str] = {}
+        self._last_time: dict[str, float] = {}
         self._outage_time: float | None = None
 
     def __call__(self, event: dict) -> None:
@@ -67,15 +70,19 @@ class Progress:
             return
         kind = event.get("event")
         now = self.clock()
+        what = str(event.get("what", ""))
+        name = f"{event['name']}  " if event.get("name") else ""
         if kind == "progress":
             line = describe(event)
             if self.mode == "bar":
-                self._draw(bar(event) + "  " + line)
-            elif line != self._last_line and (self._last_time is None or now - self._last_time >= self.every):
-                self._line(line)
-                self._last_line, self._last_time = line, now
+                self._draw(what, name + bar(event) + "  " + line)
+            elif line != self._last_line.get(what) and now - self._last_time.get(what, -1e18) >= self.every:
+                self._line(name + line)
+                self._last_line[what], self._last_time[what] = line, now
         elif kind == "done":
-            self._line("done: " + describe(event) + (f" in {duration(event['elapsed'])}" if "elapsed" in event else ""))
+            self._bars.pop(what, None)
+            self._line(name + "done: " + describe(event) +
+                       (f" in {duration(event['elapsed'])}" if "elapsed" in event else ""))
         elif kind == "outage":
             if self._outage_time is None or now - self._outage_time >= self.every:
                 self._line(f"server unreachable, retrying ({event.get('error', 'no answer')})")
@@ -88,11 +95,12 @@ class Progress:
             self._line(str(event.get("text", "")))
 
     def close(self) -> None:
-        """End a bar left on screen (nothing to do in the other modes)."""
-        if self._bar_shown:
+        """End the bars left on screen (nothing to do in the other modes)."""
+        if self._block:
             self.err.write("\n")
             self.err.flush()
-            self._bar_shown = False
+            self._block = 0
+        self._bars.clear()
 
     def __enter__(self) -> "Progress":
         return self
@@ -100,15 +108,26 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _draw(self, text: str) -> None:
-        self.err.write("\r" + text + "\x1b[K")
+    def _draw(self, what: str, text: str) -> None:
+        self._bars[what] = text
+        if len(self._bars) == 1 and self._block <= 1:
+            self.err.write("\r" + text + "\x1b[K")  # one bar: redrawn in place
+        else:
+            self._clear()
+            self.err.write("\n".join(self._bars.values()))
+        self._block = len(self._bars)
         self.err.flush()
-        self._bar_shown = True
+
+    def _clear(self) -> None:
+        """Erase the bars on screen; the cursor goes where the first one began."""
+        if self._block > 1:
+            self.err.write(f"\r\x1b[{self._block - 1}A\x1b[J")
+        elif self._block == 1:
+            self.err.write("\r\x1b[K")
+        self._block = 0
 
     def _line(self, text: str) -> None:
-        if self._bar_shown:
-            self.err.write("\r\x1b[K")
-            self._bar_shown = False
+        self._clear()  # the bars come back below at their next progress
         self.err.write(text + "\n")
         self.err.flush()
 
@@ -144,6 +163,8 @@ def describe(event: dict) -> str:
     detail = event.get("detail")
     if detail:
         text += " (" + ", ".join(f"{n} {k}" for k, n in detail.items()) + ")"
+    if event.get("note"):
+        text += f"  {event['note']}"
     return text
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..models import (ApiToken, Batch, Event, Execution, Identity, OutputSlice, Task, Worker)
+from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Task,
+                      Worker)
 
 
 class Store:
@@ -369,4 +370,47 @@ class Store:
         raise NotImplementedError
 
     def list_events(self, target: str | None = None, after: int = 0, limit: int = 100) -> list[Event]:
+        raise NotImplementedError
+
+    # --- jobs and host keys ---------------------------------------------------
+    def create_job(self, kind: str, target: str, actor: str | None = None) -> Job:
+        """A pending job of `kind` (provision...) on `target` (a host)."""
+        raise NotImplementedError
+
+    def get_job(self, job_id: int) -> Job:
+        raise NotImplementedError
+
+    def list_jobs(self, status: str | None = None, after: int = 0, limit: int = 100) -> list[Job]:
+        """Jobs by id after `after`, of one status if given."""
+        raise NotImplementedError
+
+    def update_job(self, job_id: int, status: str | None = None, step: str | None = None,
+                   progress: float | None = None, message: str | None = None) -> Job:
+        """Change what is given; the status only along JOB_TRANSITIONS, and nothing once the
+        job has ended (Conflict). Progress is 0..1 (Invalid otherwise); success sets it to 1."""
+        raise NotImplementedError
+
+    def append_job_log(self, job_id: int, lines: Sequence[str]) -> int:
+        """Append lines (numbered from 1, on the server's clock) to a job that has not ended;
+        return how many it now has. Conflict once it has ended."""
+        raise NotImplementedError
+
+    def read_job_log(self, job_id: int, after: int = 0, limit: int = 1000) -> list[JobLogLine]:
+        """A job's log lines numbered after `after`."""
+        raise NotImplementedError
+
+    def delete_job(self, job_id: int, actor: str | None = None) -> None:
+        """Delete an ended job and its log (Conflict while it runs)."""
+        raise NotImplementedError
+
+    def trust_host_key(self, host: str, key_type: str, key_data: str, actor: str | None = None) -> HostKey:
+        """Trust on first use, atomically: the key recorded for `host`, this one when none was.
+        Conflict, naming both fingerprints, when another key is recorded."""
+        raise NotImplementedError
+
+    def get_host_key(self, host: str) -> HostKey:
+        raise NotImplementedError
+
+    def forget_host_key(self, host: str, actor: str | None = None) -> None:
+        """Forget the key recorded for `host` (NotFound when none): the next contact trusts anew."""
         raise NotImplementedError

@@ -11,8 +11,9 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from ..models import ApiToken, Batch, Event, Execution, Identity, OutputSlice, Role, Task, Worker
-from . import admin, batches, dispatcher, protocol, tasks
+from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Role,
+                      Task, Worker)
+from . import admin, batches, dispatcher, jobs, protocol, tasks
 from .backend import Backend, Tx
 from .contract import Store
 
@@ -279,6 +280,38 @@ class SqlStore(Store):
 
     def list_events(self, target: str | None = None, after: int = 0, limit: int = 100) -> list[Event]:
         return self._read(lambda tx: admin.list_events(tx, target, after, limit))
+
+    # --- jobs and host keys ---------------------------------------------------
+    def create_job(self, kind: str, target: str, actor: str | None = None) -> Job:
+        return self._write(lambda tx: jobs.create_job(tx, kind, target, actor))
+
+    def get_job(self, job_id: int) -> Job:
+        return self._read(lambda tx: jobs.get_job(tx, job_id))
+
+    def list_jobs(self, status: str | None = None, after: int = 0, limit: int = 100) -> list[Job]:
+        return self._read(lambda tx: jobs.list_jobs(tx, status, after, limit))
+
+    def update_job(self, job_id: int, status: str | None = None, step: str | None = None,
+                   progress: float | None = None, message: str | None = None) -> Job:
+        return self._write(lambda tx: jobs.update_job(tx, job_id, status, step, progress, message))
+
+    def append_job_log(self, job_id: int, lines: Sequence[str]) -> int:
+        return self._write(lambda tx: jobs.append_job_log(tx, job_id, lines))
+
+    def read_job_log(self, job_id: int, after: int = 0, limit: int = 1000) -> list[JobLogLine]:
+        return self._read(lambda tx: jobs.read_job_log(tx, job_id, after, limit))
+
+    def delete_job(self, job_id: int, actor: str | None = None) -> None:
+        self._write(lambda tx: jobs.delete_job(tx, job_id, actor))
+
+    def trust_host_key(self, host: str, key_type: str, key_data: str, actor: str | None = None) -> HostKey:
+        return self._write(lambda tx: jobs.trust_host_key(tx, host, key_type, key_data, actor))
+
+    def get_host_key(self, host: str) -> HostKey:
+        return self._read(lambda tx: jobs.get_host_key(tx, host))
+
+    def forget_host_key(self, host: str, actor: str | None = None) -> None:
+        self._write(lambda tx: jobs.forget_host_key(tx, host, actor))
 
     # --- authentication: a cache in front of the token table -----------------
     def _forget_tokens(self) -> None:

@@ -37,6 +37,8 @@ def build_pyz(out: Path, version: str | None = None) -> Path:
         src = out.parent / "src-upgrade"
         shutil.copytree(ROOT / "scitq_app", src / "scitq_app", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "build_zipapp.py", src)
+        shutil.copy(ROOT / "install.sh", src)
+        shutil.copytree(ROOT / "systemd", src / "systemd")
         init = src / "scitq_app" / "__init__.py"
         init.write_text(init.read_text().replace('__version__ = "', f'__version__ = "{version}"  # was "', 1))
     done = subprocess.run(["python3", str(src / "build_zipapp.py"), "-o", str(out),

@@ -80,6 +80,10 @@ def valid_bodies(w: SimpleNamespace) -> dict[str, dict]:
         "outbox": {"items": []},
         "token_create": {"name": unique("rt"), "role": "user"},
         "join_token_create": {"uses": 2, "ttl": 600, "batch": w.batch, "name": unique("jw")},
+        "job_create": {"kind": "provision", "target": unique("h") + ":22"},
+        "job_update": {"step": "checking"},
+        "job_log_append": {"lines": ["a line"]},
+        "host_key_trust": {"host": unique("hk") + ":22", "key_type": "ssh-ed25519", "key_data": "AAAAC3Nza2V5"},
     }
 
 
@@ -120,10 +124,11 @@ def path_variants(route: Route, w: SimpleNamespace) -> list[str]:
         return [path]
     (name, conv), = params
     if conv == ":int":
-        real = {"/tasks": w.task, "/executions": w.execution, "/workers": w.worker}[path[:path.index("/", 1)]]
+        real = {"/tasks": w.task, "/executions": w.execution, "/workers": w.worker,
+                "/jobs": w.job}[path[:path.index("/", 1)]]
         values = [str(real)] + INT_PATH_VALUES
     else:
-        real = "rt-keep" if path.startswith("/tokens") else w.batch
+        real = "rt-keep" if path.startswith("/tokens") else w.host if path.startswith("/host-keys") else w.batch
         values = [real] + [v for v in NAME_PATH_VALUES if not path.startswith("/tokens") or v != "admin"]
     return [re.sub(r"<\w+(:\w+)?>", v, path) for v in values]
 
@@ -142,9 +147,12 @@ def battery(request, module_servers):
     task = srv.ok("POST", "/tasks", {"command": "echo hi", "batch": batch})["id"]
     srv.ok("POST", "/tasks", {"command": "echo again", "batch": batch})
     execution = srv.ok("POST", f"/workers/{worker}/claim", {"slots": 1}, token=wtoken)["executions"][0]["id"]
+    job = srv.ok("POST", "/jobs", {"kind": "provision", "target": "rob:22"}, status=201)["id"]
+    host = unique("rob") + ":22"
+    srv.ok("POST", "/host-keys", {"host": host, "key_type": "ssh-ed25519", "key_data": "AAAAC3Nza2V5"})
     client = RawClient("127.0.0.1", srv.proc.port)
     yield SimpleNamespace(srv=srv, batch=batch, worker=worker, worker_token=wtoken, task=task, execution=execution,
-                          client=client)
+                          client=client, job=job, host=host)
     client.close()
 
 

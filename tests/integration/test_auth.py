@@ -53,6 +53,30 @@ def test_user_token_may_steer_tasks_but_not_manage_tokens_or_register_workers(se
     assert all("hash" not in t and "secret" not in t for t in srv.ok("GET", "/tokens")["tokens"])
 
 
+def test_jobs_and_host_keys_are_the_admin_s_alone(servers):
+    # Host keys decide whom provisioning trusts, job logs describe hosts: no user, worker or join token
+    # may read or write them.
+    srv = servers.start("sqlite")
+    job = srv.ok("POST", "/jobs", {"kind": "provision", "target": "h:22"}, status=201)
+    srv.ok("POST", "/host-keys", {"host": "h:22", "key_type": "ssh-ed25519", "key_data": "AAAAC3Nza2V5"})
+    user = srv.ok("POST", "/tokens", {"name": unique("u"), "role": "user"})["secret"]
+    _, worker = srv.register()
+    join = srv.ok("POST", "/join-tokens", {"uses": 1}, status=201)["join_token"]
+    calls = (("GET", "/jobs", None), ("POST", "/jobs", {"kind": "provision", "target": "x:22"}),
+             ("GET", f"/jobs/{job['id']}", None), ("PATCH", f"/jobs/{job['id']}", {"status": "failed"}),
+             ("GET", f"/jobs/{job['id']}/log", None), ("POST", f"/jobs/{job['id']}/log", {"lines": ["forged"]}),
+             ("DELETE", f"/jobs/{job['id']}", None), ("GET", "/host-keys/h:22", None),
+             ("POST", "/host-keys", {"host": "h2:22", "key_type": "ssh-ed25519", "key_data": "AAAAC3Nza2V5"}),
+             ("DELETE", "/host-keys/h:22", None))
+    for token in (user, worker, join):
+        for method, path, body in calls:
+            assert_error(srv.call(method, path, body, token=token), 403, "forbidden")
+    assert srv.ok("GET", f"/jobs/{job['id']}")["status"] == "pending", "nothing changed"
+    assert srv.ok("GET", f"/jobs/{job['id']}/log")["lines"] == []
+    assert srv.ok("GET", "/host-keys/h:22")["key_data"] == "AAAAC3Nza2V5"
+    assert_error(srv.call("GET", "/host-keys/h2:22"), 404, "not_found")
+
+
 def test_revoked_token_is_401(servers):
     srv = servers.start("sqlite")
     # revoked through the API: refused at once

@@ -94,3 +94,69 @@ def test_for_command_picks_the_mode_from_the_terminal_and_the_flags():
     assert for_command(Ctx(io.StringIO())).mode == "lines"
     assert for_command(Ctx(Tty()), json=True).mode == "json"
     assert for_command(Ctx(Tty()), show=False) is None
+
+
+def host(name: str, done: int, note: str, kind: str = "progress") -> dict:
+    return {"event": kind, "what": f"provision {name}", "name": name, "unit": "steps", "done": done, "total": 5,
+            "note": note}
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows after `text`: carriage return, cursor up (ESC[nA), erase line
+    (ESC[K) and erase below (ESC[J) applied to a grid of lines."""
+    import re
+    lines, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[(\d*)([AKJ])|(\r)|(\n)|([^\x1b\r\n]+)", text):
+        n, code, cr, nl, chars = token
+        if code == "A":
+            row -= int(n or 1)
+        elif code == "K":
+            lines[row] = lines[row][:col]
+        elif code == "J":
+            lines[row] = lines[row][:col]
+            del lines[row + 1:]
+        elif cr:
+            col = 0
+        elif nl:
+            row += 1
+            col = 0
+            if row == len(lines):
+                lines.append("")
+        else:
+            lines[row] = lines[row][:col] + chars + lines[row][col + len(chars):]
+            col += len(chars)
+    return lines
+
+
+def test_several_hosts_get_a_bar_each_and_their_ends_print_above_the_bars_left():
+    err = Tty()
+    p = Progress(err, "bar")
+    p(host("a", 0, "connecting"))
+    p(host("b", 0, "connecting"))
+    p(host("a", 2, "uploading"))
+    p(host("c", 1, "checking"))
+    assert _screen(err.getvalue()) == [
+        "a  [#########...............]  40%  2/5 steps  uploading",
+        "b  [........................]   0%  0/5 steps  connecting",
+        "c  [####....................]  20%  1/5 steps  checking"]
+    p(host("b", 5, "worker b registered", kind="done"))
+    p(host("a", 3, "installing"))
+    p.close()
+    assert _screen(err.getvalue()) == [
+        "b  done: 5/5 steps  worker b registered",
+        "a  [##############..........]  60%  3/5 steps  installing",
+        "c  [####....................]  20%  1/5 steps  checking",
+        ""]
+
+
+def test_plain_lines_keep_each_host_s_own_rhythm():
+    err, clock = io.StringIO(), Clock()
+    p = Progress(err, "lines", every=10, clock=clock)
+    p(host("a", 0, "connecting"))
+    p(host("b", 0, "connecting"))   # another host: its own first line, not held back by a's
+    clock.now = 1
+    p(host("a", 1, "checking"))     # too soon for a
+    clock.now = 12
+    p(host("a", 2, "uploading"))
+    assert err.getvalue().splitlines() == ["a  0/5 steps  connecting", "b  0/5 steps  connecting",
+                                           "a  2/5 steps  uploading"]

@@ -154,3 +154,12 @@ WHERE execution.id = r.id AND execution.worker_id = r.worker_id
 UPDATE api_token SET last_used = r.now
 FROM json_to_recordset(CAST(:rows AS json)) AS r(id BIGINT, now DOUBLE PRECISION)
 WHERE api_token.id = r.id
+
+-- name: job_lock
+SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+FROM job WHERE id = :id FOR UPDATE
+
+-- name: job_log_insert_json
+INSERT INTO job_log (job_id, seq, at, line)
+SELECT r.job_id, r.seq, r.at, r.line
+FROM json_to_recordset(CAST(:rows AS json)) AS r(job_id BIGINT, seq BIGINT, at DOUBLE PRECISION, line TEXT)

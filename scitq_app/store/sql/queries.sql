@@ -512,3 +512,49 @@ WHERE name = :name AND (holder = :holder OR expires <= :now)
 
 -- name: lock_delete
 DELETE FROM dispatcher_lock WHERE name = :name AND holder = :holder
+
+-- --- jobs and host keys --------------------------------------------------------------------
+
+-- name: job_insert
+INSERT INTO job (kind, target, status, progress, actor, log_lines, created, modified)
+VALUES (:kind, :target, 'pending', 0, :actor, 0, :now, :now)
+
+-- name: job_get
+SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+FROM job WHERE id = :id
+
+-- name: job_list
+SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+FROM job WHERE id > :after ORDER BY id LIMIT :limit
+
+-- name: job_list_status
+SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+FROM job WHERE status = :status AND id > :after ORDER BY id LIMIT :limit
+
+-- name: job_update
+UPDATE job SET status = :status, step = :step, progress = :progress, message = :message,
+    modified = :now, finished = :finished
+WHERE id = :id
+
+-- name: job_log_count
+UPDATE job SET log_lines = log_lines + :n, modified = :now WHERE id = :id
+
+-- name: job_log_insert
+INSERT INTO job_log (job_id, seq, at, line) VALUES (:job_id, :seq, :at, :line)
+
+-- name: job_log_read
+SELECT job_id, seq, at, line FROM job_log WHERE job_id = :job_id AND seq > :after ORDER BY seq LIMIT :limit
+
+-- name: job_delete
+DELETE FROM job WHERE id = :id
+
+-- name: host_key_get
+SELECT host, key_type, key_data, fingerprint, created FROM host_key WHERE host = :host
+
+-- name: host_key_insert
+INSERT INTO host_key (host, key_type, key_data, fingerprint, created)
+VALUES (:host, :key_type, :key_data, :fingerprint, :now)
+ON CONFLICT (host) DO NOTHING
+
+-- name: host_key_delete
+DELETE FROM host_key WHERE host = :host

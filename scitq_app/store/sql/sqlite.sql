@@ -76,3 +76,7 @@ DELETE FROM task_count_delta
 -- name: sequence_value
 SELECT MAX(v) AS v FROM (SELECT seq AS v FROM sqlite_sequence WHERE name = :table
                          UNION ALL SELECT 0)
+
+-- name: job_lock
+SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+FROM job WHERE id = :id

@@ -1,0 +1,212 @@
+"""Commands of the fleet's background work: `provision` (SSH hosts into workers), `job` (what
+such work did, step by step) and `host-key` (the SSH keys scitq trusts)."""
+from __future__ import annotations
+
+from ..errors import ProvisionError, UsageError
+from .context import Context, int_arg, merge_options, parse
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every CLI start (bench/startup.py)
+    from typing import Any
+
+PROVISION_DOC = """Turn SSH-reachable hosts into workers of this server (admin token).
+
+Usage:
+  scitq provision [options] [--user USER] [--key FILE] [--port N] [--concurrency N] [--batch NAME]
+                  [--name NAME] [--jobs N] [--worker-url URL] [--pyz PATH] [--rclone PATH] [--json]
+                  <host>...
+
+Options:
+  --user USER        SSH user: root, or one with password-less sudo [default: root]
+  --key FILE         SSH private key (default: your keys and ssh-agent)
+  --port N           SSH port of hosts given without :PORT [default: 22]
+  --concurrency N    tasks each new worker runs at once [default: 1]
+  --batch NAME       the batch the new workers join (default: any batch)
+  --name NAME        the worker's name, for one host (default: the host's own name)
+  --jobs N           hosts provisioned at once [default: 8]
+  --worker-url URL   the URL workers reach this server at (default: [server] public_url,
+                     else the server URL this command uses)
+  --pyz PATH         the scitq.pyz to install (default: the one running this command)
+  --rclone PATH      rclone uploaded to hosts that have none (default: rclone on PATH)
+  --json             progress as JSON lines on stdout
+
+<host> is [USER@]HOST[:PORT]. For each host, one job (`scitq job list`): connect (the
+host key checked against known_hosts, else the key scitq recorded at first contact),
+check the host (python3 3.10+, systemd, disk, clock), upload the pyz (and rclone),
+run its install.sh with a join token minted for that host, wait until the worker
+registers. A failure puts the host back as it was and the job's log says why.
+Exits 0 when every host became a worker, 1 otherwise.
+"""
+
+JOB_DOC = """Background jobs (provisioning...): their steps, progress and logs (admin token).
+
+Usage:
+  scitq job list [options] [--status STATUS] [--json]
+  scitq job show [options] <id> [--json]
+  scitq job log [options] <id> [--follow]
+  scitq job delete [options] <id>...
+
+Options:
+  --status STATUS   pending, running, succeeded or failed
+  --follow          keep printing new lines until the job ends
+  --json            machine-readable output
+"""
+
+HOST_KEY_DOC = """The SSH host keys scitq trusts (admin token).
+
+Usage:
+  scitq host-key show [options] <host>
+  scitq host-key forget [options] <host>
+
+A host's key is recorded at first contact (trust on first use) unless known_hosts
+or a provider gives it; a host offering another key is refused. After a host was
+reinstalled, `forget` its old key: the next contact records the new one.
+<host> is HOST:PORT as job targets show it.
+"""
+
+JOB_COLUMNS = [("id", "id"), ("kind", "kind"), ("target", "target"), ("status", "status"),
+               ("progress", "done"), ("step", "step"), ("modified", "changed")]
+
+
+def cmd_provision(ctx: Context, argv: list[str]) -> int:
+    args = parse(PROVISION_DOC, argv)
+    merge_options(args, ctx)
+    from ..cloud.provision import Provisioner, Target, install_files
+    port = int_arg(args["--port"], "--port", 1) or 22
+    targets = [Target.parse(h, user=args["--user"], port=port) for h in args["<host>"]]
+    if len({str(t) for t in targets}) != len(targets):
+        raise UsageError("a host is given twice", usage_of="provision")
+    if args["--name"] and len(targets) > 1:
+        raise UsageError("--name names one worker: give one host with it", usage_of="provision")
+    concurrency = int_arg(args["--concurrency"], "--concurrency", 1) or 1
+    jobs = int_arg(args["--jobs"], "--jobs", 1) or 8
+    cfg = ctx.config()
+    client = ctx.client()
+    url = args["--worker-url"] or cfg.server.public_url or client.url
+    if any(h in url for h in ("//127.", "//localhost", "//[::1]")):
+        raise UsageError(f"workers cannot reach this server at {url}: give --worker-url URL (or set [server] "
+                         "public_url)", usage_of="provision")
+    files = install_files(args["--pyz"], args["--rclone"])
+    from .progress import for_command
+    progress = for_command(ctx, json=bool(args["--json"]), every=5.0)
+    assert progress is not None  # progress is always shown
+    with progress:
+        p = Provisioner(client, files, url, key_file=args["--key"], on_event=_serialized(progress))
+        results = _each(targets, jobs, lambda t: p.provision(t, name=args["--name"], concurrency=concurrency,
+                                                              batch=args["--batch"]))
+    failed = 0
+    for target, (worker, error) in zip(targets, results):
+        if error is None:
+            ctx.warn(f"{target}: worker {worker['name']} (id {worker['id']}) registered")
+        else:
+            failed += 1
+            ctx.warn(f"{target}: failed: {error.message}" + (f" (log: scitq job log {error.data['job']})"
+                                                             if error.data.get("job") else ""))
+    if failed:
+        ctx.warn(f"scitq: {failed} of {len(targets)} host(s) not provisioned")
+    return 1 if failed else 0
+
+
+def _serialized(progress: Any) -> Any:
+    """Progress events from several threads, rendered one at a time."""
+    import threading
+    lock = threading.Lock()
+
+    def on_event(event: dict) -> None:
+        with lock:
+            progress(dict(event, name=event["what"].split(" ", 1)[-1]))
+    return on_event
+
+
+def _each(targets: list[Any], jobs: int, fn: Any) -> list[tuple[Any, Any]]:
+    """fn(target) for each target, `jobs` at a time: (result, None) or (None, the ProvisionError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(t: Any) -> tuple[Any, Any]:
+        try:
+            return fn(t), None
+        except ProvisionError as e:
+            return None, e
+    with ThreadPoolExecutor(max_workers=min(jobs, len(targets))) as pool:
+        return list(pool.map(one, targets))
+
+
+def cmd_job(ctx: Context, argv: list[str]) -> int:
+    args = parse(JOB_DOC, argv)
+    merge_options(args, ctx)
+    client = ctx.client()
+    if args["list"]:
+        status = args["--status"]
+        if status is not None and status not in ("pending", "running", "succeeded", "failed"):
+            raise UsageError(f"--status must be pending, running, succeeded or failed, not {status!r}",
+                             usage_of="job")
+        jobs = client.jobs(status=status, limit=1000)
+        if args["--json"]:
+            ctx.json(jobs)
+        else:
+            ctx.table([dict(j, progress=f"{round(100 * j['progress'])}%") for j in jobs], JOB_COLUMNS,
+                      empty="(no jobs)")
+        return 0
+    ids = [_job_id(x) for x in args["<id>"]]
+    if args["show"]:
+        job = client.job(ids[0])
+        if args["--json"]:
+            ctx.json(job)
+        else:
+            from .display import fields
+            fields(ctx.say, dict(job, progress=f"{round(100 * job['progress'])}%"),
+                   ("id", "kind", "target", "status", "step", "progress", "message", "actor", "log_lines",
+                    "created", "modified", "finished"), always=("id", "kind", "target", "status"))
+        return 0
+    if args["log"]:
+        return _log(ctx, client, ids[0], bool(args["--follow"]))
+    for job_id in ids:
+        client.delete_job(job_id)
+        ctx.say(f"job {job_id} deleted")
+    return 0
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"a job id is a number, not {text!r}", usage_of="job")
+    return int(text)
+
+
+def _log(ctx: Context, client: Any, job_id: int, follow: bool) -> int:
+    import time
+    after = 0
+    while True:
+        lines = client.job_log(job_id, after=after)
+        for ln in lines:
+            ctx.say(ln["line"])
+        if lines:
+            after = lines[-1]["seq"]
+            continue
+        if not follow or client.job(job_id)["status"] in ("succeeded", "failed"):
+            if follow:  # lines written just before it ended
+                for ln in client.job_log(job_id, after=after):
+                    ctx.say(ln["line"])
+            return 0
+        time.sleep(0.5)
+
+
+def cmd_host_key(ctx: Context, argv: list[str]) -> int:
+    args = parse(HOST_KEY_DOC, argv)
+    merge_options(args, ctx)
+    client = ctx.client()
+    host = args["<host>"]
+    if args["show"]:
+        from .display import fields
+        fields(ctx.say, client.host_key(host), ("host", "key_type", "fingerprint", "created"),
+               always=("host",))
+        return 0
+    client.forget_host_key(host)
+    ctx.say(f"host key of {host} forgotten: the next contact records the key it offers")
+    return 0
+
+
+COMMANDS = {
+    "provision": (PROVISION_DOC, cmd_provision),
+    "job": (JOB_DOC, cmd_job),
+    "host-key": (HOST_KEY_DOC, cmd_host_key),
+}
