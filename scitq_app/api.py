@@ -193,6 +193,10 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/workers/<id:int>/rclone-config", "worker_rclone_config", "the rclone config this worker stages "
       "data with (a secret; a worker token gets only its own); refetch when the heartbeat's rclone_config hash "
       "changes", WORKER, tags=("protocol",)),
+    R("GET", "/pyz/info", "pyz_info", "the scitq.pyz workers upgrade to: version, sha256, size (409 when this "
+      "server has none: it runs from source and [server] pyz is unset)", WORKER, tags=("protocol",)),
+    R("GET", "/pyz", "pyz_download", "that scitq.pyz itself, base64 in `data`, with its version and sha256",
+      WORKER, tags=("protocol",)),
     R("POST", "/executions/<id:int>/report", "report", "report an execution's phase (idempotent)", WORKER,
       body="report", tags=("protocol",)),
     R("POST", "/executions/<id:int>/output", "append_output", "append output bytes at an offset (idempotent)",

@@ -465,6 +465,17 @@ class Server:
     def outbox(self, worker_id: int, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         return self.post(f"/workers/{int(worker_id)}/outbox", {"items": list(items)})["results"]
 
+    def pyz_info(self) -> dict:
+        """The scitq.pyz the server hands out: {version, sha256, size}."""
+        return self.get("/pyz/info")
+
+    def pyz(self) -> tuple[dict, bytes]:
+        """That scitq.pyz: ({version, sha256, size}, its bytes)."""
+        import base64
+        reply = self.request("GET", "/pyz", timeout=max(self.timeout, 300.0))
+        data = base64.b64decode(reply.pop("data"))
+        return reply, data
+
     def whoami(self) -> dict:
         """The calling token: {name, role, worker_id}."""
         return self.get("/whoami")

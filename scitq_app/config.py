@@ -89,6 +89,8 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                       "join tokens so workers pin it"),
     ("server", "public_url"): _o("", "str", "URL workers use to reach this server (e.g. https://scitq.example.org); "
                                  "printed with join tokens"),
+    ("server", "pyz"): _o("", "str", "the scitq.pyz workers upgrade to on `scitq worker upgrade` (default: the one "
+                          "this server runs from)"),
     ("server", "token_file"): _o("admin.token", "str", "where the first start on an empty database writes the "
                                  "admin token it creates (mode 600; relative to the working dir; install.sh: "
                                  "/var/lib/scitq/admin.token)"),

@@ -196,6 +196,12 @@ class HostKeyRefused(SshError):
     kind = "host_key"
 
 
+class ReleaseError(ScitqError):
+    """A scitq.pyz could not be installed as the new release."""
+
+    kind = "release"
+
+
 class MissingDependency(ConfigError):
     """A Python package needed by this role is missing."""
 

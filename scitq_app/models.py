@@ -96,6 +96,7 @@ class SignalAction(str, Enum):
     TERM = "term"      # SIGTERM, SIGKILL after a grace period
     KILL = "kill"      # SIGKILL
     CLEAN = "clean"    # worker level: remove work dirs of finished executions
+    UPGRADE = "upgrade"  # worker level: install the server's scitq.pyz, drain, restart on it
 
 
 # Worker statuses a person may set; the others are set by the system.

@@ -376,7 +376,9 @@ SPECS: dict[str, dict[str, Field]] = {
         "status": _f("enum", "running, paused or draining",
                      choices=tuple(s.value for s in SETTABLE_WORKER_STATUSES)),
     },
-    "worker_signal": {"action": _f("enum", "worker-level signal", required=True, choices=("clean",))},
+    "worker_signal": {"action": _f("enum", "worker-level signal: clean (remove finished work dirs), upgrade "
+                                          "(install the server's scitq.pyz, drain, restart on it)", required=True,
+                                   choices=("clean", "upgrade"))},
     "register": {
         "name": _f("name", "worker name", required=True),
         "hostname": _f("str", "host name", nullable=True),

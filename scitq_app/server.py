@@ -29,6 +29,7 @@ from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllow
                      MissingDependency, NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized,
                      UnsupportedMediaType)
 from .models import Identity, Role
+from .release import Offered
 from .container_policy import check_allowed, options_pattern, parse_rules
 from .schema import Context, validate, validate_bulk
 from .store import Store
@@ -168,6 +169,7 @@ class Api:
         self._polling_lock = threading.Lock()
         self.beats = HeartbeatBuffer(store, config.dispatcher.lease, clock)
         self.rclone = RcloneConfig(config.server.rclone_config)
+        self.offered = Offered(config.server.pyz or None)
         # the only folders file:// URIs may name (none by default): tasks reach no other host path
         self.file_roots = parse_roots(config.server.file_roots, "[server] file_roots")
         self.container_allow = parse_rules(config.server.container_options, "[server] container_options")
@@ -326,6 +328,8 @@ class Api:
         return {"deleted": id}
 
     def signal_worker(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
+        if body["action"] == "upgrade" and not ident.is_admin():
+            raise Forbidden("upgrading workers needs an admin token")
         self.store.signal_worker(id, body["action"], actor=ident.name)
         return {"queued": body["action"]}
 
@@ -470,6 +474,12 @@ class Api:
                                                      actor=ident.name)
         return {"token": token.to_dict(), "join_token": secret + ("." + fingerprint if fingerprint else ""),
                 "fingerprint": fingerprint, "server_url": self.config.server.public_url or None}
+
+    def pyz_info(self, ident: Identity, **_: Any) -> dict:
+        return self.offered.info()
+
+    def pyz_download(self, ident: Identity, **_: Any) -> dict:
+        return self.offered.payload()
 
     def rclone_config(self, ident: Identity, **_: Any) -> dict:
         text, digest, remotes = self.rclone.current()

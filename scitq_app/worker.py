@@ -125,6 +125,7 @@ class Worker:
         self._ordered: set[int] = set()  # signal ids queued or applied and not yet acked to the server
         self.stopping = 0            # 0 running, 1 warm stop, 2 cold stop
         self.upgrade_requested = False  # set by SIGUSR1 (install.sh upgrade): drain, then exit 75
+        self.upgrade_note: str | None = None  # what the last `worker upgrade` did, in words
         self._upgrade_since: float | None = None
         self._upgrade_forced = False
         self._wake = threading.Event()
@@ -291,7 +292,7 @@ class Worker:
             reply = self.client.heartbeat(self.worker_id, self.machine.stats() | {"version": __version__,
                                           "engine": self.runner.name,
                                           "engine_version": self.runner.version, "slots_used": self.slots.used,
-                                          "short_of": self.short}
+                                          "short_of": self.short, "upgrade": self.upgrade_note}
                                           | self.stager.stats(),
                                           self._held(), acks)
         except BaseException:
@@ -389,6 +390,25 @@ class Worker:
                 job.signal(s["action"])
         elif s["action"] == "clean":
             self.clean(everything=True)
+        elif s["action"] == "upgrade":
+            threading.Thread(target=self._upgrade_from_server, name="upgrade", daemon=True).start()
+
+    def _upgrade_from_server(self) -> None:
+        """`scitq worker upgrade`: install the server's scitq.pyz as this host's release, then
+        drain and restart on it (as after install.sh's SIGUSR1). What happened shows in the
+        worker's stats (`upgrade`) and its log."""
+        from .release import upgrade_from
+        try:
+            version = upgrade_from(self.client)
+        except ScitqError as e:
+            self.upgrade_note = f"refused: {e.message}"
+        else:
+            if version is None:
+                self.upgrade_note = f"already running the server's scitq.pyz ({__version__})"
+            else:
+                self.upgrade_note = f"installed {version}: restarting once running tasks end"
+                self.request_upgrade()
+        self.say(f"scitq worker {self.name}: upgrade: {self.upgrade_note}")
 
     def _heartbeat_loop(self) -> None:
         while not self._done.wait(self.heartbeat_every):

@@ -43,6 +43,7 @@ Usage:
                       [--status STATUS] [--json]
   scitq worker delete [options] <worker>...
   scitq worker clean [options] <worker>...
+  scitq worker upgrade [options] (--all | <worker>...)
   scitq worker join-token [options] [--uses N] [--ttl DURATION] [--batch NAME] [--name NAME] [--json]
 
 Options:
@@ -58,11 +59,18 @@ Options:
   --workdir DIR       where work dirs are made (env SCITQ_WORKER_WORKDIR)
   --status STATUS     running, paused or draining (draining: finish, then exit)
   --once              (run) claim, run and report one round, then exit
+  --all               upgrade: every worker the server hears from
   --json              machine-readable output
 
 <worker> is a worker id or name. Changes made with `update` reach the worker at
 its next heartbeat; `delete` requeues its executions; `clean` removes the work
 dirs of its finished executions.
+
+`upgrade` (admin token) makes workers installed by install.sh or `provision`
+fetch the server's scitq.pyz ([server] pyz, else the one the server runs) over
+their own authenticated channel, check its sha256, install it as their release,
+finish their running tasks (at most [worker] upgrade_deadline seconds, then hand
+them back) and restart on it. `worker show` says what each did (stats: upgrade).
 
 `join-token` (admin token) mints the credential a new worker registers with:
 give it as [worker] join_token (or `install.sh worker --join-token`). It
@@ -73,7 +81,7 @@ Workers refuse admin and user tokens.
 
 WORKER_COLUMNS = [("id", "id"), ("name", "name"), ("status", "status"), ("batch", "batch"),
                   ("concurrency", "conc"), ("prefetch", "pref"), ("active", "active"),
-                  ("last_seen", "last seen"), ("hostname", "host")]
+                  ("last_seen", "last seen"), ("hostname", "host"), ("version", "version")]
 
 
 def cmd_batch(ctx: Context, argv: list[str]) -> int:
@@ -138,6 +146,8 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
     merge_options(args, ctx)
     if args["join-token"]:
         return _join_token(ctx, args)
+    if args["upgrade"]:
+        return _upgrade(ctx, args)
     if args["run"]:
         from ..worker import run_worker
         cfg = ctx.config(worker_name=args["--name"], worker_batch=args["--batch"],
@@ -151,6 +161,7 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
             ctx.json(workers)
         else:
             for w in workers:  # a worker short of disk claims nothing: its status says why
+                w["version"] = (w.get("stats") or {}).get("version")
                 short = (w.get("stats") or {}).get("short_of")
                 if short and w.get("status") == "running":
                     w["status"] = f"running, short of {short.split(' (')[0]}"  # details: worker show
@@ -232,6 +243,27 @@ def _join_token(ctx: Context, args: dict[str, Any]) -> int:
         ctx.warn(f"scitq: it pins the server's TLS certificate, sha256 {reply['fingerprint']}")
     ctx.warn("scitq: on the new host, run:")
     ctx.warn(f"  install.sh worker --server {reply.get('server_url') or client.url} --join-token {reply['join_token']}")
+    return 0
+
+
+def _upgrade(ctx: Context, args: dict[str, Any]) -> int:
+    client = ctx.client()
+    offered = client.pyz_info()  # refused (403, 409) before any worker is told anything
+    live = ("starting", "running", "paused", "draining")
+    if args["--all"]:
+        targets = [w for w in client.workers() if w["status"] in live]
+    else:
+        targets = [client.worker(resolve_worker(client, ref)) for ref in args["<worker>"]]
+    if not targets:
+        ctx.warn("scitq: no live worker to upgrade")
+        return 0
+    for w in targets:
+        client.signal_worker(int(w["id"]), "upgrade")
+        now = (w.get("stats") or {}).get("version")
+        ctx.say(f"worker {w['name']}: upgrade to {offered['version']} sent" + (f" (runs {now})" if now else ""))
+    ctx.warn(f"scitq: the workers fetch scitq {offered['version']} (sha256 {str(offered['sha256'])[:16]}...) at "
+             "their next heartbeat and restart on it once their running tasks end; `scitq worker list` shows "
+             "their versions")
     return 0
 
 

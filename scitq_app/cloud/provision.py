@@ -364,15 +364,15 @@ def _known_key(client: "Server", host: str) -> tuple[str, str] | None:
 
 def install_files(pyz: str | None, rclone: str | None) -> InstallFiles:
     """The files to upload: `pyz` (default: the pyz this runs from), install.sh and the worker
-    unit from inside it (or from the source tree beside scitq_app/), and `rclone` (default: the
-    one on PATH). ProvisionError when there is no pyz to ship."""
+    unit from inside it, and `rclone` (default: the one on PATH). ProvisionError when there is
+    no pyz to ship."""
     import shutil
     import zipfile
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    from ..release import running_pyz
     if pyz is None:
-        if zipfile.is_zipfile(here):
-            pyz = here
-        else:
+        pyz = running_pyz()
+        if pyz is None:
             raise ProvisionError("this scitq runs from source: give the pyz to install with --pyz PATH "
                                  "(build it with python3 build_zipapp.py)")
     if not os.path.isfile(pyz) or not zipfile.is_zipfile(pyz):

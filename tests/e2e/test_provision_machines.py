@@ -27,14 +27,16 @@ pytestmark = [pytest.mark.xdist_group("machines")]
 
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER = "/var/tmp/scitq-ledger"
+UPGRADE_VERSION = "2.0.0a1+fleet.test"
 
 
 class Fleet:
-    def __init__(self, machines: Machines, server: ServerProcess, pyz: Path, home: Path) -> None:
+    def __init__(self, machines: Machines, server: ServerProcess, pyz: Path, home: Path, offered: Path) -> None:
         self.machines = machines
         self.server = server
         self.pyz = pyz
         self.home = home
+        self.offered = offered  # the server's [server] pyz: what `worker upgrade` hands out
         assert server.admin_token
         self.client = Server(server.url, server.admin_token)
 
@@ -62,12 +64,13 @@ class Fleet:
 def fleet(machines: Machines, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("provision")
     pyz = build_pyz(tmp / "scitq.pyz")
+    offered = tmp / "offered" / "scitq.pyz"
     server = ServerProcess(f"sqlite:///{tmp}/scitq.db", str(tmp), listen=machines.bridge,
-                           env={"SCITQ_DISPATCHER_LEASE": "10"}).start()
+                           env={"SCITQ_DISPATCHER_LEASE": "10", "SCITQ_SERVER_PYZ": str(offered)}).start()
     home = tmp / "home"
     home.mkdir()
     try:
-        yield Fleet(machines, server, pyz, home)
+        yield Fleet(machines, server, pyz, home, offered)
     finally:
         server.stop()
 
@@ -180,13 +183,47 @@ def test_debian_s_paramiko_2_12_provisions_from_the_installed_pyz(fleet: Fleet) 
     assert fleet.job_of(target.addr)["status"] == "succeeded"
 
 
-def test_jobs_are_listed_shown_and_logged_by_the_cli(fleet: Fleet) -> None:
+def test_the_fleet_upgrades_from_one_place_while_a_batch_runs_and_every_task_succeeds_once(fleet: Fleet) -> None:
+    workers = {w["name"]: w for w in fleet.client.workers()}
+    hosts = [m for m in fleet.machines.booted if m.name in workers]
+    assert len(hosts) == 5
+    fleet.offered.parent.mkdir()
+    build_pyz(fleet.offered, version=UPGRADE_VERSION)
+    names = [f"u{i}" for i in range(20)]
+    ids = fleet.client.submit_many([{"command": f"sleep 2; echo {n} >> {LEDGER}", "shell": "sh", "name": n,
+                                     "batch": "upgrade"} for n in names])
+    wait_until("tasks running", lambda: sum(t["status"] == "running" for t in fleet.client.tasks(ids=ids)) >= 3, 60,
+               0.2)
+    r = _cli(fleet, "worker", "upgrade", "--all")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(f"upgrade to {UPGRADE_VERSION} sent") == 5, r.stdout
+    fleet.client.join(ids, timeout=300)
+    assert {t["status"] for t in fleet.client.tasks(ids=ids)} == {"succeeded"}
+    ledger = " ".join(m.run(f"cat {LEDGER} 2>/dev/null || true").stdout for m in hosts).split()
+    assert {n: ledger.count(n) for n in names} == {n: 1 for n in names}, "each task ran once"
+
+    def upgraded() -> bool:
+        return {(w.get("stats") or {}).get("version") for w in fleet.client.workers()} == {UPGRADE_VERSION}
+    wait_until("every worker on the new version", upgraded, 180, 2.0)
+    after = {w["name"]: w for w in fleet.client.workers()}
+    assert {n: w["id"] for n, w in after.items()} == {n: w["id"] for n, w in workers.items()}, "same workers"
+    for m in hosts:
+        assert m.run("readlink /usr/local/lib/scitq/scitq.pyz").stdout.strip().startswith(
+            "/usr/local/lib/scitq/releases/scitq-")
+        assert m.run("/usr/local/bin/scitq --version").stdout.strip() == f"scitq {UPGRADE_VERSION}"
+
+
+def _cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOME": str(fleet.home), "SCITQ_SERVER": fleet.server.url,
            "SCITQ_TOKEN": fleet.server.admin_token or "", "PYTHONPATH": str(ROOT)}
+    env.pop("SCITQ_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "scitq_app", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
 
+
+def test_jobs_are_listed_shown_and_logged_by_the_cli(fleet: Fleet) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "scitq_app", *args], capture_output=True, text=True,
-                              timeout=60, env=env)
+        return _cli(fleet, *args)
     listed = json.loads(cli("job", "list", "--json").stdout)
     assert listed and {j["kind"] for j in listed} == {"provision"}
     failed = [j for j in listed if j["status"] == "failed"]
