@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import Invalid
-from .schema import Context, INT64_MAX, INT64_MIN, json_schema, SPECS
+from .schema import CONDITION, Context, INT64_MAX, INT64_MIN, json_schema, SPECS
 
 PEOPLE = ("admin", "user")
 ADMIN = ("admin",)
@@ -22,7 +22,7 @@ PUBLIC: tuple[str, ...] = ()
 @dataclass(frozen=True)
 class Query:
     name: str
-    kind: str  # int, str, csv, csv_int, bool
+    kind: str  # int, str, csv, csv_int, bool, filter (a flavor filter)
     doc: str
     minimum: int | None = None
     maximum: int | None = None
@@ -50,6 +50,7 @@ class Route:
 _INT_RE = "^-?[0-9]+$"
 _ID_LIST_RE = "^([1-9][0-9]{0,17}(,[1-9][0-9]{0,17})*)?$"   # ids below 10**18, as far as they go
 _NO_NUL_RE = "^[^\\x00]*$"
+_FILTER_RE = f"^{CONDITION}(:{CONDITION}){{0,9}}$"   # a flavor filter: cpu>=16:mem>=64
 
 
 def _choices_re(choices: tuple[str, ...]) -> str:
@@ -69,6 +70,8 @@ def query_schema(q: Query) -> dict[str, Any]:
     if q.kind == "csv":
         return {"type": "string", "pattern": _choices_re(q.choices)} if q.choices else \
             {"type": "string", "pattern": _NO_NUL_RE}
+    if q.kind == "filter":
+        return {"type": "string", "pattern": _FILTER_RE}
     if q.choices:
         return {"type": "string", "enum": list(q.choices)}
     return {"type": "string", "pattern": _NO_NUL_RE}
@@ -108,6 +111,11 @@ def parse_query(route: Route, params: dict[str, str]) -> dict[str, Any]:
                 if q.choices and v not in q.choices:
                     raise Invalid(f"must be among {', '.join(q.choices)}, not {v!r}", field=key)
             out[key] = vals
+        elif q.kind == "filter":
+            if not re.match(_FILTER_RE, raw):
+                raise Invalid(f"not a flavor filter: {raw!r} (expected e.g. cpu>=16:mem>=64; keys cpu, mem, disk, "
+                              "gpu, price)", field=key)
+            out[key] = raw
         elif q.kind == "bool":
             if raw.lower() not in ("1", "0", "true", "false"):
                 raise Invalid(f"must be true or false, not {raw!r}", field=key)
@@ -212,6 +220,18 @@ ROUTES: tuple[Route, ...] = (
       tags=("admin",)),
     R("GET", "/rclone-config", "rclone_config", "the server's rclone config (a secret), for `scitq config rclone "
       "--install` on another machine", ADMIN, tags=("admin",)),
+    R("GET", "/recruiters", "list_recruiters", "recruiters, by batch and rank", PEOPLE, tags=("recruiting",)),
+    R("POST", "/recruiters", "create_recruiter", "recruit workers for a batch from a provider (admin: it spends)",
+      ADMIN, body="recruiter_create", status=201, tags=("recruiting",)),
+    R("PATCH", "/recruiters/<id:int>", "update_recruiter", "change a recruiter", ADMIN, body="recruiter_update",
+      tags=("recruiting",)),
+    R("DELETE", "/recruiters/<id:int>", "delete_recruiter", "stop recruiting (workers already rented stay until "
+      "idle)", ADMIN, tags=("recruiting",)),
+    R("GET", "/machines", "list_machines", "machines rented for scitq, with their price per hour", PEOPLE,
+      query=(Query("all", "bool", "also the destroyed ones"),), tags=("recruiting",)),
+    R("GET", "/flavors", "list_flavors", "flavors the providers offer, cheapest first", PEOPLE,
+      query=(Query("provider", "str", "one provider"), Query("region", "str", "one region"),
+             Query("filter", "filter", "e.g. cpu>=16:mem>=64")), tags=("recruiting",)),
     R("GET", "/jobs", "list_jobs", "background jobs (provision...), by id", ADMIN,
       query=(Query("status", "str", "pending, running, succeeded or failed",
                    choices=("pending", "running", "succeeded", "failed")),

@@ -99,6 +99,17 @@ OPTIONS: dict[tuple[str, str], Option] = {
                                    "rebinding); IP addresses always pass"),
     ("server", "file_roots"): _o("", "str", "comma-separated absolute paths: the only folders file:// URIs of "
                                  "tasks may name (inputs, resources, output); empty refuses every file:// URI"),
+    ("recruit", "providers"): _o("", "str", "YAML file declaring the cloud providers recruiters use (mode 600: "
+                                 "credentials); empty: no recruiting"),
+    ("recruit", "idle_release"): _o(600.0, "float", "seconds a rented worker stays idle, its batch having "
+                                    "nothing pending, before its machine is given back", minimum=0),
+    ("recruit", "interval"): _o(10.0, "float", "seconds between two recruiting rounds of the dispatcher",
+                                minimum=0.1),
+    ("recruit", "reconcile"): _o(60.0, "float", "seconds between two reconciliations of what the providers bill "
+                                 "with what the database knows", minimum=1),
+    ("recruit", "jobs"): _o(4, "int", "deploy and destroy jobs run at once", minimum=1),
+    ("recruit", "ssh_key"): _o("", "str", "private key scitq logs into rented machines with (default: the "
+                               "provider's, else the service user's keys)"),
     ("dispatcher", "interval"): _o(1.0, "float", "seconds between two rounds of the dispatcher loops", minimum=0.05),
     ("dispatcher", "lease"): _o(30.0, "float", "execution lease: seconds a worker has to renew it", minimum=1),
     ("dispatcher", "offline_after"): _o(60.0, "float", "seconds without heartbeat before a worker is offline",

@@ -168,6 +168,34 @@ def check_job_transition(job_id: int, old: JobStatus | str, new: JobStatus | str
                        status=old.value)
 
 
+class MachineStatus(str, Enum):
+    """A machine scitq rented: asked for, provisioned, working, given back."""
+    CREATING = "creating"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+    FAILED = "failed"          # never became a worker; destroyed at the provider
+
+
+_M = MachineStatus
+MACHINE_TRANSITIONS: dict[MachineStatus, frozenset[MachineStatus]] = {
+    _M.CREATING: frozenset({_M.PROVISIONING, _M.FAILED, _M.DESTROYING}),
+    _M.PROVISIONING: frozenset({_M.RUNNING, _M.FAILED, _M.DESTROYING}),
+    _M.RUNNING: frozenset({_M.DESTROYING}),
+    _M.DESTROYING: frozenset({_M.DESTROYED}),
+    _M.DESTROYED: frozenset(),
+    _M.FAILED: frozenset(),
+}
+
+
+def check_machine_transition(name: str, old: MachineStatus | str, new: MachineStatus | str) -> None:
+    old, new = MachineStatus(old), MachineStatus(new)
+    if old != new and new not in MACHINE_TRANSITIONS[old]:
+        raise Conflict(f"machine {name} is {old.value}: it cannot become {new.value}", machine=name,
+                       status=old.value)
+
+
 # Fields of a task a person may edit, and the statuses where editing them is
 # safe: what defines the work cannot change under a worker holding a copy.
 TASK_DEFINITION_FIELDS = frozenset({
@@ -280,6 +308,7 @@ class Batch(Record):
     modified: float | None = None
     counts: dict = field(default_factory=dict)
     workers: int = 0
+    spend: float = 0.0  # what the machines rented for it cost so far (time held x price per hour)
     _times = ("created", "modified")
 
 
@@ -375,6 +404,8 @@ class Worker(Record):
     created: float | None = None
     modified: float | None = None
     active: int = 0
+    price: float | None = None   # per hour, when scitq rents its machine
+    spend: float | None = None   # what its machines cost so far (time held x price, idle included)
     _times = ("last_seen", "created", "modified")
     _dicts = ("stats",)
     _bools = ("permanent",)
@@ -453,6 +484,56 @@ class HostKey(Record):
     fingerprint: str
     created: float | None = None
     _times = ("created",)
+
+
+@dataclass(frozen=True)
+class Recruiter(Record):
+    """For `batch`, at `rank`: workers of `flavor` (a name or a filter such as cpu>=16:mem>=64)
+    from `provider`, one per `tasks_per_worker` pending tasks once at least `minimum_tasks`
+    are pending, at most `maximum_workers`, each running `concurrency` tasks."""
+    id: int
+    batch: str
+    rank: int
+    provider: str
+    flavor: str
+    region: str | None
+    tasks_per_worker: int
+    minimum_tasks: int
+    maximum_workers: int
+    concurrency: int
+    prefetch: int
+    created: float | None = None
+    modified: float | None = None
+    _times = ("created", "modified")
+
+
+@dataclass(frozen=True)
+class RentedMachine(Record):
+    """A machine a provider created for scitq, and the worker it became."""
+    id: int
+    name: str
+    provider: str
+    region: str
+    flavor: str
+    price: float
+    status: str
+    idem_key: str
+    instance_id: str | None = None
+    address: str | None = None
+    recruiter_id: int | None = None
+    batch: str | None = None
+    worker_id: int | None = None
+    message: str | None = None
+    created: float | None = None
+    modified: float | None = None
+    destroyed: float | None = None
+    spend: float = 0.0  # time held x price per hour, so far
+    _times = ("created", "modified", "destroyed")
+
+
+def machine_spend(price: float, created: float, destroyed: float | None, now: float) -> float:
+    """What a machine cost: the hours it was held (to now while it is) times its price."""
+    return round(float(price) * max(0.0, (destroyed if destroyed is not None else now) - float(created)) / 3600, 4)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ INT32_MAX = 2 ** 31 - 1  # INTEGER columns (timeouts, return codes, GPUs) are 32
 MAX_BULK = 100_000
 MAX_B64 = (16 << 20) * 4 // 3 + 4
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
+CONDITION = r"(cpu|mem|disk|gpu|price)(>=|<=|==|>|<|=)[0-9]{1,9}(\.[0-9]{1,6})?"
+# a flavor by name, or a filter of conditions joined by ':' (cloud/provider.py reads them)
+FLAVOR_RE = re.compile(rf"^([A-Za-z0-9][A-Za-z0-9_.+-]{{0,199}}|{CONDITION}(:{CONDITION}){{0,9}})$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # JSON can carry lone UTF-16 surrogates (as \udXXX escapes): no database can store them as text
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -164,6 +167,14 @@ def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = Non
         _check_text(name, v, empty_ok=False, limit=200, multiline=False)
         if not NAME_RE.match(v):
             raise _err(name, f"{v!r} is not a valid name (letters, digits, _ . : @ + -; at most 200)")
+        return v
+    if k == "provider":
+        return check_value(name, Field("name", f.doc), v, remotes, file_roots)
+    if k == "flavor":
+        _check_text(name, v, empty_ok=False, limit=200, multiline=False)
+        if not FLAVOR_RE.fullmatch(v):
+            raise _err(name, f"{v!r} is neither a flavor name nor a filter such as cpu>=16:mem>=64 (keys cpu, mem, "
+                             "disk, gpu, price)")
         return v
     if k == "b64":
         if not isinstance(v, str):
@@ -433,6 +444,32 @@ SPECS: dict[str, dict[str, Field]] = {
         "batch": _f("name", "batch the workers it registers join", nullable=True),
         "name": _f("name", "the only worker name it registers", nullable=True),
     },
+    "recruiter_create": {
+        "batch": _f("name", "the batch it recruits for (created if missing)", required=True),
+        "rank": _f("int", "order among the batch's recruiters (1 first)", minimum=1, maximum=1000, default=1),
+        "provider": _f("provider", "a provider of [recruit] providers", required=True),
+        "flavor": _f("flavor", "a flavor name, or a filter such as cpu>=16:mem>=64 (the cheapest match)",
+                     required=True),
+        "region": _f("str", "the provider's region (default: any)", nullable=True, max_length=200),
+        "tasks_per_worker": _f("int", "one worker per this many pending tasks", minimum=1, maximum=1_000_000,
+                               default=1),
+        "minimum_tasks": _f("int", "pending tasks needed before any worker is recruited", minimum=0,
+                            maximum=1_000_000, default=0),
+        "maximum_workers": _f("int", "workers this recruiter keeps at most", required=True, minimum=1,
+                              maximum=10_000),
+        "concurrency": _f("int", "tasks each worker runs at once", minimum=1, maximum=10_000, default=1),
+        "prefetch": _f("int", "tasks each worker claims ahead", minimum=0, maximum=10_000, default=0),
+    },
+    "recruiter_update": {
+        "provider": _f("provider", "a provider of [recruit] providers"),
+        "flavor": _f("flavor", "a flavor name or filter"),
+        "region": _f("str", "the provider's region", nullable=True, max_length=200),
+        "tasks_per_worker": _f("int", "one worker per this many pending tasks", minimum=1, maximum=1_000_000),
+        "minimum_tasks": _f("int", "pending tasks needed first", minimum=0, maximum=1_000_000),
+        "maximum_workers": _f("int", "workers kept at most", minimum=1, maximum=10_000),
+        "concurrency": _f("int", "tasks each worker runs at once", minimum=1, maximum=10_000),
+        "prefetch": _f("int", "tasks each worker claims ahead", minimum=0, maximum=10_000),
+    },
     "job_create": {
         "kind": _f("enum", "what the job does", required=True, choices=("provision",)),
         "target": _f("str", "what it acts on: a host as HOST:PORT", required=True, max_length=300),
@@ -467,6 +504,7 @@ class Context:
     remotes: frozenset[str] | None = None
     file_roots: tuple[str, ...] | None = None
     container_options: str | None = None   # the pattern of the allow-list (container_policy)
+    providers: tuple[str, ...] = ()        # the names of [recruit] providers
 
 
 def json_schema(kind: str, context: Context | None = None) -> dict[str, Any]:
@@ -502,6 +540,10 @@ _SIMPLE: dict[str, Callable[[Field, Context], dict]] = {
                              "pattern": c.container_options or STR_PATTERN},
     "stats": lambda f, c: {"type": "object"},
     "b64": lambda f, c: {"type": "string", "format": "byte", "maxLength": f.max_length or MAX_B64},
+    # the configured providers, or a name when there are none (the server then answers 409: set them up)
+    "provider": lambda f, c: ({"type": "string", "enum": list(c.providers)} if c.providers else
+                              {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 200}),
+    "flavor": lambda f, c: {"type": "string", "pattern": FLAVOR_RE.pattern, "maxLength": 200},
     "text": lambda f, c: {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN},
     "name": lambda f, c: {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 200},
     "int": lambda f, c: _int_schema(f),

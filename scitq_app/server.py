@@ -29,7 +29,7 @@ from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllow
                      MissingDependency, NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized,
                      UnsupportedMediaType)
 from .models import Identity, Role
-from .release import Offered
+from .fleet import Fleet
 from .container_policy import check_allowed, options_pattern, parse_rules
 from .schema import Context, validate, validate_bulk
 from .store import Store
@@ -169,7 +169,7 @@ class Api:
         self._polling_lock = threading.Lock()
         self.beats = HeartbeatBuffer(store, config.dispatcher.lease, clock)
         self.rclone = RcloneConfig(config.server.rclone_config)
-        self.offered = Offered(config.server.pyz or None)
+        self.fleet = Fleet(store, config)  # the fleet's routes: jobs, host keys, recruiting, the pyz offer
         # the only folders file:// URIs may name (none by default): tasks reach no other host path
         self.file_roots = parse_roots(config.server.file_roots, "[server] file_roots")
         self.container_allow = parse_rules(config.server.container_options, "[server] container_options")
@@ -205,7 +205,8 @@ class Api:
     def openapi(self, ident: Identity, **_: Any) -> dict:
         # the URI patterns name this server's remotes and file roots: the document states what it accepts
         return openapi_document(Context(remotes=self.rclone.remotes(), file_roots=self.file_roots,
-                                        container_options=self.container_pattern))
+                                        container_options=self.container_pattern,
+                                        providers=tuple(sorted(self.fleet.providers()))))
 
     def whoami(self, ident: Identity, **_: Any) -> dict:
         reply: dict[str, Any] = {"name": ident.name, "role": ident.role.value, "worker_id": ident.worker_id}
@@ -475,52 +476,9 @@ class Api:
         return {"token": token.to_dict(), "join_token": secret + ("." + fingerprint if fingerprint else ""),
                 "fingerprint": fingerprint, "server_url": self.config.server.public_url or None}
 
-    def pyz_info(self, ident: Identity, **_: Any) -> dict:
-        return self.offered.info()
-
-    def pyz_download(self, ident: Identity, **_: Any) -> dict:
-        return self.offered.payload()
-
     def rclone_config(self, ident: Identity, **_: Any) -> dict:
         text, digest, remotes = self.rclone.current()
         return {"config": text, "hash": digest, "remotes": sorted(remotes), "path": self.rclone.path}
-
-    # --- jobs and host keys ---------------------------------------------------
-    def list_jobs(self, ident: Identity, query: dict, **_: Any) -> dict:
-        jobs = self.store.list_jobs(status=query.get("status"), after=query.get("after") or 0,
-                                    limit=query.get("limit") or 100)
-        return {"jobs": [j.to_dict() for j in jobs]}
-
-    def create_job(self, ident: Identity, body: dict, **_: Any) -> dict:
-        return self.store.create_job(body["kind"], body["target"], actor=ident.name).to_dict()
-
-    def get_job(self, ident: Identity, id: int, **_: Any) -> dict:
-        return self.store.get_job(id).to_dict()
-
-    def update_job(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
-        return self.store.update_job(id, status=body.get("status"), step=body.get("step"),
-                                     progress=body.get("progress"), message=body.get("message")).to_dict()
-
-    def delete_job(self, ident: Identity, id: int, **_: Any) -> dict:
-        self.store.delete_job(id, actor=ident.name)
-        return {"deleted": id}
-
-    def job_log(self, ident: Identity, id: int, query: dict, **_: Any) -> dict:
-        lines = self.store.read_job_log(id, after=query.get("after") or 0, limit=query.get("limit") or 1000)
-        return {"lines": [ln.to_dict() for ln in lines], "next": lines[-1].seq if lines else query.get("after") or 0}
-
-    def append_job_log(self, ident: Identity, id: int, body: dict, **_: Any) -> dict:
-        return {"log_lines": self.store.append_job_log(id, body["lines"])}
-
-    def trust_host_key(self, ident: Identity, body: dict, **_: Any) -> dict:
-        return self.store.trust_host_key(body["host"], body["key_type"], body["key_data"], actor=ident.name).to_dict()
-
-    def get_host_key(self, ident: Identity, host: str, **_: Any) -> dict:
-        return self.store.get_host_key(host).to_dict()
-
-    def forget_host_key(self, ident: Identity, host: str, **_: Any) -> dict:
-        self.store.forget_host_key(host, actor=ident.name)
-        return {"forgotten": host}
 
     def list_events(self, ident: Identity, query: dict, **_: Any) -> dict:
         events = self.store.list_events(target=query.get("target"), after=query.get("after") or 0,
@@ -580,7 +538,7 @@ def make_app(store: Store, config: Config, *, notifier: Notifier | None = None,
     max_body = config.server.max_body
 
     def bind(route: Route) -> Callable[..., Any]:
-        handler = getattr(api, route.handler)
+        handler = getattr(api, route.handler, None) or getattr(api.fleet, route.handler)
 
         def endpoint(**url_args: Any) -> Any:
             request = bottle.request

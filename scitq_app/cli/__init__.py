@@ -19,6 +19,8 @@ Management (over the HTTP API):
   provision     turn SSH-reachable hosts into workers (admin)
   job           list, show, follow the log of, or delete background jobs (admin)
   host-key      show or forget the SSH host keys scitq trusts (admin)
+  recruiter     list, create, update or delete recruiters (cloud workers per batch)
+  flavor        list the flavors the configured providers offer
 
 On the server host (direct database access):
   db            init, upgrade or show the database schema
@@ -55,7 +57,8 @@ if TYPE_CHECKING:
 # command -> the cli module that holds its usage doc and handler (its COMMANDS table)
 COMMAND_MODULES = {"server": "admin", "dispatcher": "admin", "db": "admin", "token": "admin", "config": "admin",
                    "batch": "fleet", "worker": "fleet", "launch": "tasks", "task": "tasks", "execution": "tasks",
-                   "fetch": "fetch", "provision": "provision", "job": "provision", "host-key": "provision"}
+                   "fetch": "fetch", "provision": "provision", "job": "provision", "host-key": "provision",
+                   "recruiter": "provision", "flavor": "provision"}
 
 # Short-lived commands people type often: their start-up is worth a bytecode cache in the user's
 # home. Not the services (server, dispatcher, worker run: they start once) nor what install.sh

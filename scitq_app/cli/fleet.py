@@ -97,8 +97,11 @@ def cmd_batch(ctx: Context, argv: list[str]) -> int:
             # `Default` exists from the start: listed once something is in it
             shown = [dict(b, tasks=counts(b["counts"])) for b in batches
                      if not (b["name"] == "Default" and not b["counts"] and not b["workers"])]
-            ctx.table(shown, [("name", "name"), ("status", "status"), ("priority", "prio"),
-                              ("workers", "workers"), ("tasks", "tasks")], empty="(no batches)")
+            columns = [("name", "name"), ("status", "status"), ("priority", "prio"), ("workers", "workers"),
+                       ("tasks", "tasks")]
+            if any(b.get("spend") for b in shown):  # machines were rented: what they cost so far
+                columns.append(("spend", "spend"))
+            ctx.table(shown, columns, empty="(no batches)")
         return 0
     names = args["<name>"]
     if args["show"]:
@@ -165,7 +168,8 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
                 short = (w.get("stats") or {}).get("short_of")
                 if short and w.get("status") == "running":
                     w["status"] = f"running, short of {short.split(' (')[0]}"  # details: worker show
-            ctx.table(workers, WORKER_COLUMNS, empty="(no workers)")
+            rented = [("price", "price/h"), ("spend", "spend")] if any(w.get("price") for w in workers) else []
+            ctx.table(workers, WORKER_COLUMNS + rented, empty="(no workers)")
         return 0
     refs = args["<worker>"]
     if args["show"]:

@@ -64,6 +64,49 @@ reinstalled, `forget` its old key: the next contact records the new one.
 <host> is HOST:PORT as job targets show it.
 """
 
+RECRUITER_DOC = """Recruiters: rent workers for a batch from a cloud provider (create, update, delete: admin).
+
+Usage:
+  scitq recruiter list [options] [--json]
+  scitq recruiter create [options] <batch> --provider NAME --flavor FLAVOR --maximum-workers N [--rank N]
+                         [--region REGION] [--tasks-per-worker N] [--minimum-tasks N] [--concurrency N]
+                         [--prefetch N] [--json]
+  scitq recruiter update [options] <id> [--provider NAME] [--flavor FLAVOR] [--maximum-workers N]
+                         [--region REGION] [--tasks-per-worker N] [--minimum-tasks N] [--concurrency N]
+                         [--prefetch N] [--json]
+  scitq recruiter delete [options] <id>...
+
+Options:
+  --provider NAME         a provider of [recruit] providers
+  --flavor FLAVOR         a flavor name, or a filter: cpu>=16:mem>=64 (the cheapest match)
+  --maximum-workers N     workers this recruiter keeps at most
+  --rank N                order among the batch's recruiters, 1 first (default 1)
+  --region REGION         the provider's region (default: any)
+  --tasks-per-worker N    one worker per N pending tasks (default 1)
+  --minimum-tasks N       pending tasks needed before recruiting (default 0)
+  --concurrency N         tasks each worker runs at once (default 1)
+  --prefetch N            tasks each worker claims ahead (default 0)
+  --json                  machine-readable output
+
+The dispatcher recruits every [recruit] interval: for each batch, by rank, one
+worker per tasks-per-worker pending tasks, at most maximum-workers; idle rented
+workers of batches with nothing pending are recycled first, machines are created
+and provisioned for the rest (`scitq job list`), and a rented worker idle for
+[recruit] idle_release while its batch has nothing pending is given back.
+"""
+
+FLAVOR_DOC = """Flavors the configured providers offer, cheapest first.
+
+Usage:
+  scitq flavor list [options] [--provider NAME] [--region REGION] [--filter FILTER] [--json]
+
+Options:
+  --provider NAME    one provider
+  --region REGION    one region
+  --filter FILTER    e.g. cpu>=16:mem>=64 (keys cpu, mem, disk, gpu, price)
+  --json             machine-readable output
+"""
+
 JOB_COLUMNS = [("id", "id"), ("kind", "kind"), ("target", "target"), ("status", "status"),
                ("progress", "done"), ("step", "step"), ("modified", "changed")]
 
@@ -167,9 +210,7 @@ def cmd_job(ctx: Context, argv: list[str]) -> int:
 
 
 def _job_id(text: str) -> int:
-    if not text.isdigit():
-        raise UsageError(f"a job id is a number, not {text!r}", usage_of="job")
-    return int(text)
+    return _number(text, "job")
 
 
 def _log(ctx: Context, client: Any, job_id: int, follow: bool) -> int:
@@ -205,7 +246,77 @@ def cmd_host_key(ctx: Context, argv: list[str]) -> int:
     return 0
 
 
+_RECRUITER_INTS = (("--rank", "rank", 1), ("--maximum-workers", "maximum_workers", 1),
+                   ("--tasks-per-worker", "tasks_per_worker", 1), ("--minimum-tasks", "minimum_tasks", 0),
+                   ("--concurrency", "concurrency", 1), ("--prefetch", "prefetch", 0))
+RECRUITER_COLUMNS = [("id", "id"), ("batch", "batch"), ("rank", "rank"), ("provider", "provider"),
+                     ("flavor", "flavor"), ("region", "region"), ("tasks_per_worker", "tasks/worker"),
+                     ("minimum_tasks", "min tasks"), ("maximum_workers", "max workers"),
+                     ("concurrency", "conc")]
+
+
+def cmd_recruiter(ctx: Context, argv: list[str]) -> int:
+    args = parse(RECRUITER_DOC, argv)
+    merge_options(args, ctx)
+    client = ctx.client()
+    if args["list"]:
+        recruiters = client.get("/recruiters")["recruiters"]
+        if args["--json"]:
+            ctx.json(recruiters)
+        else:
+            ctx.table(recruiters, RECRUITER_COLUMNS, empty="(no recruiters)")
+        return 0
+    if args["delete"]:
+        for rid in args["<id>"]:
+            client.delete(f"/recruiters/{_number(rid, 'recruiter')}")
+            ctx.say(f"recruiter {rid} deleted")
+        return 0
+    body: dict[str, Any] = {}
+    for flag, key, minimum in _RECRUITER_INTS:
+        if flag in args and args[flag] is not None:
+            body[key] = int_arg(args[flag], flag, minimum)
+    for flag, key in (("--provider", "provider"), ("--flavor", "flavor"), ("--region", "region")):
+        if args[flag] is not None:
+            body[key] = args[flag]
+    if args["create"]:
+        r = client.post("/recruiters", {"batch": args["<batch>"], **body})
+    else:
+        if not body:
+            raise UsageError("nothing to update: give an option to change", usage_of="recruiter")
+        r = client.patch(f"/recruiters/{_number(args['<id>'][0], 'recruiter')}", body)
+    if args["--json"]:
+        ctx.json(r)
+    else:
+        ctx.say(f"recruiter {r['id']}: batch {r['batch']} rank {r['rank']}: up to {r['maximum_workers']} "
+                f"{r['flavor']} worker(s) from {r['provider']}, one per {r['tasks_per_worker']} pending task(s)")
+    return 0
+
+
+def _number(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"a {what} id is a number, not {text!r}", usage_of=what)
+    return int(text)
+
+
+def cmd_flavor(ctx: Context, argv: list[str]) -> int:
+    args = parse(FLAVOR_DOC, argv)
+    merge_options(args, ctx)
+    reply = ctx.client().get("/flavors", provider=args["--provider"], region=args["--region"],
+                             filter=args["--filter"])
+    if args["--json"]:
+        ctx.json(reply["flavors"])
+    else:
+        ctx.table(reply["flavors"], [("provider", "provider"), ("name", "flavor"), ("region", "region"),
+                                     ("cpu", "cpu"), ("mem", "mem GiB"), ("disk", "disk GiB"), ("gpu", "gpu"),
+                                     ("price", "price/h")], empty="(no flavors)")
+    for name, error in sorted(reply.get("errors", {}).items()):
+        ctx.warn(f"scitq: provider {name}: {error}")
+    return 0
+
+
 COMMANDS = {
+    "recruiter": (RECRUITER_DOC, cmd_recruiter),
+    "flavor": (FLAVOR_DOC, cmd_flavor),
     "provision": (PROVISION_DOC, cmd_provision),
     "job": (JOB_DOC, cmd_job),
     "host-key": (HOST_KEY_DOC, cmd_host_key),

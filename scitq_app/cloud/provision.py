@@ -18,13 +18,27 @@ import shlex
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 from ..errors import NotFound, ProvisionError, ScitqError, SshError
 from .ssh import SshHost
 
-if TYPE_CHECKING:
-    from ..client import Server
+
+
+class FleetApi(Protocol):
+    """What provisioning needs of the server: `client.Server` (the CLI, over HTTP) or the
+    dispatcher's view of its store (recruiting)."""
+
+    def create_job(self, kind: str, target: str) -> dict: ...
+    def update_job(self, job_id: int, **changes: Any) -> dict: ...
+    def append_job_log(self, job_id: int, lines: Sequence[str]) -> int: ...
+    def create_join_token(self, uses: int = 1, ttl: float = 3600, batch: str | None = None,
+                          name: str | None = None) -> dict: ...
+    def revoke_token(self, name: str) -> dict: ...
+    def trust_host_key(self, host: str, key_type: str, key_data: str) -> dict: ...
+    def host_key(self, host: str) -> dict: ...
+    def workers(self, batch: str | None = None) -> list[dict]: ...
+    def delete_worker(self, worker_id: int) -> dict: ...
 
 MIN_PYTHON = (3, 10)
 MAX_CLOCK_SKEW = 120.0   # seconds: beyond, TLS, leases and logs go wrong on that host
@@ -81,13 +95,16 @@ class JobRecord:
     """One job's record on the server and its events for the terminal: steps, progress and
     log lines (sent in batches, at most every LOG_EVERY seconds, and at each step)."""
 
-    def __init__(self, client: "Server", target: str, on_event: Callable[[dict], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: "FleetApi", target: str, on_event: Callable[[dict], None],
+                 clock: Callable[[], float] = time.monotonic, kind: str = "provision",
+                 steps: Sequence[str] = STEPS) -> None:
         self.client = client
-        self.what = f"provision {target}"
+        self.steps = tuple(steps)
+        self.starts = _STARTS if self.steps == STEPS else {s: i / len(self.steps) for i, s in enumerate(self.steps)}
+        self.what = f"{kind} {target}"
         self.on_event = on_event
         self.clock = clock
-        self.id = int(client.create_job("provision", target)["id"])
+        self.id = int(client.create_job(kind, target)["id"])
         self._lines: list[str] = []
         self._sent_at = clock()
         self._progress_at = float("-inf")
@@ -98,9 +115,9 @@ class JobRecord:
         self.step_name = name
         self.log(f"== {name}: {text}")
         self.flush()
-        self.client.update_job(self.id, status="running", step=text, progress=_STARTS[name])
-        self.on_event({"event": "progress", "what": self.what, "unit": "steps", "done": STEPS.index(name),
-                       "total": len(STEPS), "note": text, "job": self.id})
+        self.client.update_job(self.id, status="running", step=text, progress=self.starts[name])
+        self.on_event({"event": "progress", "what": self.what, "unit": "steps", "done": self.steps.index(name),
+                       "total": len(self.steps), "note": text, "job": self.id})
 
     def progress(self, fraction: float, note: str) -> None:
         """Within the current step (`fraction` of it done): sent at most once a second."""
@@ -108,11 +125,12 @@ class JobRecord:
         if now - self._progress_at < 1.0:
             return
         self._progress_at = now
-        start = _STARTS[self.step_name]
-        end = _STARTS[STEPS[STEPS.index(self.step_name) + 1]] if self.step_name != STEPS[-1] else 1.0
+        i = self.steps.index(self.step_name)
+        start = self.starts[self.step_name]
+        end = self.starts[self.steps[i + 1]] if i + 1 < len(self.steps) else 1.0
         self.client.update_job(self.id, progress=round(start + (end - start) * min(1.0, fraction), 3))
-        self.on_event({"event": "progress", "what": self.what, "unit": "steps", "done": STEPS.index(self.step_name),
-                       "total": len(STEPS), "note": note, "job": self.id})
+        self.on_event({"event": "progress", "what": self.what, "unit": "steps", "done": i,
+                       "total": len(self.steps), "note": note, "job": self.id})
 
     def log(self, line: str) -> None:
         with self._lock:
@@ -132,8 +150,8 @@ class JobRecord:
         self.log(text)
         self.flush()
         self.client.update_job(self.id, status="succeeded", step="done")
-        self.on_event({"event": "done", "what": self.what, "unit": "steps", "done": len(STEPS), "total": len(STEPS),
-                       "note": text, "job": self.id})
+        self.on_event({"event": "done", "what": self.what, "unit": "steps", "done": len(self.steps),
+                       "total": len(self.steps), "note": text, "job": self.id})
 
     def fail(self, message: str) -> None:
         self.log(f"failed: {message}")
@@ -147,7 +165,7 @@ class Provisioner:
     """Provisions hosts for `client`'s server. `server_url` is the URL the workers will use;
     `key_file` the SSH key (else the user's keys and agent); `connect` opens an SshHost."""
 
-    def __init__(self, client: "Server", files: InstallFiles, server_url: str, key_file: str | None = None,
+    def __init__(self, client: "FleetApi", files: InstallFiles, server_url: str, key_file: str | None = None,
                  connect: Callable[..., SshHost] = SshHost.connect, on_event: Callable[[dict], None] = lambda e: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
@@ -159,11 +177,14 @@ class Provisioner:
         self.clock = clock
 
     def provision(self, target: Target, name: str | None = None, concurrency: int = 1,
-                  batch: str | None = None) -> dict[str, Any]:
-        """Provision one host; return its worker. Raises ProvisionError (the job failed, its
-        message says why) after putting the host back as it was."""
+                  batch: str | None = None, host_id: str | None = None,
+                  pinned: tuple[str, str] | None = None) -> dict[str, Any]:
+        """Provision one host; return its worker. `host_id` names the host for its recorded
+        key (default HOST:PORT; a provider's machine id), `pinned` is the key its provider
+        gave. Raises ProvisionError (the job failed, its message says why) after putting the
+        host back as it was."""
         job = JobRecord(self.client, str(target), self.on_event)
-        run = _Run(self, job, target)
+        run = _Run(self, job, target, host_id or str(target), pinned)
         try:
             worker = run.go(name, concurrency, batch)
         except ScitqError as e:
@@ -184,8 +205,10 @@ class Provisioner:
 class _Run:
     """The state of one provisioning: what it did to the host, to undo on failure."""
 
-    def __init__(self, p: Provisioner, job: JobRecord, target: Target) -> None:
+    def __init__(self, p: Provisioner, job: JobRecord, target: Target, host_id: str,
+                 pinned: tuple[str, str] | None) -> None:
         self.p, self.job, self.target = p, job, target
+        self.host_id, self.pinned = host_id, pinned
         self.ssh: SshHost | None = None
         self.dir: str | None = None
         self.had_scitq = True       # until the check says otherwise: never uninstall what we did not install
@@ -206,10 +229,11 @@ class _Run:
     def go(self, name: str | None, concurrency: int, batch: str | None) -> dict[str, Any]:
         p, job, t = self.p, self.job, self.target
         job.step("connect", f"connecting to {t.user}@{t}")
-        known = _known_key(p.client, str(t))
+        known = None if self.pinned else _known_key(p.client, self.host_id)
         self.ssh = p.connect(t.host, t.port, t.user, key_file=p.key_file, trust=self._trust,
-                             known_key=known)
-        job.log(f"connected; host key {'as recorded' if known else 'checked'}")
+                             known_key=known, host_id=self.host_id, pinned=self.pinned)
+        how = "pinned by the provider" if self.pinned else "as recorded" if known else "checked"
+        job.log(f"connected; host key {how}")
 
         job.step("check", "checking the host")
         assert self.ssh is not None
@@ -354,7 +378,7 @@ class _Run:
             self.ssh.close()
 
 
-def _known_key(client: "Server", host: str) -> tuple[str, str] | None:
+def _known_key(client: "FleetApi", host: str) -> tuple[str, str] | None:
     try:
         k = client.host_key(host)
     except NotFound:

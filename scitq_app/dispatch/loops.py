@@ -52,6 +52,10 @@ class Dispatcher:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.on_change = on_change or (lambda: None)
         self.active_since: float | None = None
+        # recruiting, when [recruit] providers declares some (built lazily: the providers' libraries
+        # load only where they are used)
+        self.recruiting: Any = None
+        self._recruiting_checked = False
 
     @property
     def active(self) -> bool:
@@ -91,6 +95,15 @@ class Dispatcher:
                 log.info("dispatcher: %s %s", key, done[key], extra={"action": key})
         if done["released"] or done["lost"] or done["timed_out"]:
             self.on_change()
+        if self.config.recruit.providers:
+            if not self._recruiting_checked:
+                self._recruiting_checked = True
+                from ..cloud.provider import load_providers
+                from .recruit import Recruiting
+                self.recruiting = Recruiting(self.store, self.config, load_providers(self.config.recruit.providers),
+                                             clock=self.clock)
+            if self.recruiting is not None:
+                done["recruit"] = [a.kind for a in self.recruiting.tick()]
         return done
 
     def prune(self, now: float) -> dict[str, int]:
@@ -133,6 +146,8 @@ class Dispatcher:
                 if once or stop.wait(self.interval):
                     return
         finally:
+            if self.recruiting is not None:
+                self.recruiting.close()
             if self.active:
                 try:
                     self.store.release_lock(LOCK_NAME, self.holder)

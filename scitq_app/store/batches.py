@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import Conflict, NotFound
-from ..models import Batch, BatchStatus
+from ..models import Batch, BatchStatus, machine_spend
 from . import admin
 from .backend import Tx
 
@@ -37,7 +37,13 @@ def batches(tx: Tx, name: str | None) -> list[Batch]:
     for r in tx.all("batch_counts", name=name):
         if int(r["n"]):
             counts.setdefault(r["batch_id"], {})[r["status"]] = int(r["n"])
-    return [Batch.from_row(r, counts=counts.get(r["id"], {}), workers=int(r["workers"])) for r in rows]
+    spend: dict[int, float] = {}
+    for m in tx.all("machine_costs"):
+        if m["batch_id"] is not None:
+            spend[m["batch_id"]] = spend.get(m["batch_id"], 0.0) + machine_spend(m["price"], m["created"],
+                                                                                  m["destroyed"], tx.now)
+    return [Batch.from_row(r, counts=counts.get(r["id"], {}), workers=int(r["workers"]),
+                           spend=round(spend.get(r["id"], 0.0), 4)) for r in rows]
 
 
 def create_batch(tx: Tx, name: str, priority: int, actor: str | None) -> Batch:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Task,
-                      Worker)
+from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Recruiter,
+                      RentedMachine, Task, Worker)
 
 
 class Store:
@@ -370,6 +370,57 @@ class Store:
         raise NotImplementedError
 
     def list_events(self, target: str | None = None, after: int = 0, limit: int = 100) -> list[Event]:
+        raise NotImplementedError
+
+    # --- recruitment ------------------------------------------------------------
+    def create_recruiter(self, fields: Mapping[str, Any], actor: str | None = None) -> Recruiter:
+        """A recruiter for fields['batch'] (created if missing) at fields['rank'] (Conflict when
+        taken), with provider, flavor, region, tasks_per_worker, minimum_tasks, maximum_workers,
+        concurrency and prefetch."""
+        raise NotImplementedError
+
+    def list_recruiters(self) -> list[Recruiter]:
+        raise NotImplementedError
+
+    def update_recruiter(self, recruiter_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Recruiter:
+        raise NotImplementedError
+
+    def delete_recruiter(self, recruiter_id: int, actor: str | None = None) -> None:
+        raise NotImplementedError
+
+    def add_machine(self, name: str, provider: str, region: str, flavor: str, price: float, idem_key: str,
+                    recruiter_id: int | None = None, batch: str | None = None) -> RentedMachine:
+        """Record a machine about to be created (status creating); Conflict on a name or key reused."""
+        raise NotImplementedError
+
+    def update_machine(self, machine_id: int, status: str | None = None, **fields: Any) -> RentedMachine:
+        """Move a machine along MACHINE_TRANSITIONS; fields: instance_id, address, worker_id, message."""
+        raise NotImplementedError
+
+    def attach_worker(self, machine_id: int, worker_id: int, concurrency: int, prefetch: int) -> RentedMachine:
+        """The machine's worker registered: mark it rented (not permanent), in the machine's batch."""
+        raise NotImplementedError
+
+    def list_machines(self, everything: bool = False) -> list[RentedMachine]:
+        """Machines not destroyed yet (all of them with `everything`)."""
+        raise NotImplementedError
+
+    def machine_gone(self, machine_id: int, evicted: bool = False) -> list[int]:
+        """The provider no longer has the machine: its worker lost (or evicted), its executions
+        ended so, their tasks requeued without spending retries; the machine destroyed."""
+        raise NotImplementedError
+
+    def worker_destroyed(self, worker_id: int) -> None:
+        """Its machine is given back: the worker is destroyed (its name free again)."""
+        raise NotImplementedError
+
+    def recruit_demand(self) -> dict[str, Any]:
+        """{recruiters, pending: {batch: n}, live: {batch: workers}, coming: {batch: machines on their
+        way}, machines} for the batches that have recruiters."""
+        raise NotImplementedError
+
+    def idle_workers(self) -> list[dict[str, Any]]:
+        """Workers with nothing under way, with idle_since and machine_id (None: not rented)."""
         raise NotImplementedError
 
     # --- jobs and host keys ---------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..errors import Conflict, Fenced, Forbidden, NotFound
 from ..models import (
     ACTIVE_EXECUTION_STATUSES,
+    machine_spend,
     COUNTED_FAILURES,
     GONE_WORKER_STATUSES,
     Execution,
@@ -42,11 +43,23 @@ def worker_row(tx: Tx, worker_id: int) -> dict[str, Any]:
     return row
 
 def get_worker(tx: Tx, worker_id: int) -> Worker:
-    return Worker.from_row(worker_row(tx, worker_id))
+    return _with_costs(tx, [worker_row(tx, worker_id)])[0]
 
 def list_workers(tx: Tx, batch: str | None = None) -> list[Worker]:
     batch_id = batches.batch_id(tx, batch) if batch is not None else None
-    return [Worker.from_row(r) for r in tx.all("worker_list", batch_id=batch_id)]
+    return _with_costs(tx, tx.all("worker_list", batch_id=batch_id))
+
+def _with_costs(tx: Tx, rows: Sequence[dict[str, Any]]) -> list[Worker]:
+    """Workers, the rented ones with their price per hour and what their machines cost so far."""
+    costs: dict[int, tuple[float, float]] = {}
+    if any(not r["permanent"] for r in rows):
+        for m in tx.all("machine_costs"):
+            if m["worker_id"] is not None:
+                _, spent = costs.get(m["worker_id"], (0.0, 0.0))
+                costs[m["worker_id"]] = (float(m["price"]), spent + machine_spend(m["price"], m["created"],
+                                                                                  m["destroyed"], tx.now))
+    return [Worker.from_row(r, price=costs[r["id"]][0], spend=round(costs[r["id"]][1], 4))
+            if r["id"] in costs else Worker.from_row(r) for r in rows]
 
 def update_worker(tx: Tx, worker_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Worker:
     row = dict(worker_row(tx, worker_id))

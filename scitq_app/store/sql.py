@@ -11,9 +11,9 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Role,
-                      Task, Worker)
-from . import admin, batches, dispatcher, jobs, protocol, tasks
+from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Recruiter,
+                      RentedMachine, Role, Task, Worker)
+from . import admin, batches, dispatcher, jobs, protocol, recruit, tasks
 from .backend import Backend, Tx
 from .contract import Store
 
@@ -280,6 +280,45 @@ class SqlStore(Store):
 
     def list_events(self, target: str | None = None, after: int = 0, limit: int = 100) -> list[Event]:
         return self._read(lambda tx: admin.list_events(tx, target, after, limit))
+
+    # --- recruitment ------------------------------------------------------------
+    def create_recruiter(self, fields: Mapping[str, Any], actor: str | None = None) -> Recruiter:
+        return self._write(lambda tx: recruit.create_recruiter(tx, fields, actor))
+
+    def list_recruiters(self) -> list[Recruiter]:
+        return self._read(recruit.list_recruiters)
+
+    def update_recruiter(self, recruiter_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Recruiter:
+        return self._write(lambda tx: recruit.update_recruiter(tx, recruiter_id, changes, actor))
+
+    def delete_recruiter(self, recruiter_id: int, actor: str | None = None) -> None:
+        self._write(lambda tx: recruit.delete_recruiter(tx, recruiter_id, actor))
+
+    def add_machine(self, name: str, provider: str, region: str, flavor: str, price: float, idem_key: str,
+                    recruiter_id: int | None = None, batch: str | None = None) -> RentedMachine:
+        return self._write(lambda tx: recruit.add_machine(tx, name, provider, region, flavor, price, idem_key,
+                                                          recruiter_id, batch))
+
+    def update_machine(self, machine_id: int, status: str | None = None, **fields: Any) -> RentedMachine:
+        return self._write(lambda tx: recruit.update_machine(tx, machine_id, status, **fields))
+
+    def attach_worker(self, machine_id: int, worker_id: int, concurrency: int, prefetch: int) -> RentedMachine:
+        return self._write(lambda tx: recruit.attach_worker(tx, machine_id, worker_id, concurrency, prefetch))
+
+    def list_machines(self, everything: bool = False) -> list[RentedMachine]:
+        return self._read(lambda tx: recruit.list_machines(tx, everything))
+
+    def machine_gone(self, machine_id: int, evicted: bool = False) -> list[int]:
+        return self._write(lambda tx: recruit.machine_gone(tx, machine_id, evicted))
+
+    def worker_destroyed(self, worker_id: int) -> None:
+        self._write(lambda tx: recruit.worker_destroyed(tx, worker_id))
+
+    def recruit_demand(self) -> dict[str, Any]:
+        return self._read(recruit.demand)
+
+    def idle_workers(self) -> list[dict[str, Any]]:
+        return self._read(recruit.idle_workers)
 
     # --- jobs and host keys ---------------------------------------------------
     def create_job(self, kind: str, target: str, actor: str | None = None) -> Job:

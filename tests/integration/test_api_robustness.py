@@ -4,7 +4,9 @@ below 500 and every error reply a JSON {error, detail}."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -13,6 +15,7 @@ import pytest
 from scitq_app.api import PREFIX, ROUTES, Route
 from scitq_app.schema import SPECS
 from tests.integration.conftest import RawClient, assert_error_body, unique
+from tests.support.static_provider import providers_file
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -81,6 +84,8 @@ def valid_bodies(w: SimpleNamespace) -> dict[str, dict]:
         "token_create": {"name": unique("rt"), "role": "user"},
         "join_token_create": {"uses": 2, "ttl": 600, "batch": w.batch, "name": unique("jw")},
         "job_create": {"kind": "provision", "target": unique("h") + ":22"},
+        "recruiter_create": {"batch": unique("rr"), "provider": "none", "flavor": "s4", "maximum_workers": 2},
+        "recruiter_update": {"maximum_workers": 3},
         "job_update": {"step": "checking"},
         "job_log_append": {"lines": ["a line"]},
         "host_key_trust": {"host": unique("hk") + ":22", "key_type": "ssh-ed25519", "key_data": "AAAAC3Nza2V5"},
@@ -125,7 +130,7 @@ def path_variants(route: Route, w: SimpleNamespace) -> list[str]:
     (name, conv), = params
     if conv == ":int":
         real = {"/tasks": w.task, "/executions": w.execution, "/workers": w.worker,
-                "/jobs": w.job}[path[:path.index("/", 1)]]
+                "/jobs": w.job, "/recruiters": w.recruiter}[path[:path.index("/", 1)]]
         values = [str(real)] + INT_PATH_VALUES
     else:
         real = "rt-keep" if path.startswith("/tokens") else w.host if path.startswith("/host-keys") else w.batch
@@ -140,19 +145,22 @@ def encode(value: Any) -> bytes:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def battery(request, module_servers):
+    providers = providers_file(os.path.join(tempfile.mkdtemp(prefix="rob-"), "providers.yaml"))
     srv = module_servers.start(request.param, tokens=(("admin", "admin"), ("rt-keep", "user")),
-                               env={"SCITQ_SERVER_CLAIM_WAIT": "0.05"})
+                               env={"SCITQ_SERVER_CLAIM_WAIT": "0.05", "SCITQ_RECRUIT_PROVIDERS": providers})
     batch = unique("rob")
     worker, wtoken = srv.register(unique("w"), batch=batch)
     task = srv.ok("POST", "/tasks", {"command": "echo hi", "batch": batch})["id"]
     srv.ok("POST", "/tasks", {"command": "echo again", "batch": batch})
     execution = srv.ok("POST", f"/workers/{worker}/claim", {"slots": 1}, token=wtoken)["executions"][0]["id"]
     job = srv.ok("POST", "/jobs", {"kind": "provision", "target": "rob:22"}, status=201)["id"]
+    recruiter = srv.ok("POST", "/recruiters", {"batch": unique("rr"), "provider": "none", "flavor": "s4",
+                                               "maximum_workers": 1}, status=201)["id"]
     host = unique("rob") + ":22"
     srv.ok("POST", "/host-keys", {"host": host, "key_type": "ssh-ed25519", "key_data": "AAAAC3Nza2V5"})
     client = RawClient("127.0.0.1", srv.proc.port)
     yield SimpleNamespace(srv=srv, batch=batch, worker=worker, worker_token=wtoken, task=task, execution=execution,
-                          client=client, job=job, host=host)
+                          client=client, job=job, host=host, recruiter=recruiter)
     client.close()
 
 

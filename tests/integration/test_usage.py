@@ -20,7 +20,7 @@ PARSER_INTERNALS = ("Argument(", "Option(", "unmatched", "Traceback", "DocoptExi
 COMPLETE_BARE = {("task", "list"), ("task", "counts"), ("batch", "list"), ("worker", "run"),
                  ("worker", "list"), ("worker", "join-token"), ("db", "init"), ("db", "upgrade"),
                  ("db", "status"), ("token", "list"), ("config", "show"), ("server", None),
-                 ("dispatcher", None)}
+                 ("dispatcher", None), ("job", "list"), ("recruiter", "list"), ("flavor", "list")}
 
 
 def call(*argv: str) -> tuple[int, str, str]:
@@ -57,7 +57,7 @@ def assert_usage_error(code: int, out: str, err: str, where: str) -> list[str]:
 
 
 def test_every_command_has_subcommands_or_is_a_role():
-    assert {c for c, v in WALK if v is None} == {"launch", "server", "dispatcher"}
+    assert {c for c, v in WALK if v is None} == {"launch", "server", "dispatcher", "provision"}
     assert ("worker", "run") in WALK and ("task", "output") in WALK and ("config", "rclone") in WALK
 
 

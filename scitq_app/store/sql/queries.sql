@@ -558,3 +558,77 @@ ON CONFLICT (host) DO NOTHING
 
 -- name: host_key_delete
 DELETE FROM host_key WHERE host = :host
+
+-- --- recruitment -----------------------------------------------------------------------------
+
+-- name: recruiter_insert
+INSERT INTO recruiter (batch_id, rank, provider, flavor, region, tasks_per_worker, minimum_tasks, maximum_workers,
+                       concurrency, prefetch, created, modified)
+VALUES (:batch_id, :rank, :provider, :flavor, :region, :tasks_per_worker, :minimum_tasks, :maximum_workers,
+        :concurrency, :prefetch, :now, :now)
+
+-- name: recruiter_get
+SELECT r.*, b.name AS batch FROM recruiter r JOIN batch b ON b.id = r.batch_id WHERE r.id = :id
+
+-- name: recruiter_find
+SELECT r.id FROM recruiter r WHERE r.batch_id = :batch_id AND r.rank = :rank
+
+-- name: recruiter_list
+SELECT r.*, b.name AS batch FROM recruiter r JOIN batch b ON b.id = r.batch_id ORDER BY b.name, r.rank
+
+-- name: recruiter_update
+UPDATE recruiter SET provider = :provider, flavor = :flavor, region = :region, tasks_per_worker = :tasks_per_worker,
+    minimum_tasks = :minimum_tasks, maximum_workers = :maximum_workers, concurrency = :concurrency,
+    prefetch = :prefetch, modified = :now
+WHERE id = :id
+
+-- name: recruiter_delete
+DELETE FROM recruiter WHERE id = :id
+
+-- name: machine_insert
+INSERT INTO machine (name, provider, region, flavor, price, status, idem_key, recruiter_id, batch_id, created,
+                     modified)
+VALUES (:name, :provider, :region, :flavor, :price, 'creating', :idem_key, :recruiter_id, :batch_id, :now, :now)
+
+-- name: machine_get
+SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id WHERE m.id = :id
+
+-- name: machine_list_active
+SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id
+WHERE m.status <> 'destroyed' ORDER BY m.id
+
+-- name: machine_list_all
+SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id ORDER BY m.id
+
+-- name: machine_update
+UPDATE machine SET status = :status, instance_id = :instance_id, address = :address, worker_id = :worker_id,
+    message = :message, modified = :now, destroyed = :destroyed
+WHERE id = :id
+
+-- name: recruit_live_workers
+SELECT batch_id, COUNT(*) AS n FROM worker
+WHERE status IN ('starting', 'running', 'paused', 'draining') AND batch_id IS NOT NULL
+GROUP BY batch_id
+
+-- name: recruit_idle_workers
+-- Workers with no execution under way, and since when: their last execution's end, else when
+-- their machine became a worker (or they registered).
+SELECT w.id, w.name, w.batch_id, b.name AS batch, w.permanent, w.provider, w.flavor, w.created,
+       m.id AS machine_id, m.modified AS machine_since,
+       (SELECT MAX(e.finished) FROM execution e WHERE e.worker_id = w.id) AS last_finished
+FROM worker w LEFT JOIN machine m ON m.worker_id = w.id AND m.status = 'running'
+LEFT JOIN batch b ON b.id = w.batch_id
+WHERE w.status IN ('running', 'paused')
+  AND NOT EXISTS (SELECT 1 FROM execution e WHERE e.worker_id = w.id AND e.status IN ('assigned', 'running', 'uploading'))
+
+-- name: worker_set_machine
+UPDATE worker SET permanent = 0, provider = :provider, region = :region, flavor = :flavor, batch_id = :batch_id,
+    concurrency = :concurrency, prefetch = :prefetch, modified = :now
+WHERE id = :id
+
+-- name: worker_set_status
+UPDATE worker SET status = :status, setting = :status, modified = :now WHERE id = :id
+
+-- name: machine_costs
+-- What spend is computed from: each rented machine's price per hour and the time it was held.
+SELECT batch_id, worker_id, price, created, destroyed FROM machine

@@ -251,3 +251,43 @@ CREATE TABLE host_key (
     fingerprint TEXT NOT NULL,
     created {real} NOT NULL
 );
+
+-- Recruitment: recruiters per batch and rank; the machines providers created for scitq.
+CREATE TABLE recruiter (
+    id {id},
+    batch_id {bigint} NOT NULL REFERENCES batch (id) ON DELETE CASCADE,
+    rank INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    flavor TEXT NOT NULL,
+    region TEXT,
+    tasks_per_worker INTEGER NOT NULL,
+    minimum_tasks INTEGER NOT NULL,
+    maximum_workers INTEGER NOT NULL,
+    concurrency INTEGER NOT NULL,
+    prefetch INTEGER NOT NULL,
+    created {real} NOT NULL,
+    modified {real} NOT NULL,
+    UNIQUE (batch_id, rank)
+);
+
+CREATE TABLE machine (
+    id {id},
+    name TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL,
+    region TEXT NOT NULL,
+    flavor TEXT NOT NULL,
+    price {real} NOT NULL,
+    status TEXT NOT NULL,
+    idem_key TEXT NOT NULL UNIQUE,
+    instance_id TEXT,
+    address TEXT,
+    recruiter_id {bigint} REFERENCES recruiter (id) ON DELETE SET NULL,
+    batch_id {bigint} REFERENCES batch (id) ON DELETE SET NULL,
+    worker_id {bigint} REFERENCES worker (id) ON DELETE SET NULL,
+    message TEXT,
+    created {real} NOT NULL,
+    modified {real} NOT NULL,
+    destroyed {real}
+);
+
+CREATE INDEX machine_active ON machine (status) WHERE status <> 'destroyed';
