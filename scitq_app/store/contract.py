@@ -402,7 +402,7 @@ class Store:
         raise NotImplementedError
 
     def list_machines(self, everything: bool = False) -> list[RentedMachine]:
-        """Machines not destroyed yet (all of them with `everything`)."""
+        """Machines rented now: not destroyed nor failed (all of them with `everything`)."""
         raise NotImplementedError
 
     def machine_gone(self, machine_id: int, evicted: bool = False) -> list[int]:

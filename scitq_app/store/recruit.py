@@ -90,7 +90,9 @@ def update_machine(tx: Tx, machine_id: int, status: str | None = None, **fields:
     new = MachineStatus(status) if status is not None else MachineStatus(m.status)
     check_machine_transition(m.name, m.status, new)
     values = {k: fields.get(k, getattr(m, k)) for k in ("instance_id", "address", "worker_id", "message")}
-    destroyed = tx.now if new == MachineStatus.DESTROYED else m.destroyed
+    # a failed machine was given back too (its deploy destroys what it created): spend stops there
+    ended = new in (MachineStatus.DESTROYED, MachineStatus.FAILED) and m.destroyed is None
+    destroyed = tx.now if ended else m.destroyed
     tx.run("machine_update", id=machine_id, status=new.value, now=tx.now, destroyed=destroyed, **values)
     if new.value != m.status:
         admin.event(tx, f"machine.{new.value}", f"machine:{m.name}", {"message": values["message"]}

@@ -69,3 +69,25 @@ def test_demand_counts_pending_live_and_coming_and_idle_workers_say_since_when(s
     store.report(claimed[0]["id"], w.id, {"phase": "succeeded", "return_code": 0})
     [idle] = [x for x in store.idle_workers() if x["id"] == w.id]
     assert idle["idle_since"] == clock(), "idle since its last execution ended"
+
+
+def test_spend_is_the_time_each_machine_was_held_times_its_price(store, register, clock):
+    m = store.add_machine("b-1", "cloud", "r1", "s4", 0.36, "key-1", None, "b")
+    store.update_machine(m.id, "provisioning")
+    w = register("b-1")
+    store.attach_worker(m.id, w.id, 1, 0)
+    other = store.add_machine("b-2", "cloud", "r1", "s4", 1.8, "key-2", None, "b")
+    clock.advance(3600)
+    assert {x.name: x.spend for x in store.list_machines()} == {"b-1": 0.36, "b-2": 1.8}, "an hour each so far"
+    assert [x.name for x in store.list_machines()] == ["b-1", "b-2"]
+    store.update_machine(other.id, "failed", message="refused")  # given back: its spend stops growing
+    store.update_machine(m.id, "destroying")
+    store.update_machine(m.id, "destroyed")
+    assert store.list_machines() == [], "failed and destroyed ones are not rented any more"
+    clock.advance(7200)
+    assert {x.name: x.spend for x in store.list_machines(everything=True)} == {"b-1": 0.36, "b-2": 1.8}
+    worker = store.get_worker(w.id)
+    assert (worker.price, worker.spend) == (0.36, 0.36)
+    [batch] = [b for b in store.list_batches() if b.name == "b"]
+    assert batch.spend == round(0.36 + 1.8, 4)
+    assert [x for x in store.list_workers() if x.id == w.id][0].spend == 0.36

@@ -595,7 +595,7 @@ SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_i
 
 -- name: machine_list_active
 SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id
-WHERE m.status <> 'destroyed' ORDER BY m.id
+WHERE m.status NOT IN ('destroyed', 'failed') ORDER BY m.id
 
 -- name: machine_list_all
 SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id ORDER BY m.id

@@ -39,4 +39,4 @@ CREATE TABLE machine (
     destroyed {real}
 );
 
-CREATE INDEX machine_active ON machine (status) WHERE status <> 'destroyed';
+CREATE INDEX machine_active ON machine (status) WHERE status NOT IN ('destroyed', 'failed');
