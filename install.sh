@@ -203,7 +203,7 @@ UNITS_CHANGED=0
 install_packages() {
   local packages=(python3 ca-certificates rclone) missing=() p
   if [[ $ROLE == server ]]; then
-    packages+=(python3-paramiko openssl)
+    packages+=(python3-paramiko python3-libcloud openssl)
     if apt-cache show nginx-light >/dev/null 2>&1 || is_installed nginx-light; then packages+=(nginx-light); else packages+=(nginx); fi
     if [[ -z $DATABASE && $SQLITE == 0 ]]; then packages+=(postgresql); fi
   fi

@@ -95,7 +95,7 @@ class Provider:
         return None
 
 
-_BUILT_IN: dict[str, str] = {}  # type name -> "module:Class" (the libcloud ones come with their own issue)
+_BUILT_IN: dict[str, str] = {"openstack": "scitq_app.cloud.openstack:OpenStackProvider"}  # type -> module:Class
 
 
 def load_providers(path: str) -> dict[str, Provider]:

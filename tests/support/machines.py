@@ -56,7 +56,7 @@ CACHE_MARKER = ".scitq-test-machines"
 NSPAWN_EXTRA = ""
 # what install.sh needs on a fresh machine. A test module needing more appends to it at import time
 # (before the `machines` fixture runs prepare()): the repository key then changes and it is rebuilt
-REPO_PACKAGES: list[str] = ["postgresql", "nginx-light", "rclone", "openssl", "python3-paramiko",
+REPO_PACKAGES: list[str] = ["postgresql", "nginx-light", "rclone", "openssl", "python3-paramiko", "python3-libcloud",
                             "ca-certificates", "curl", "sudo"]
 
 # seconds the last prepare() spent building each artifact (None: reused from the cache)
