@@ -102,6 +102,7 @@ class Dispatcher:
                 from .recruit import Recruiting
                 self.recruiting = Recruiting(self.store, self.config, load_providers(self.config.recruit.providers),
                                              clock=self.clock)
+                self.recruiting.recover()
             if self.recruiting is not None:
                 done["recruit"] = [a.kind for a in self.recruiting.tick()]
         return done

@@ -161,6 +161,32 @@ class Recruiting:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def recover(self) -> list[str]:
+        """At the start of a dispatcher's recruiting: machines a previous one left being created
+        or provisioned (it crashed, or lost its lock) are given back and marked failed, so they
+        count no more; the recruiters then deploy afresh. Returns their names."""
+        recovered = []
+        for m in self.store.list_machines():
+            if m.status not in ("creating", "provisioning"):
+                continue
+            provider = self.providers.get(m.provider)
+            instance_id = m.instance_id
+            try:
+                if provider is not None and instance_id is None:  # created, not yet recorded?
+                    found = provider.list({TAG_KEY: m.idem_key})
+                    instance_id = found[0].id if found else None
+                if provider is not None and instance_id is not None:
+                    provider.destroy(instance_id)
+            except ScitqError as e:
+                log.warning("recruiting: machine %s left by a previous dispatcher: %s (reconcile retries)", m.name,
+                            e.message)
+            self.store.update_machine(m.id, "failed", message="interrupted: the dispatcher restarted")
+            recovered.append(m.name)
+        if recovered:
+            log.info("recruiting: %d machine(s) left mid-deploy by a previous dispatcher given back: %s",
+                     len(recovered), ", ".join(recovered))
+        return recovered
+
     def flavor_of(self, r: Recruiter) -> Flavor | None:
         provider = self.providers.get(r.provider)
         if provider is None:
