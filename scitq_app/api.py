@@ -229,6 +229,9 @@ ROUTES: tuple[Route, ...] = (
       "idle)", ADMIN, tags=("recruiting",)),
     R("GET", "/machines", "list_machines", "machines rented for scitq, with their price per hour", PEOPLE,
       query=(Query("all", "bool", "also the destroyed ones"),), tags=("recruiting",)),
+    R("POST", "/machines", "deploy_machines", "rent `count` machines of a flavor from a provider now and make "
+      "them workers (the dispatcher creates and provisions them: deploy jobs); 409 when the provider's caps "
+      "leave no room", ADMIN, body="machine_deploy", status=201, tags=("recruiting",)),
     R("GET", "/flavors", "list_flavors", "flavors the providers offer, cheapest first", PEOPLE,
       query=(Query("provider", "str", "one provider"), Query("region", "str", "one region"),
              Query("filter", "filter", "e.g. cpu>=16:mem>=64")), tags=("recruiting",)),
@@ -241,6 +244,9 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/jobs/<id:int>", "get_job", "one job", ADMIN, tags=("jobs",)),
     R("PATCH", "/jobs/<id:int>", "update_job", "move a job on: status, step, progress, message (409 once it "
       "ended)", ADMIN, body="job_update", tags=("jobs",)),
+    R("POST", "/jobs/<id:int>/retry", "retry_job", "do a failed job again where the server can (a destroy; a "
+      "deploy a person asked for): the job or machine made; 409 saying what retries it otherwise", ADMIN,
+      tags=("jobs",)),
     R("DELETE", "/jobs/<id:int>", "delete_job", "delete an ended job and its log", ADMIN, tags=("jobs",)),
     R("GET", "/jobs/<id:int>/log", "job_log", "a job's log lines numbered after `after`", ADMIN,
       query=(Query("after", "int", "line number", 0), _LIMIT), tags=("jobs",)),

@@ -513,8 +513,12 @@ class Server:
     def job(self, job_id: int) -> dict:
         return self.get(f"/jobs/{int(job_id)}")
 
-    def create_job(self, kind: str, target: str) -> dict:
-        return self.post("/jobs", {"kind": kind, "target": target})
+    def create_job(self, kind: str, target: str, params: dict | None = None) -> dict:
+        return self.post("/jobs", {"kind": kind, "target": target, **({"params": params} if params else {})})
+
+    def retry_job(self, job_id: int) -> dict:
+        """{job, machine}: what the server made to do a failed job again (409 where it cannot)."""
+        return self.post(f"/jobs/{int(job_id)}/retry", {})
 
     def update_job(self, job_id: int, **changes: Any) -> dict:
         """status, step, progress (0..1), message: what is given changes."""

@@ -34,7 +34,14 @@ class Fleet:
         return {"jobs": [j.to_dict() for j in jobs]}
 
     def create_job(self, ident: Identity, body: dict, **_: Any) -> dict:
-        return self.store.create_job(body["kind"], body["target"], actor=ident.name).to_dict()
+        params = body.get("params")
+        if params is not None and not all(isinstance(v, (str, int, float, bool, type(None))) for v in params.values()):
+            raise Invalid("values must be strings, numbers, booleans or null", field="params")
+        return self.store.create_job(body["kind"], body["target"], actor=ident.name, params=params).to_dict()
+
+    def retry_job(self, ident: Identity, id: int, **_: Any) -> dict:
+        made = self.store.retry_job(id, {name: p.caps for name, p in self.providers().items()}, actor=ident.name)
+        return {k: v.to_dict() if v is not None else None for k, v in made.items()}
 
     def get_job(self, ident: Identity, id: int, **_: Any) -> dict:
         return self.store.get_job(id).to_dict()
@@ -99,6 +106,23 @@ class Fleet:
 
     def list_machines(self, ident: Identity, query: dict, **_: Any) -> dict:
         return {"machines": [m.to_dict() for m in self.store.list_machines(everything=bool(query.get("all")))]}
+
+    def deploy_machines(self, ident: Identity, body: dict, **_: Any) -> dict:
+        from .cloud.provider import choose
+        from .models import machine_name
+        self._check_recruiter(body)
+        provider = self.providers()[body["provider"]]
+        flavor = choose(provider.flavors(), body["flavor"], body.get("region"))
+        if flavor is None:
+            where = f" in {body['region']}" if body.get("region") else ""
+            raise Invalid(f"provider {body['provider']} has no available flavor {body['flavor']!r}{where} (see "
+                          "`scitq flavor list`)", field="flavor")
+        batch = body.get("batch")
+        machines = self.store.request_machines([machine_name(batch or "worker") for _ in range(body.get("count", 1))],
+                                               body["provider"], flavor.region, flavor.name, flavor.price, batch,
+                                               body.get("concurrency", 1), body.get("prefetch", 0), provider.caps,
+                                               actor=ident.name)
+        return {"machines": [m.to_dict() for m in machines]}
 
     def list_flavors(self, ident: Identity, query: dict, **_: Any) -> dict:
         from .cloud.provider import matches, parse_filter

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .errors import Conflict
 
@@ -143,7 +143,7 @@ EXECUTION_TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
 }
 
 class JobStatus(str, Enum):
-    """A background operation on a host (provision; deploy, destroy, reconcile to come)."""
+    """A background operation: provision (a host), deploy, destroy (a rented machine), reconcile."""
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -170,6 +170,7 @@ def check_job_transition(job_id: int, old: JobStatus | str, new: JobStatus | str
 
 class MachineStatus(str, Enum):
     """A machine scitq rented: asked for, provisioned, working, given back."""
+    REQUESTED = "requested"    # asked for by a person (`worker deploy`): the dispatcher creates it
     CREATING = "creating"
     PROVISIONING = "provisioning"
     RUNNING = "running"
@@ -180,6 +181,7 @@ class MachineStatus(str, Enum):
 
 _M = MachineStatus
 MACHINE_TRANSITIONS: dict[MachineStatus, frozenset[MachineStatus]] = {
+    _M.REQUESTED: frozenset({_M.CREATING, _M.FAILED}),
     _M.CREATING: frozenset({_M.PROVISIONING, _M.FAILED, _M.DESTROYING}),
     _M.PROVISIONING: frozenset({_M.RUNNING, _M.FAILED, _M.DESTROYING}),
     _M.RUNNING: frozenset({_M.DESTROYING}),
@@ -187,6 +189,38 @@ MACHINE_TRANSITIONS: dict[MachineStatus, frozenset[MachineStatus]] = {
     _M.DESTROYED: frozenset(),
     _M.FAILED: frozenset(),
 }
+
+
+@dataclass(frozen=True)
+class Caps:
+    """How many machines a provider may hold for scitq at once: `machines` in all (None: no
+    cap), `per_region` in one region (the key "*" for regions not named)."""
+    machines: int | None = None
+    per_region: Mapping[str, int] = field(default_factory=dict)
+
+    def room(self, held: int, held_in_region: int, region: str) -> int | None:
+        """How many more may be created in `region` (None: no cap applies)."""
+        rooms = [] if self.machines is None else [self.machines - held]
+        in_region = self.region_cap(region)
+        if in_region is not None:
+            rooms.append(in_region - held_in_region)
+        return min(rooms) if rooms else None
+
+    def region_cap(self, region: str) -> int | None:
+        return self.per_region.get(region, self.per_region.get("*"))
+
+    def describe(self, region: str) -> str:
+        parts = [f"{self.machines} machine(s) in all"] if self.machines is not None else []
+        if self.region_cap(region) is not None:
+            parts.append(f"{self.region_cap(region)} in {region}")
+        return " and ".join(parts) or "any number of machines"
+
+
+def machine_name(prefix: str) -> str:
+    """A new rented machine's name (its worker's): the batch it is for and a random suffix, in
+    the characters host names allow."""
+    import uuid
+    return f"{prefix}-{uuid.uuid4().hex[:6]}".lower().replace("_", "-")[:40]
 
 
 def check_machine_transition(name: str, old: MachineStatus | str, new: MachineStatus | str) -> None:
@@ -441,12 +475,14 @@ class Event(Record):
 
 @dataclass(frozen=True)
 class Job(Record):
-    """A background operation (kind `provision`...) on a target (a host), with its current step,
-    progress (0..1) and, once ended, a message saying why it failed."""
+    """A background operation (kind provision, deploy, destroy or reconcile) on a target (a host,
+    a machine), with its current step, progress (0..1), once ended a message saying why it failed,
+    and the parameters it was started with (what `job retry` does again)."""
     id: int
     kind: str
     target: str
     status: str
+    params: dict[str, Any] = field(default_factory=dict)
     step: str | None = None
     progress: float = 0.0
     message: str | None = None
@@ -456,6 +492,7 @@ class Job(Record):
     modified: float | None = None
     finished: float | None = None
     _times = ("created", "modified", "finished")
+    _dicts = ("params",)
 
 
 @dataclass(frozen=True)
@@ -522,6 +559,8 @@ class RentedMachine(Record):
     address: str | None = None
     recruiter_id: int | None = None
     batch: str | None = None
+    concurrency: int = 1         # of its worker
+    prefetch: int = 0
     worker_id: int | None = None
     message: str | None = None
     created: float | None = None

@@ -473,6 +473,18 @@ SPECS: dict[str, dict[str, Field]] = {
     "job_create": {
         "kind": _f("enum", "what the job does", required=True, choices=("provision",)),
         "target": _f("str", "what it acts on: a host as HOST:PORT", required=True, max_length=300),
+        "params": _f("dict", "what it is started with, for `job retry` (at most 2000 characters as JSON; "
+                     "never a secret)", nullable=True),
+    },
+    "machine_deploy": {
+        "provider": _f("provider", "a provider of [recruit] providers", required=True),
+        "flavor": _f("flavor", "a flavor name, or a filter such as cpu>=16:mem>=64 (the cheapest match)",
+                     required=True),
+        "region": _f("str", "the provider's region (default: any)", nullable=True, max_length=200),
+        "count": _f("int", "how many machines", minimum=1, maximum=1000, default=1),
+        "batch": _f("name", "the batch their workers join (default: any)", nullable=True),
+        "concurrency": _f("int", "tasks each worker runs at once", minimum=1, maximum=10_000, default=1),
+        "prefetch": _f("int", "tasks each worker claims ahead", minimum=0, maximum=10_000, default=0),
     },
     "job_update": {
         "status": _f("enum", "running, then succeeded or failed", nullable=True, choices=tuple(values_of(JobStatus))),

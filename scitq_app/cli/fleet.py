@@ -44,6 +44,8 @@ Usage:
   scitq worker delete [options] <worker>...
   scitq worker clean [options] <worker>...
   scitq worker upgrade [options] (--all | <worker>...)
+  scitq worker deploy [options] --provider NAME --flavor FLAVOR [--region REGION] [--count N]
+                      [--batch NAME] [--concurrency N] [--prefetch N] [--no-wait] [--json]
   scitq worker join-token [options] [--uses N] [--ttl DURATION] [--batch NAME] [--name NAME] [--json]
 
 Options:
@@ -60,6 +62,11 @@ Options:
   --status STATUS     running, paused or draining (draining: finish, then exit)
   --once              (run) claim, run and report one round, then exit
   --all               upgrade: every worker the server hears from
+  --provider NAME     deploy: a provider of [recruit] providers
+  --flavor FLAVOR     deploy: a flavor name, or a filter: cpu>=16:mem>=64 (the cheapest match)
+  --region REGION     deploy: the provider's region (default: any)
+  --count N           deploy: how many machines [default: 1]
+  --no-wait           deploy: return once asked, without following the deploys
   --json              machine-readable output
 
 <worker> is a worker id or name. Changes made with `update` reach the worker at
@@ -71,6 +78,12 @@ fetch the server's scitq.pyz ([server] pyz, else the one the server runs) over
 their own authenticated channel, check its sha256, install it as their release,
 finish their running tasks (at most [worker] upgrade_deadline seconds, then hand
 them back) and restart on it. `worker show` says what each did (stats: upgrade).
+
+`deploy` (admin token) rents machines now, without a recruiter: the dispatcher
+creates each at the provider and provisions it (`scitq job list`), within the
+provider's caps (max_machines, max_machines_per_region). They are rented workers
+like a recruiter's: given back once idle for [recruit] idle_release while their
+batch has nothing pending. Exits 0 when every one became a worker.
 
 `join-token` (admin token) mints the credential a new worker registers with:
 give it as [worker] join_token (or `install.sh worker --join-token`). It
@@ -151,6 +164,9 @@ def cmd_worker(ctx: Context, argv: list[str]) -> int:
         return _join_token(ctx, args)
     if args["upgrade"]:
         return _upgrade(ctx, args)
+    if args["deploy"]:
+        from .provision import deploy_workers
+        return deploy_workers(ctx, args)
     if args["run"]:
         from ..worker import run_worker
         cfg = ctx.config(worker_name=args["--name"], worker_batch=args["--batch"],

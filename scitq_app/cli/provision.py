@@ -44,12 +44,24 @@ Usage:
   scitq job list [options] [--status STATUS] [--json]
   scitq job show [options] <id> [--json]
   scitq job log [options] <id> [--follow]
+  scitq job retry [options] <id> [--key FILE] [--worker-url URL] [--pyz PATH] [--rclone PATH]
   scitq job delete [options] <id>...
 
 Options:
-  --status STATUS   pending, running, succeeded or failed
-  --follow          keep printing new lines until the job ends
-  --json            machine-readable output
+  --status STATUS    pending, running, succeeded or failed
+  --follow           keep printing new lines until the job ends
+  --json             machine-readable output
+  --key FILE         retry of a provision: the SSH private key (default: your keys and ssh-agent)
+  --worker-url URL   retry of a provision: the URL workers reach this server at
+  --pyz PATH         retry of a provision: the scitq.pyz to install
+  --rclone PATH      retry of a provision: rclone for hosts that have none
+
+`retry` does a failed job again: a provision runs again from here, on the same
+host with the same user, port, name, concurrency and batch (the key and files as
+`scitq provision` takes them); a destroy is asked of the dispatcher at once (it
+also retries by itself, after 30 s doubling up to 15 min); a deploy of
+`worker deploy` is requested again. A recruiter's deploys and reconciliations
+are retried by the dispatcher by itself.
 """
 
 HOST_KEY_DOC = """The SSH host keys scitq trusts (admin token).
@@ -114,7 +126,7 @@ JOB_COLUMNS = [("id", "id"), ("kind", "kind"), ("target", "target"), ("status", 
 def cmd_provision(ctx: Context, argv: list[str]) -> int:
     args = parse(PROVISION_DOC, argv)
     merge_options(args, ctx)
-    from ..cloud.provision import Provisioner, Target, install_files
+    from ..cloud.provision import Target
     port = int_arg(args["--port"], "--port", 1) or 22
     targets = [Target.parse(h, user=args["--user"], port=port) for h in args["<host>"]]
     if len({str(t) for t in targets}) != len(targets):
@@ -123,6 +135,13 @@ def cmd_provision(ctx: Context, argv: list[str]) -> int:
         raise UsageError("--name names one worker: give one host with it", usage_of="provision")
     concurrency = int_arg(args["--concurrency"], "--concurrency", 1) or 1
     jobs = int_arg(args["--jobs"], "--jobs", 1) or 8
+    return _provision(ctx, args, targets, args["--name"], concurrency, args["--batch"], jobs)
+
+
+def _provision(ctx: Context, args: dict, targets: list[Any], name: str | None, concurrency: int,
+               batch: str | None, jobs: int) -> int:
+    """Provision `targets` (`jobs` at a time) with the files, key and URL `args` give."""
+    from ..cloud.provision import Provisioner, install_files
     cfg = ctx.config()
     client = ctx.client()
     url = args["--worker-url"] or cfg.server.public_url or client.url
@@ -131,12 +150,11 @@ def cmd_provision(ctx: Context, argv: list[str]) -> int:
                          "public_url)", usage_of="provision")
     files = install_files(args["--pyz"], args["--rclone"])
     from .progress import for_command
-    progress = for_command(ctx, json=bool(args["--json"]), every=5.0)
+    progress = for_command(ctx, json=bool(args.get("--json")), every=5.0)
     assert progress is not None  # progress is always shown
     with progress:
         p = Provisioner(client, files, url, key_file=args["--key"], on_event=_serialized(progress))
-        results = _each(targets, jobs, lambda t: p.provision(t, name=args["--name"], concurrency=concurrency,
-                                                              batch=args["--batch"]))
+        results = _each(targets, jobs, lambda t: p.provision(t, name=name, concurrency=concurrency, batch=batch))
     failed = 0
     for target, (worker, error) in zip(targets, results):
         if error is None:
@@ -203,10 +221,103 @@ def cmd_job(ctx: Context, argv: list[str]) -> int:
         return 0
     if args["log"]:
         return _log(ctx, client, ids[0], bool(args["--follow"]))
+    if args["retry"]:
+        return _retry(ctx, client, args, ids[0])
     for job_id in ids:
         client.delete_job(job_id)
         ctx.say(f"job {job_id} deleted")
     return 0
+
+
+def _retry(ctx: Context, client: Any, args: dict, job_id: int) -> int:
+    job = client.job(job_id)
+    if job["kind"] != "provision":
+        made = client.retry_job(job_id)
+        if made.get("job"):
+            ctx.say(f"job {job_id}: retried as job {made['job']['id']} ({made['job']['kind']} {made['job']['target']})")
+        else:
+            ctx.say(f"job {job_id}: machine {made['machine']['name']} requested again (`scitq job list` follows "
+                    "its deploy)")
+        return 0
+    from ..errors import Conflict
+    if job["status"] != "failed":
+        raise Conflict(f"job {job_id} is {job['status']}: only a failed job can be retried")
+    params = job.get("params") or {}
+    if job.get("actor") == "recruiter" or not params.get("host"):
+        raise Conflict(f"job {job_id} provisioned a machine the dispatcher deployed: its recruiter deploys again by "
+                       "itself")
+    from ..cloud.provision import Target
+    target = Target(str(params["host"]), int(params.get("port") or 22), str(params.get("user") or "root"))
+    return _provision(ctx, args, [target], params.get("name"), int(params.get("concurrency") or 1),
+                      params.get("batch"), 1)
+
+
+def deploy_workers(ctx: Context, args: dict) -> int:
+    """`worker deploy`: ask for machines, then follow them (unless --no-wait) with a bar each
+    until they are workers or failed."""
+    body: dict[str, Any] = {"provider": args["--provider"], "flavor": args["--flavor"],
+                            "count": int_arg(args["--count"], "--count", 1) or 1}
+    for flag, key, minimum in (("--concurrency", "concurrency", 1), ("--prefetch", "prefetch", 0)):
+        if args[flag] is not None:
+            body[key] = int_arg(args[flag], flag, minimum)
+    for flag, key in (("--region", "region"), ("--batch", "batch")):
+        if args[flag] is not None:
+            body[key] = args[flag]
+    client = ctx.client()
+    machines = client.post("/machines", body)["machines"]
+    names = [m["name"] for m in machines]
+    ctx.warn(f"{len(names)} {machines[0]['flavor']} machine(s) asked of {machines[0]['provider']} in "
+             f"{machines[0]['region']} ({machines[0]['price']}/h each): {', '.join(names)}")
+    if args["--no-wait"]:
+        if args["--json"]:
+            ctx.json(machines)
+        return 0
+    return _follow_machines(ctx, client, names, bool(args["--json"]))
+
+
+_MACHINE_STEPS = ("requested", "creating", "provisioning", "running")
+
+
+def _follow_machines(ctx: Context, client: Any, names: list[str], json: bool, timeout: float = 1800.0) -> int:
+    import time
+
+    from .progress import for_command
+    progress = for_command(ctx, json=json, every=5.0)
+    assert progress is not None
+    seen: dict[str, str] = {}
+    started = time.monotonic()
+    deadline = started + timeout
+    hinted = False
+    with progress:
+        while True:
+            now = {m["name"]: m for m in client.get("/machines", all=True)["machines"] if m["name"] in names}
+            for name in names:
+                m = now.get(name)
+                status = m["status"] if m else "failed"
+                if seen.get(name) == status:
+                    continue
+                seen[name] = status
+                ended = status not in _MACHINE_STEPS[:-1]
+                done = _MACHINE_STEPS.index(status) if status in _MACHINE_STEPS else len(_MACHINE_STEPS) - 1
+                progress({"event": "done" if ended else "progress", "what": f"deploy {name}", "name": name,
+                          "unit": "steps", "done": done, "total": len(_MACHINE_STEPS) - 1,
+                          "note": status + (f": {m['message']}" if m and m.get("message") else "")})
+            if all(s not in _MACHINE_STEPS[:-1] for s in seen.values()) or time.monotonic() > deadline:
+                break
+            if not hinted and time.monotonic() - started > 60 and set(seen.values()) == {"requested"}:
+                hinted = True
+                progress({"event": "message", "what": "deploy", "text": "still requested after a minute: is the "
+                          "dispatcher running (`scitq dispatcher`, or the scitq-dispatcher service)?"})
+            time.sleep(1.0)
+    failed = [n for n in names if seen.get(n) != "running"]
+    for name in names:
+        m = now.get(name) or {}
+        if seen.get(name) == "running":
+            ctx.warn(f"{name}: worker {m.get('worker_id')} running")
+        else:
+            ctx.warn(f"{name}: {seen.get(name)}" + (f": {m['message']}" if m.get("message") else "") +
+                     " (`scitq job list` has its deploy's log)")
+    return 1 if failed else 0
 
 
 def _job_id(text: str) -> int:

@@ -12,6 +12,9 @@ credentials, which are never logged nor shown by the API or the CLI):
 
     - name: ovh-gra            # the name recruiters use
       type: openstack          # a built-in type, or a plugin: "package.module:Class"
+      max_machines: 20         # optional: machines held at once, all regions
+      max_machines_per_region: {GRA11: 10, "*": 5}   # optional: in one region ("*": the others);
+                                                     # a number caps every region
       ...                      # the type's own settings (credentials, regions, image...)
 
 A plugin type is any importable class taking (name, settings) and implementing `Provider`:
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError, Invalid
+from ..models import Caps
 
 TAG_SERVER = "scitq-server"   # which scitq server a machine belongs to
 TAG_NAME = "scitq-name"       # its scitq name (the worker's)
@@ -70,6 +74,7 @@ class Provider:
     trouble when `retry` is set) or ConfigError for what a person must fix."""
 
     name: str
+    caps: Caps = Caps()   # set from the providers file by load_providers
 
     def flavors(self) -> list[Flavor]:
         raise NotImplementedError
@@ -95,7 +100,10 @@ class Provider:
         return None
 
 
-_BUILT_IN: dict[str, str] = {"openstack": "scitq_app.cloud.openstack:OpenStackProvider"}  # type -> module:Class
+_BUILT_IN: dict[str, str] = {  # type -> module:Class
+    "openstack": "scitq_app.cloud.openstack:OpenStackProvider",
+    "ssh-pool": "scitq_app.cloud.pool:SshPoolProvider",
+}
 
 
 def load_providers(path: str) -> dict[str, Provider]:
@@ -136,9 +144,27 @@ def load_providers(path: str) -> dict[str, Provider]:
             cls = getattr(importlib.import_module(module_name), cls_name)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"[recruit] providers: {where}: cannot load {target}: {e}") from None
-        settings = {k: v for k, v in entry.items() if k not in ("name", "type")}
-        out[name] = cls(name, settings)
+        settings = {k: v for k, v in entry.items() if k not in ("name", "type", *_CAPS)}
+        provider = cls(name, settings)
+        provider.caps = _caps(entry, where)
+        out[name] = provider
     return out
+
+
+_CAPS = ("max_machines", "max_machines_per_region")
+
+
+def _caps(entry: Mapping[str, Any], where: str) -> Caps:
+    def count(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"[recruit] providers: {where}: {key} must be a whole number, 0 or more")
+        return value
+    total = entry.get("max_machines")
+    per = entry.get("max_machines_per_region")
+    if per is not None and not isinstance(per, dict):
+        per = {"*": count(per, "max_machines_per_region")}
+    return Caps(machines=None if total is None else count(total, "max_machines"),
+                per_region={str(k): count(v, f"max_machines_per_region[{k}]") for k, v in (per or {}).items()})
 
 
 # --- flavor choice -----------------------------------------------------------------------

@@ -29,7 +29,7 @@ class FleetApi(Protocol):
     """What provisioning needs of the server: `client.Server` (the CLI, over HTTP) or the
     dispatcher's view of its store (recruiting)."""
 
-    def create_job(self, kind: str, target: str) -> dict: ...
+    def create_job(self, kind: str, target: str, params: dict | None = None) -> dict: ...
     def update_job(self, job_id: int, **changes: Any) -> dict: ...
     def append_job_log(self, job_id: int, lines: Sequence[str]) -> int: ...
     def create_join_token(self, uses: int = 1, ttl: float = 3600, batch: str | None = None,
@@ -97,14 +97,14 @@ class JobRecord:
 
     def __init__(self, client: "FleetApi", target: str, on_event: Callable[[dict], None],
                  clock: Callable[[], float] = time.monotonic, kind: str = "provision",
-                 steps: Sequence[str] = STEPS) -> None:
+                 steps: Sequence[str] = STEPS, params: dict | None = None) -> None:
         self.client = client
         self.steps = tuple(steps)
         self.starts = _STARTS if self.steps == STEPS else {s: i / len(self.steps) for i, s in enumerate(self.steps)}
         self.what = f"{kind} {target}"
         self.on_event = on_event
         self.clock = clock
-        self.id = int(client.create_job(kind, target)["id"])
+        self.id = int(client.create_job(kind, target, params)["id"])
         self._lines: list[str] = []
         self._sent_at = clock()
         self._progress_at = float("-inf")
@@ -183,7 +183,9 @@ class Provisioner:
         key (default HOST:PORT; a provider's machine id), `pinned` is the key its provider
         gave. Raises ProvisionError (the job failed, its message says why) after putting the
         host back as it was."""
-        job = JobRecord(self.client, str(target), self.on_event)
+        params = {"host": target.host, "port": target.port, "user": target.user, "name": name,
+                  "concurrency": concurrency, "batch": batch}
+        job = JobRecord(self.client, str(target), self.on_event, params=params)
         run = _Run(self, job, target, host_id or str(target), pinned)
         try:
             worker = run.go(name, concurrency, batch)

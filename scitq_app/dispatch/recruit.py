@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..cloud.provider import TAG_KEY, TAG_NAME, TAG_SERVER, Flavor, Instance, Provider, choose
 from ..config import Config
 from ..errors import ProvisionError, ScitqError
-from ..models import Recruiter, RentedMachine
+from ..models import Caps, Recruiter, RentedMachine, machine_name
 from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,20 @@ class Action:
 
 
 def plan(demand: Mapping[str, Any], idle: Sequence[Mapping[str, Any]], now: float,
-         idle_release: float, flavor_of: Callable[[Recruiter], Flavor | None]) -> list[Action]:
+         idle_release: float, flavor_of: Callable[[Recruiter], Flavor | None],
+         caps: Mapping[str, Caps] | None = None) -> list[Action]:
     """What to do this round. `demand` is Store.recruit_demand(), `idle` Store.idle_workers()
     (each with the worker's own batch: a recycled worker's machine keeps its first one);
-    `flavor_of` gives the flavor a recruiter would deploy (None: none available)."""
+    `flavor_of` gives the flavor a recruiter would deploy (None: none available); `caps` the
+    providers' caps on machines held at once (all regions, per region), which deploys respect."""
     actions: list[Action] = []
     pending: Mapping[str, int] = demand["pending"]
     machines: Sequence[RentedMachine] = demand["machines"]
+    held: dict[str, int] = {}                   # machines each provider holds, with this round's deploys
+    held_in: dict[tuple[str, str], int] = {}    # ... in each of its regions
+    for m in machines:
+        held[m.provider] = held.get(m.provider, 0) + 1
+        held_in[(m.provider, m.region)] = held_in.get((m.provider, m.region), 0) + 1
     by_batch: dict[str, list[Recruiter]] = {}
     for r in demand["recruiters"]:
         by_batch.setdefault(r.batch, []).append(r)
@@ -84,9 +91,14 @@ def plan(demand: Mapping[str, Any], idle: Sequence[Mapping[str, Any]], now: floa
                     have += 1
             if flavor is None:
                 continue
-            for _ in range(max(0, room)):
+            capped = (caps or {}).get(r.provider, Caps()).room(held.get(r.provider, 0),
+                                                               held_in.get((r.provider, flavor.region), 0),
+                                                               flavor.region)
+            for _ in range(max(0, room if capped is None else min(room, capped))):
                 actions.append(Action("deploy", batch, r))
                 have += 1
+                held[r.provider] = held.get(r.provider, 0) + 1
+                held_in[(r.provider, flavor.region)] = held_in.get((r.provider, flavor.region), 0) + 1
     for w in spare:
         if w["id"] not in recycled and now - w["idle_since"] >= idle_release:
             actions.append(Action("release", w["batch"], worker_id=w["id"], machine_id=w["machine_id"]))
@@ -101,8 +113,8 @@ class StoreFleet:
         self.store = store
         self.config = config
 
-    def create_job(self, kind: str, target: str) -> dict:
-        return self.store.create_job(kind, target, actor="recruiter").to_dict()
+    def create_job(self, kind: str, target: str, params: dict | None = None) -> dict:
+        return self.store.create_job(kind, target, actor="recruiter", params=params).to_dict()
 
     def update_job(self, job_id: int, **changes: Any) -> dict:
         return self.store.update_job(job_id, **{k: v for k, v in changes.items() if v is not None}).to_dict()
@@ -149,11 +161,15 @@ class Recruiting:
         self.pool = ThreadPoolExecutor(max_workers=config.recruit.jobs, thread_name_prefix="recruit")
         self._busy: set[int] = set()  # machines a job of this process works on
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a job ends
         self._flavors: dict[str, tuple[float, list[Flavor]]] = {}
         self._last = float("-inf")
-        # recruiter id -> (no deploy before, the next delay): a provider that refuses (quota, 5xx,
-        # a bad image) is asked again later, less and less often, not at every round
-        self._backoff: dict[int, tuple[float, float]] = {}
+        # recruiter id -> (no deploy before, the next delay, the recruiter as it was then): a
+        # provider that refuses (quota, 5xx, a bad image) is asked again later, less and less
+        # often, not at every round; a person updating the recruiter ends the pause
+        self._backoff: dict[int, tuple[float, float, Recruiter | None]] = {}
+        # machine id -> (no destroy before, the next delay): a give-back that failed is tried again
+        self._destroy_at: dict[int, tuple[float, float]] = {}
         self._reconciled = clock()  # the first reconciliation waits one period: deploys of a
         # previous dispatcher may still be recording their machines
         self._unknown: set[tuple[str, str]] = set()  # (provider, id) seen unknown at the last reconciliation
@@ -188,19 +204,22 @@ class Recruiting:
         return recovered
 
     def flavor_of(self, r: Recruiter) -> Flavor | None:
-        provider = self.providers.get(r.provider)
+        return self._flavor(r.provider, r.flavor, r.region)
+
+    def _flavor(self, provider_name: str, flavor: str, region: str | None) -> Flavor | None:
+        provider = self.providers.get(provider_name)
         if provider is None:
             return None
         now = self.clock()
-        cached = self._flavors.get(r.provider)
+        cached = self._flavors.get(provider_name)
         if cached is None or now - cached[0] > 300:
             try:
                 cached = (now, provider.flavors())
             except ScitqError as e:
-                log.warning("provider %s: flavors unavailable: %s", r.provider, e.message)
+                log.warning("provider %s: flavors unavailable: %s", provider_name, e.message)
                 return None
-            self._flavors[r.provider] = cached
-        return choose(cached[1], r.flavor, r.region)
+            self._flavors[provider_name] = cached
+        return choose(cached[1], flavor, region)
 
     def tick(self, force: bool = False) -> list[Action]:
         """One round, at most every `[recruit] interval` seconds (unless `force`)."""
@@ -212,15 +231,42 @@ class Recruiting:
             self._reconciled = now
             self.reconcile()
         demand = self.store.recruit_demand()
-        actions = plan(demand, self.store.idle_workers(), now, self.config.recruit.idle_release, self.flavor_of)
+        self._requested_and_destroying(demand["machines"], now)
+        actions = plan(demand, self.store.idle_workers(), now, self.config.recruit.idle_release, self.flavor_of,
+                       {name: p.caps for name, p in self.providers.items()})
         for a in actions:
-            if a.kind == "deploy" and a.recruiter is not None and now < self._backoff.get(a.recruiter.id, (0, 0))[0]:
+            if a.kind == "deploy" and a.recruiter is not None and self._paused(a.recruiter, now):
                 continue
             try:
                 self._act(a)
             except ScitqError as e:
                 log.warning("recruiting: %s %s: %s", a.kind, a.batch, e.message)
         return actions
+
+    def _paused(self, r: Recruiter, now: float) -> bool:
+        until, _, then = self._backoff.get(r.id, (0.0, 0.0, None))
+        return now < until and r == then
+
+    def _requested_and_destroying(self, machines: Sequence[RentedMachine], now: float) -> None:
+        """Machines people asked for (`worker deploy`) are deployed; machines being given back
+        whose destroy failed are destroyed again, after a pause growing at each failure, or at
+        once when a person retried the job (`job retry`: a pending destroy job)."""
+        retried = {j.target: j.id for j in self.store.list_jobs(status="pending", limit=1000) if j.kind == "destroy"}
+        for name in set(retried) - {m.name for m in machines if m.status == "destroying"}:
+            self.fleet.update_job(retried[name], status="running", step="destroying the machine")
+            self.fleet.append_job_log(retried[name], [f"machine {name} was given back meanwhile"])
+            self.fleet.update_job(retried[name], status="succeeded")
+        for m in machines:
+            if m.status == "requested":
+                flavor = self._flavor(m.provider, m.flavor, m.region)
+                if flavor is None:
+                    self.store.update_machine(m.id, "failed", message=f"provider {m.provider} offers no flavor "
+                                              f"{m.flavor} in {m.region} now")
+                    continue
+                m = self.store.update_machine(m.id, "creating")
+                self._submit(m.id, self._deploy, m, flavor, None)
+            elif m.status == "destroying" and (m.name in retried or now >= self._destroy_at.get(m.id, (0.0, 0.0))[0]):
+                self._submit(m.id, self._destroy, m, retried.get(m.name))
 
     def _act(self, a: Action) -> None:
         if a.kind == "recycle":
@@ -232,10 +278,10 @@ class Recruiting:
             assert a.recruiter is not None
             flavor = self.flavor_of(a.recruiter)
             assert flavor is not None
-            name = f"{a.batch}-{uuid.uuid4().hex[:6]}".lower().replace("_", "-")[:40]
-            m = self.store.add_machine(name, a.recruiter.provider, flavor.region, flavor.name, flavor.price,
-                                       uuid.uuid4().hex, a.recruiter.id, a.batch)
-            self._submit(m.id, self._deploy, m, a.recruiter, flavor)
+            r = a.recruiter
+            m = self.store.add_machine(machine_name(a.batch or "worker"), r.provider, flavor.region, flavor.name,
+                                       flavor.price, uuid.uuid4().hex, r.id, a.batch, r.concurrency, r.prefetch)
+            self._submit(m.id, self._deploy, m, flavor, r)
         elif a.kind == "release" and a.machine_id is not None:
             m = self.store.update_machine(a.machine_id, "destroying", message="idle")
             self._submit(m.id, self._destroy, m)
@@ -254,7 +300,13 @@ class Recruiting:
             finally:
                 with self._lock:
                     self._busy.discard(machine_id)
+                    self._idle.notify_all()
         self.pool.submit(run)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job of this process runs (True), or `timeout` seconds (False)."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._busy, timeout)
 
     def reconcile(self) -> dict[str, list[str]]:
         """Compare what each provider bills (machines tagged as this server's) with the
@@ -316,13 +368,15 @@ class Recruiting:
         self.fleet.update_job(job_id, status="succeeded")
 
     # --- jobs -----------------------------------------------------------------------------
-    def _deploy(self, m: RentedMachine, r: Recruiter, flavor: Flavor) -> None:
+    def _deploy(self, m: RentedMachine, flavor: Flavor, r: Recruiter | None) -> None:
+        """Create machine `m` at its provider, then provision it; `r`: the recruiter deploying it
+        (paused on failure), None for a machine a person asked for."""
         from ..cloud.provision import JobRecord, Provisioner, Target, install_files
-        provider = self.providers[r.provider]
+        provider = self.providers[m.provider]
         job = JobRecord(self.fleet, m.name, lambda e: None, kind="deploy", steps=("create", "boot"))
         instance: Instance | None = None
         try:
-            job.step("create", f"creating {flavor.name} in {flavor.region} at {r.provider}")
+            job.step("create", f"creating {flavor.name} in {flavor.region} at {m.provider}")
             tags = {TAG_SERVER: self.server_id, TAG_NAME: m.name, TAG_KEY: m.idem_key}
             found = provider.list({TAG_KEY: m.idem_key})  # a create retried after a crash: never twice
             instance = found[0] if found else provider.create(m.name, flavor, tags)
@@ -340,21 +394,25 @@ class Recruiting:
             key = self.config.recruit.ssh_key or provider.ssh_key()
             worker = Provisioner(self.fleet, files, url, key_file=key).provision(
                 Target(instance.address or "", instance.ssh_port, instance.ssh_user), name=m.name,
-                concurrency=r.concurrency, batch=r.batch, host_id=f"{r.provider}:{instance.id}",
+                concurrency=m.concurrency, batch=m.batch, host_id=f"{m.provider}:{instance.id}",
                 pinned=instance.host_key)
-            self.store.attach_worker(m.id, int(worker["id"]), r.concurrency, r.prefetch)
-            with self._lock:
-                self._backoff.pop(r.id, None)
-            log.info("recruiting: machine %s is worker %s of batch %s", m.name, worker["id"], r.batch)
+            self.store.attach_worker(m.id, int(worker["id"]), m.concurrency, m.prefetch)
+            if r is not None:
+                with self._lock:
+                    self._backoff.pop(r.id, None)
+            log.info("recruiting: machine %s is worker %s of batch %s", m.name, worker["id"], m.batch)
         except ScitqError as e:
             if job.step_name and self.store.get_job(job.id).status not in ("succeeded", "failed"):
                 job.fail(e.message)
             if instance is not None:
                 self._give_back(provider, instance.id)
             self.store.update_machine(m.id, "failed", message=e.message[:500])
+            if r is None:
+                log.warning("recruiting: machine %s failed: %s", m.name, e.message)
+                return
             with self._lock:
-                delay = self._backoff.get(r.id, (0.0, BACKOFF_FIRST / 2))[1] * 2
-                self._backoff[r.id] = (self.clock() + delay, min(delay, BACKOFF_MAX))
+                delay = self._backoff.get(r.id, (0.0, BACKOFF_FIRST / 2, None))[1] * 2
+                self._backoff[r.id] = (self.clock() + delay, min(delay, BACKOFF_MAX), r)
             log.warning("recruiting: machine %s failed: %s (recruiter %s waits %.0f s)", m.name, e.message, r.id,
                         delay)
 
@@ -376,8 +434,11 @@ class Recruiting:
         except ScitqError as e:
             log.warning("recruiting: machine %s could not be destroyed: %s", instance_id, e.message)
 
-    def _destroy(self, m: RentedMachine) -> None:
-        job_id = int(self.fleet.create_job("destroy", m.name)["id"])
+    def _destroy(self, m: RentedMachine, job_id: int | None = None) -> None:
+        """Give machine `m` back (in job `job_id`, else a new one); on failure it stays being given
+        back, and is tried again after BACKOFF_FIRST, doubling up to BACKOFF_MAX."""
+        if job_id is None:
+            job_id = int(self.fleet.create_job("destroy", m.name)["id"])
         self.fleet.update_job(job_id, status="running", step="destroying the machine")
         provider = self.providers.get(m.provider)
         try:
@@ -390,6 +451,12 @@ class Recruiting:
             self.store.update_machine(m.id, "destroyed")
             self.fleet.append_job_log(job_id, [f"machine {m.instance_id} destroyed; worker {m.worker_id} destroyed"])
             self.fleet.update_job(job_id, status="succeeded")
+            with self._lock:
+                self._destroy_at.pop(m.id, None)
         except ScitqError as e:
-            self.fleet.append_job_log(job_id, [f"failed: {e.message}"])
+            with self._lock:
+                delay = self._destroy_at.get(m.id, (0.0, BACKOFF_FIRST))[1]
+                self._destroy_at[m.id] = (self.clock() + delay, min(delay * 2, BACKOFF_MAX))
+            self.fleet.append_job_log(job_id, [f"failed: {e.message}", f"tried again in {delay:.0f} s, or at once "
+                                               f"with `scitq job retry {job_id}`"])
             self.fleet.update_job(job_id, status="failed", message=e.message)

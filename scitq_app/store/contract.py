@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Recruiter,
-                      RentedMachine, Task, Worker)
+from ..models import (ApiToken, Batch, Caps, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice,
+                      Recruiter, RentedMachine, Task, Worker)
 
 
 class Store:
@@ -389,8 +389,22 @@ class Store:
         raise NotImplementedError
 
     def add_machine(self, name: str, provider: str, region: str, flavor: str, price: float, idem_key: str,
-                    recruiter_id: int | None = None, batch: str | None = None) -> RentedMachine:
+                    recruiter_id: int | None = None, batch: str | None = None, concurrency: int = 1,
+                    prefetch: int = 0) -> RentedMachine:
         """Record a machine about to be created (status creating); Conflict on a name or key reused."""
+        raise NotImplementedError
+
+    def request_machines(self, names: Sequence[str], provider: str, region: str, flavor: str, price: float,
+                         batch: str | None, concurrency: int, prefetch: int, caps: Caps,
+                         actor: str | None = None) -> list[RentedMachine]:
+        """Machines a person asks for (status requested: the dispatcher creates them), all or
+        none: Conflict when `caps` leave no room for them all next to the provider's machines."""
+        raise NotImplementedError
+
+    def retry_job(self, job_id: int, caps: Mapping[str, Caps], actor: str | None = None) -> dict[str, Any]:
+        """Do a failed job again where the server can: {job, machine} made (a pending destroy job
+        on a machine still being given back; a new request like a failed deploy a person asked
+        for). Conflict saying what retries it otherwise (recruiters, reconciliation, a command)."""
         raise NotImplementedError
 
     def update_machine(self, machine_id: int, status: str | None = None, **fields: Any) -> RentedMachine:
@@ -424,8 +438,9 @@ class Store:
         raise NotImplementedError
 
     # --- jobs and host keys ---------------------------------------------------
-    def create_job(self, kind: str, target: str, actor: str | None = None) -> Job:
-        """A pending job of `kind` (provision...) on `target` (a host)."""
+    def create_job(self, kind: str, target: str, actor: str | None = None,
+                   params: Mapping[str, Any] | None = None) -> Job:
+        """A pending job of `kind` (provision...) on `target` (a host), started with `params`."""
         raise NotImplementedError
 
     def get_job(self, job_id: int) -> Job:

@@ -3,7 +3,8 @@ keys scitq trusts: plain functions over a transaction."""
 from __future__ import annotations
 
 import base64
-from typing import Sequence
+import json
+from typing import Any, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
 from ..models import JOB_FINAL, HostKey, Job, JobLogLine, JobStatus, check_job_transition, key_fingerprint
@@ -14,8 +15,14 @@ MAX_LOG_LINE = 4096     # characters kept of one log line
 MAX_LOG_BATCH = 1000    # lines appended in one call
 
 
-def create_job(tx: Tx, kind: str, target: str, actor: str | None) -> Job:
-    job_id = tx.insert("job_insert", kind=kind, target=target, actor=actor, now=tx.now)
+MAX_PARAMS = 2000       # characters of a job's parameters, as JSON
+
+
+def create_job(tx: Tx, kind: str, target: str, actor: str | None, params: Mapping[str, Any] | None = None) -> Job:
+    text = json.dumps(dict(params), sort_keys=True) if params else None
+    if text is not None and len(text) > MAX_PARAMS:
+        raise Invalid(f"at most {MAX_PARAMS} characters as JSON", field="params")
+    job_id = tx.insert("job_insert", kind=kind, target=target, actor=actor, now=tx.now, params=text)
     admin.event(tx, "job.create", f"job:{job_id}", {"kind": kind, "target": target}, actor)
     return get_job(tx, job_id)
 

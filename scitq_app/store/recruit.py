@@ -2,11 +2,12 @@
 workers): plain functions over a transaction. The policy is in dispatch/recruit.py."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import uuid
+from typing import Any, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
-from ..models import (MachineStatus, Recruiter, RentedMachine, WorkerStatus, check_machine_transition,
-                      machine_spend)
+from ..models import (Caps, JobStatus, MachineStatus, Recruiter, RentedMachine, WorkerStatus, check_machine_transition,
+                      machine_name, machine_spend)
 from . import admin, batches
 from .backend import Tx
 
@@ -73,15 +74,73 @@ def list_machines(tx: Tx, everything: bool = False) -> list[RentedMachine]:
 
 
 def add_machine(tx: Tx, name: str, provider: str, region: str, flavor: str, price: float, idem_key: str,
-                recruiter_id: int | None, batch: str | None) -> RentedMachine:
+                recruiter_id: int | None, batch: str | None, concurrency: int = 1, prefetch: int = 0,
+                requested: bool = False, actor: str | None = None) -> RentedMachine:
     """Record a machine about to be asked for (status creating), before the provider is: its
-    idempotency key is what a retried create looks for first."""
+    idempotency key is what a retried create looks for first. `requested`: asked for by a
+    person (status requested), the dispatcher creates it."""
     bid = batches.batch_id(tx, batch, create=True) if batch else None
+    status = MachineStatus.REQUESTED if requested else MachineStatus.CREATING
     mid = tx.insert("machine_insert", name=name, provider=provider, region=region, flavor=flavor, price=price,
-                    idem_key=idem_key, recruiter_id=recruiter_id, batch_id=bid, now=tx.now)
+                    idem_key=idem_key, recruiter_id=recruiter_id, batch_id=bid, now=tx.now, status=status.value,
+                    concurrency=concurrency, prefetch=prefetch)
     admin.event(tx, "machine.create", f"machine:{name}", {"provider": provider, "flavor": flavor,
-                                                           "region": region}, None)
+                                                           "region": region}, actor)
     return machine(tx, mid)
+
+
+def request_machines(tx: Tx, names: Sequence[str], provider: str, region: str, flavor: str, price: float,
+                     batch: str | None, concurrency: int, prefetch: int, caps: Caps, actor: str | None
+                     ) -> list[RentedMachine]:
+    """Machines a person asks for (`worker deploy`), all or none: Conflict when the provider's
+    caps on machines (all regions, or this region) leave no room for them all."""
+    active = [m for m in list_machines(tx) if m.provider == provider]
+    room = caps.room(len(active), sum(1 for m in active if m.region == region), region)
+    if room is not None and room < len(names):
+        raise Conflict(f"provider {provider} allows {caps.describe(region)}: {len(active)} machine(s) held now, "
+                       f"room for {max(room, 0)}, {len(names)} asked", provider=provider, room=max(room, 0))
+    return [add_machine(tx, name, provider, region, flavor, price, uuid.uuid4().hex, None, batch, concurrency,
+                        prefetch, requested=True, actor=actor) for name in names]
+
+
+def machine_by_name(tx: Tx, name: str) -> RentedMachine | None:
+    row = tx.one("machine_by_name", name=name)
+    return RentedMachine.from_row(row) if row is not None else None
+
+
+def retry_job(tx: Tx, job_id: int, caps: Mapping[str, Caps], actor: str | None) -> dict[str, Any]:
+    """Do a failed job again, where the server can: a destroy is asked again of the dispatcher
+    (a new pending job on the same machine, still being given back), a deploy a person asked
+    for becomes a new machine request like it. Conflict, saying what does it instead, for the
+    rest: recruiters and reconciliation retry by themselves, a provision runs where its command
+    runs. Returns {job, machine}: what was made."""
+    from . import jobs
+    job = jobs.get_job(tx, job_id)
+    if job.status != JobStatus.FAILED.value:
+        raise Conflict(f"job {job_id} is {job.status}: only a failed job can be retried", job_id=job_id,
+                       status=job.status)
+    if job.kind == "provision":
+        raise Conflict(f"job {job_id} provisioned a host from a command: `scitq job retry {job_id}` runs it again "
+                       "from where you are", job_id=job_id, kind=job.kind)
+    if job.kind == "reconcile":
+        raise Conflict(f"job {job_id} is a reconciliation: the dispatcher reconciles again by itself every "
+                       "[recruit] reconcile seconds", job_id=job_id, kind=job.kind)
+    m = machine_by_name(tx, job.target)
+    if m is None:
+        raise Conflict(f"job {job_id}: machine {job.target} is no longer known: nothing to retry", job_id=job_id)
+    if job.kind == "destroy":
+        if m.status != MachineStatus.DESTROYING.value:
+            raise Conflict(f"job {job_id}: machine {m.name} is {m.status}, not being given back: nothing to retry",
+                           job_id=job_id, status=m.status)
+        return {"job": jobs.create_job(tx, "destroy", m.name, actor), "machine": m}
+    if m.recruiter_id is not None:
+        raise Conflict(f"job {job_id}: machine {m.name} was deployed by recruiter {m.recruiter_id}, which deploys "
+                       "again by itself (after a pause of 30 s doubling up to 15 min; updating the recruiter ends "
+                       "the pause)", job_id=job_id, recruiter_id=m.recruiter_id)
+    name = machine_name(m.batch or "worker")
+    again = request_machines(tx, [name], m.provider, m.region, m.flavor, m.price, m.batch, m.concurrency, m.prefetch,
+                             caps.get(m.provider, Caps()), actor)
+    return {"job": None, "machine": again[0]}
 
 
 def update_machine(tx: Tx, machine_id: int, status: str | None = None, **fields: Any) -> RentedMachine:
@@ -149,7 +208,8 @@ def demand(tx: Tx) -> dict[str, Any]:
     machines = list_machines(tx)
     return {"recruiters": recruiters, "pending": pending,
             "live": {b: live.get(batches.batch_id(tx, b), 0) for b in names},
-            "coming": {b: sum(1 for m in machines if m.batch == b and m.status in ("creating", "provisioning"))
+            "coming": {b: sum(1 for m in machines if m.batch == b and m.status in ("requested", "creating",
+                                                                                    "provisioning"))
                        for b in names},
             "machines": machines}
 

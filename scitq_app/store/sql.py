@@ -11,8 +11,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from ..models import (ApiToken, Batch, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice, Recruiter,
-                      RentedMachine, Role, Task, Worker)
+from ..models import (ApiToken, Batch, Caps, Event, Execution, HostKey, Identity, Job, JobLogLine, OutputSlice,
+                      Recruiter, RentedMachine, Role, Task, Worker)
 from . import admin, batches, dispatcher, jobs, protocol, recruit, tasks
 from .backend import Backend, Tx
 from .contract import Store
@@ -295,9 +295,19 @@ class SqlStore(Store):
         self._write(lambda tx: recruit.delete_recruiter(tx, recruiter_id, actor))
 
     def add_machine(self, name: str, provider: str, region: str, flavor: str, price: float, idem_key: str,
-                    recruiter_id: int | None = None, batch: str | None = None) -> RentedMachine:
+                    recruiter_id: int | None = None, batch: str | None = None, concurrency: int = 1,
+                    prefetch: int = 0) -> RentedMachine:
         return self._write(lambda tx: recruit.add_machine(tx, name, provider, region, flavor, price, idem_key,
-                                                          recruiter_id, batch))
+                                                          recruiter_id, batch, concurrency, prefetch))
+
+    def request_machines(self, names: Sequence[str], provider: str, region: str, flavor: str, price: float,
+                         batch: str | None, concurrency: int, prefetch: int, caps: Caps,
+                         actor: str | None = None) -> list[RentedMachine]:
+        return self._write(lambda tx: recruit.request_machines(tx, names, provider, region, flavor, price, batch,
+                                                               concurrency, prefetch, caps, actor))
+
+    def retry_job(self, job_id: int, caps: Mapping[str, Caps], actor: str | None = None) -> dict[str, Any]:
+        return self._write(lambda tx: recruit.retry_job(tx, job_id, caps, actor))
 
     def update_machine(self, machine_id: int, status: str | None = None, **fields: Any) -> RentedMachine:
         return self._write(lambda tx: recruit.update_machine(tx, machine_id, status, **fields))
@@ -321,8 +331,9 @@ class SqlStore(Store):
         return self._read(recruit.idle_workers)
 
     # --- jobs and host keys ---------------------------------------------------
-    def create_job(self, kind: str, target: str, actor: str | None = None) -> Job:
-        return self._write(lambda tx: jobs.create_job(tx, kind, target, actor))
+    def create_job(self, kind: str, target: str, actor: str | None = None,
+                   params: Mapping[str, Any] | None = None) -> Job:
+        return self._write(lambda tx: jobs.create_job(tx, kind, target, actor, params))
 
     def get_job(self, job_id: int) -> Job:
         return self._read(lambda tx: jobs.get_job(tx, job_id))

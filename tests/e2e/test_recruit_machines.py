@@ -2,11 +2,14 @@
 nspawn_provider.py, loaded by the server as a plugin) boots nspawn machines (Debian 12, systemd,
 sshd, no rclone, no route out) into namespaces set aside here. A recruiter (at most 3 workers, one
 per 20 pending tasks) on a batch of 60 tasks: 3 machines created, provisioned, the tasks done,
-the machines given back once idle, nothing left."""
+the machines given back once idle, nothing left. And `scitq worker deploy`: a machine rented by
+hand becomes a worker of the batch asked, runs its tasks, and is given back once idle."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -130,3 +133,28 @@ def test_a_recruiter_rents_three_machines_runs_the_batch_and_gives_them_back(clo
         key = c.host_key(f"nspawn:{m['instance_id']}")
         assert key["fingerprint"].startswith("SHA256:"), "keyed by the provider's machine id"
     print(f"\nrecruiter create -> first task running: {first_running:.1f} s")
+
+
+def test_worker_deploy_rents_a_machine_that_becomes_a_worker_and_is_given_back_when_idle(
+        cloud: Cloud, tmp_path: Path) -> None:
+    c = cloud.client
+    before = {m["name"] for m in c.get("/machines", all=True)["machines"]}
+    env = {**os.environ, "HOME": str(tmp_path), "SCITQ_SERVER": cloud.server.url,
+           "SCITQ_TOKEN": cloud.server.admin_token or "", "PYTHONPATH": str(ROOT)}
+    env.pop("SCITQ_CONFIG", None)
+    r = subprocess.run([sys.executable, "-m", "scitq_app", "worker", "deploy", "--provider", "nspawn", "--flavor",
+                        "n2", "--batch", "byhand", "--concurrency", "3"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    [m] = [m for m in c.get("/machines", all=True)["machines"] if m["name"] not in before]
+    assert (m["status"], m["flavor"], m["batch"], m["recruiter_id"]) == ("running", "n2", "byhand", None)
+    assert f"{m['name']}: worker {m['worker_id']} running" in r.stderr
+    worker = c.worker(m["worker_id"])
+    assert (worker["concurrency"], worker["batch"], worker["permanent"]) == (3, "byhand", False)
+    ids = c.submit_many([{"command": "echo done", "batch": "byhand"} for _ in range(6)])
+    c.join(ids, timeout=120)
+    assert {e["worker_name"] for t in ids for e in c.executions(t)} == {m["name"]}
+    wait_until("the machine given back once idle", lambda: next(
+        x for x in c.get("/machines", all=True)["machines"] if x["name"] == m["name"])["status"] == "destroyed",
+        120, 1.0)
+    assert m["instance_id"] not in cloud.rented()

@@ -86,6 +86,7 @@ def valid_bodies(w: SimpleNamespace) -> dict[str, dict]:
         "job_create": {"kind": "provision", "target": unique("h") + ":22"},
         "recruiter_create": {"batch": unique("rr"), "provider": "none", "flavor": "s4", "maximum_workers": 2},
         "recruiter_update": {"maximum_workers": 3},
+        "machine_deploy": {"provider": "none", "flavor": "s4", "batch": unique("md")},
         "job_update": {"step": "checking"},
         "job_log_append": {"lines": ["a line"]},
         "host_key_trust": {"host": unique("hk") + ":22", "key_type": "ssh-ed25519", "key_data": "AAAAC3Nza2V5"},

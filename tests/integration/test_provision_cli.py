@@ -79,3 +79,29 @@ def test_an_unreachable_host_fails_its_job_with_a_log_and_the_command_says_where
     assert missing.code == 4 and f"no job {job['id']}" in missing.err
     assert cli("job", "log", "x", env=_env(srv)).code == 2
     assert cli("host-key", "forget", "nowhere:22", env=_env(srv)).code == 4
+
+
+def test_retry_of_a_failed_provision_runs_it_again_from_here_with_the_same_parameters(servers, pyz):
+    srv = servers.start("sqlite")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = cli("provision", "--pyz", pyz, "--rclone", "/bin/true", "--worker-url", "http://10.1.1.1:5000", "--user",
+            "admin", "--concurrency", "3", "--batch", "b7", "--name", "w7", f"127.0.0.1:{port}", env=_env(srv),
+            timeout=120)
+    assert r.code == 1
+    [first] = srv.ok("GET", "/jobs")["jobs"]
+    assert first["params"] == {"host": "127.0.0.1", "port": port, "user": "admin", "name": "w7", "concurrency": 3,
+                               "batch": "b7"}
+    from_source = cli("job", "retry", str(first["id"]), "--worker-url", "http://10.1.1.1:5000", env=_env(srv))
+    assert (from_source.code, from_source.err.strip()) == (1, "scitq: this scitq runs from source: give the pyz to "
+                                                               "install with --pyz PATH (build it with python3 "
+                                                               "build_zipapp.py)"), from_source
+    r = cli("job", "retry", str(first["id"]), "--pyz", pyz, "--rclone", "/bin/true", "--worker-url",
+            "http://10.1.1.1:5000", env=_env(srv), timeout=120)
+    assert r.code == 1 and f"127.0.0.1:{port}: failed" in r.err, r
+    jobs = srv.ok("GET", "/jobs")["jobs"]
+    assert [(j["kind"], j["status"], j["target"]) for j in jobs] == [("provision", "failed", f"127.0.0.1:{port}")] * 2
+    assert jobs[1]["params"] == first["params"], "the same host, user, name, concurrency and batch"
+    api = srv.call("POST", f"/jobs/{first['id']}/retry", {})
+    assert api[0] == 409 and f"`scitq job retry {first['id']}` runs it again" in api[1]["detail"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import threading
 import uuid
@@ -104,11 +105,29 @@ class NspawnProvider(Provider):
             m = machines[instance_id]
             m["state"] = "dying"  # gone from the books; its slot stays taken until its disk is deleted
             netns = dict(self.slots)[m["slot"]]
-            subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "eth0", "down"], check=True,
-                           capture_output=True, timeout=30)
+            routes = self._ip(netns, "-4", "route", "show", "default").splitlines()
+            self._ip(netns, "link", "set", "eth0", "down")
         self._recipe("rm", m["slot"])
+        # the recipe could not power it off (no network): it killed systemd-nspawn, whose container
+        # lives on in the namespace (its sshd holding port 22 of the slot's address); kill what is
+        # left there, then bring the link back up with the routes the down took away, else the next
+        # machine booted in this slot never answers
+        self._ip(netns, "link", "set", "eth0", "up")
+        for pid in subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                                  timeout=30).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for route in routes:
+            self._ip(netns, "-4", "route", "replace", *route.split())
         with self._machines() as machines:
             machines.pop(instance_id, None)
+
+    @staticmethod
+    def _ip(netns: str, *args: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", netns, "ip", *args], check=True, capture_output=True,
+                              text=True, timeout=30).stdout
 
     def ssh_key(self) -> str | None:
         return self.key

@@ -97,3 +97,19 @@ def test_flavors_by_name_or_the_cheapest_matching_filter():
     assert choose([SMALL, BIG], "s4", "elsewhere") is None
     assert parse_filter("cpu>=16:mem>=64") == [("cpu", ">=", 16.0), ("mem", ">=", 64.0)]
     assert plan(demand([recruiter(flavor="cpu>=64")], {"b": 60}), [], 0, 600, flavors) == [], "none available"
+
+
+def test_deploys_stay_within_the_providers_caps_counting_what_it_holds_and_plans():
+    from scitq_app.models import Caps
+    rs = [recruiter(1, batch="a", maximum_workers=10), recruiter(2, batch="b", maximum_workers=10)]
+    held = [machine(1, "x", 11, recruiter_id=9), machine(2, "x", None, status="destroying", recruiter_id=9)]
+    d = demand(rs, {"a": 100, "b": 100}, machines=held)
+    assert kinds(plan(d, [], 0, 600, flavors, {"cloud": Caps(machines=5)})) == [("deploy", "a", None)] * 3, \
+        "5 in all: 2 held (one being given back still counts), 3 more, the first batch served first"
+    caps = {"cloud": Caps(machines=50, per_region={"r1": 4})}
+    assert kinds(plan(d, [], 0, 600, flavors, caps)) == [("deploy", "a", None)] * 2
+    assert kinds(plan(d, [], 0, 600, flavors, {"cloud": Caps(per_region={"r2": 0})})) == \
+        [("deploy", "a", None)] * 5 + [("deploy", "b", None)] * 5, "another region's cap does not apply"
+    assert plan(d, [], 0, 600, flavors, {"cloud": Caps(per_region={"*": 2})}) == []
+    assert kinds(plan(d, [], 0, 600, flavors, {"other": Caps(machines=0)})) == \
+        [("deploy", "a", None)] * 5 + [("deploy", "b", None)] * 5, "another provider's cap does not apply"

@@ -516,19 +516,19 @@ DELETE FROM dispatcher_lock WHERE name = :name AND holder = :holder
 -- --- jobs and host keys --------------------------------------------------------------------
 
 -- name: job_insert
-INSERT INTO job (kind, target, status, progress, actor, log_lines, created, modified)
-VALUES (:kind, :target, 'pending', 0, :actor, 0, :now, :now)
+INSERT INTO job (kind, target, status, params, progress, actor, log_lines, created, modified)
+VALUES (:kind, :target, 'pending', :params, 0, :actor, 0, :now, :now)
 
 -- name: job_get
-SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+SELECT id, kind, target, status, params, step, progress, message, actor, log_lines, created, modified, finished
 FROM job WHERE id = :id
 
 -- name: job_list
-SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+SELECT id, kind, target, status, params, step, progress, message, actor, log_lines, created, modified, finished
 FROM job WHERE id > :after ORDER BY id LIMIT :limit
 
 -- name: job_list_status
-SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
+SELECT id, kind, target, status, params, step, progress, message, actor, log_lines, created, modified, finished
 FROM job WHERE status = :status AND id > :after ORDER BY id LIMIT :limit
 
 -- name: job_update
@@ -586,9 +586,10 @@ WHERE id = :id
 DELETE FROM recruiter WHERE id = :id
 
 -- name: machine_insert
-INSERT INTO machine (name, provider, region, flavor, price, status, idem_key, recruiter_id, batch_id, created,
-                     modified)
-VALUES (:name, :provider, :region, :flavor, :price, 'creating', :idem_key, :recruiter_id, :batch_id, :now, :now)
+INSERT INTO machine (name, provider, region, flavor, price, status, idem_key, recruiter_id, batch_id, concurrency,
+                     prefetch, created, modified)
+VALUES (:name, :provider, :region, :flavor, :price, :status, :idem_key, :recruiter_id, :batch_id, :concurrency,
+        :prefetch, :now, :now)
 
 -- name: machine_get
 SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id WHERE m.id = :id
@@ -596,6 +597,9 @@ SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_i
 -- name: machine_list_active
 SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id
 WHERE m.status NOT IN ('destroyed', 'failed') ORDER BY m.id
+
+-- name: machine_by_name
+SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id WHERE m.name = :name
 
 -- name: machine_list_all
 SELECT m.*, b.name AS batch FROM machine m LEFT JOIN batch b ON b.id = m.batch_id ORDER BY m.id

@@ -7,6 +7,7 @@ CREATE TABLE job (
     kind TEXT NOT NULL,
     target TEXT NOT NULL,
     status TEXT NOT NULL,
+    params TEXT,
     step TEXT,
     progress {real} NOT NULL DEFAULT 0,
     message TEXT,

@@ -32,6 +32,8 @@ CREATE TABLE machine (
     address TEXT,
     recruiter_id {bigint} REFERENCES recruiter (id) ON DELETE SET NULL,
     batch_id {bigint} REFERENCES batch (id) ON DELETE SET NULL,
+    concurrency INTEGER NOT NULL DEFAULT 1,
+    prefetch INTEGER NOT NULL DEFAULT 0,
     worker_id {bigint} REFERENCES worker (id) ON DELETE SET NULL,
     message TEXT,
     created {real} NOT NULL,
