@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Config
-from .errors import Invalid, ServerConfigError
+from .errors import Conflict, Invalid, ServerConfigError
 from .models import Identity
 from .release import Offered
 from .store import Store
@@ -34,10 +34,8 @@ class Fleet:
         return {"jobs": [j.to_dict() for j in jobs]}
 
     def create_job(self, ident: Identity, body: dict, **_: Any) -> dict:
-        params = body.get("params")
-        if params is not None and not all(isinstance(v, (str, int, float, bool, type(None))) for v in params.values()):
-            raise Invalid("values must be strings, numbers, booleans or null", field="params")
-        return self.store.create_job(body["kind"], body["target"], actor=ident.name, params=params).to_dict()
+        return self.store.create_job(body["kind"], body["target"], actor=ident.name,
+                                     params=body.get("params")).to_dict()
 
     def retry_job(self, ident: Identity, id: int, **_: Any) -> dict:
         made = self.store.retry_job(id, {name: p.caps for name, p in self.providers().items()}, actor=ident.name)
@@ -113,10 +111,10 @@ class Fleet:
         self._check_recruiter(body)
         provider = self.providers()[body["provider"]]
         flavor = choose(provider.flavors(), body["flavor"], body.get("region"))
-        if flavor is None:
+        if flavor is None:  # offers change: a state of the provider, not a malformed request
             where = f" in {body['region']}" if body.get("region") else ""
-            raise Invalid(f"provider {body['provider']} has no available flavor {body['flavor']!r}{where} (see "
-                          "`scitq flavor list`)", field="flavor")
+            raise Conflict(f"provider {body['provider']} offers no available flavor {body['flavor']!r}{where} now "
+                           "(see `scitq flavor list`)", field="flavor")
         batch = body.get("batch")
         machines = self.store.request_machines([machine_name(batch or "worker") for _ in range(body.get("count", 1))],
                                                body["provider"], flavor.region, flavor.name, flavor.price, batch,

@@ -226,6 +226,8 @@ def check_value(name: str, f: Field, v: Any, remotes: Iterable[str] | None = Non
         if not isinstance(v, dict):
             raise _err(name, f"must be an object, not {_tname(v)}")
         return v
+    if k == "object":  # a body of its own kind (f.item), nested
+        return validate(f.item or "", v, where=name, remotes=remotes, file_roots=file_roots)
     if k == "list":
         if not isinstance(v, list):
             raise _err(name, f"must be an array, not {_tname(v)}")
@@ -473,8 +475,16 @@ SPECS: dict[str, dict[str, Field]] = {
     "job_create": {
         "kind": _f("enum", "what the job does", required=True, choices=("provision",)),
         "target": _f("str", "what it acts on: a host as HOST:PORT", required=True, max_length=300),
-        "params": _f("dict", "what it is started with, for `job retry` (at most 2000 characters as JSON; "
-                     "never a secret)", nullable=True),
+        "params": _f("object", "what it is started with, for `job retry` (never a secret)",
+                     item="provision_params"),
+    },
+    "provision_params": {
+        "host": _f("str", "the host's address", required=True, max_length=300),
+        "port": _f("int", "its SSH port", minimum=1, maximum=65535, default=22),
+        "user": _f("str", "the SSH user", max_length=100, default="root"),
+        "name": _f("str", "the worker's name (null: the host's own)", nullable=True, max_length=200),
+        "concurrency": _f("int", "tasks the worker runs at once", minimum=1, maximum=10_000, default=1),
+        "batch": _f("str", "the batch it joins (null: any)", nullable=True, max_length=200),
     },
     "machine_deploy": {
         "provider": _f("provider", "a provider of [recruit] providers", required=True),
@@ -574,6 +584,7 @@ _SIMPLE: dict[str, Callable[[Field, Context], dict]] = {
         _int_schema(Field("int", "", minimum=1)),
         {"type": "string", "minLength": 1, "maxLength": 200, "pattern": LINE_PATTERN}]}},
     "dict": lambda f, c: {"type": "object"},
+    "object": lambda f, c: {"allOf": [{"$ref": f"#/components/schemas/{f.item}"}]},
     "list": lambda f, c: {"type": "array", "items": ({"$ref": f"#/components/schemas/{f.item}"} if f.item
                                                      else {}),
                           **({"maxItems": int(f.maximum)} if f.maximum is not None else {})},

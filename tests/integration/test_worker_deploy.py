@@ -59,13 +59,15 @@ def test_what_does_not_fit_or_is_not_offered_is_refused_and_nothing_is_recorded(
     reply = srv.call("POST", "/machines", {"provider": "none", "flavor": "s4", "count": 2})
     assert_error(reply, 409, "conflict")
     assert "provider none allows 3 machine(s) in all: 2 machine(s) held now, room for 1, 2 asked" in reply[1]["detail"]
-    assert_error(srv.call("POST", "/machines", {"provider": "none", "flavor": "gpu>=1"}), 422, "invalid")
+    not_offered = srv.call("POST", "/machines", {"provider": "none", "flavor": "gpu>=1"})
+    assert_error(not_offered, 409, "conflict")  # what a provider offers changes: not a malformed request
+    assert not_offered[1]["detail"] == "provider none offers no available flavor 'gpu>=1' now (see `scitq flavor list`)"
     assert_error(srv.call("POST", "/machines", {"provider": "elsewhere", "flavor": "s4"}), 422, "invalid")
     assert_error(srv.call("POST", "/machines", {"provider": "none", "flavor": "s4", "count": 0}), 422, "invalid")
     assert len(srv.ok("GET", "/machines")["machines"]) == 2
     r = cli("worker", "deploy", "--provider", "none", "--flavor", "s4", "--region", "r9", env=env)
-    assert (r.code, r.err.strip()) == (2, "scitq: flavor: provider none has no available flavor 's4' in r9 (see `scitq "
-                                          "flavor list`)"), r
+    assert (r.code, r.err.strip()) == (5, "scitq: provider none offers no available flavor 's4' in r9 now (see "
+                                          "`scitq flavor list`)"), r
     r = cli("worker", "deploy", "--provider", "none", "--flavor", "s4", "--count", "x", env=env)
     assert r.code == 2 and "--count" in r.err
     user = srv.ok("POST", "/tokens", {"name": "u", "role": "user"}, status=201)["secret"]
