@@ -10,7 +10,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 PACKAGES=(python3 python3-venv python3-pip postgresql iproute2 iptables procps
           podman runc busybox-static docker-registry docker.io  # container tests (docker: a private dockerd per test session)
           mmdebstrap systemd-container openssh-client apt-utils  # nspawn machines (tests/support/machines.py)
-          shellcheck)
+          shellcheck python3-libcloud)  # python3-libcloud: the providers tested with the libcloud a Debian server has
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

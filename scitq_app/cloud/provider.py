@@ -102,6 +102,7 @@ class Provider:
 
 _BUILT_IN: dict[str, str] = {  # type -> module:Class
     "openstack": "scitq_app.cloud.openstack:OpenStackProvider",
+    "azure": "scitq_app.cloud.azure:AzureProvider",
     "ssh-pool": "scitq_app.cloud.pool:SshPoolProvider",
 }
 

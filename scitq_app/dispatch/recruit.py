@@ -423,8 +423,8 @@ class Recruiting:
                 raise ProvisionError(f"machine {instance.id} did not boot within {BOOT_TIMEOUT:.0f} s")
             time.sleep(2.0)
             got = provider.get(instance.id)
-            if got is None:
-                raise ProvisionError(f"machine {instance.id} vanished while booting")
+            if got is None or got.state in ("gone", "evicted"):
+                raise ProvisionError(f"machine {instance.id} {'vanished' if got is None else 'failed'} while booting")
             instance = got
         return instance
 

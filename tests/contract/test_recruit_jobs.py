@@ -132,6 +132,31 @@ def test_machines_asked_for_are_deployed_and_a_failed_one_is_asked_again_by_retr
         r.close()
 
 
+class FailingToBoot(Refusing):
+    """Creates machines that the provider then shows failed (an Azure VM whose provisioning
+    failed, a Nova server in ERROR)."""
+
+    def create(self, name: str, flavor: Flavor, tags: Mapping[str, str]) -> Instance:
+        self.creates.append(name)
+        return Instance(id=f"i-{name}", name=name, address=None, state="pending", tags=dict(tags))
+
+    def get(self, instance_id: str) -> Instance | None:
+        return Instance(id=instance_id, name=instance_id[2:], address=None, state="gone")
+
+
+def test_a_machine_the_provider_shows_failed_while_booting_fails_at_once_and_is_given_back(store):
+    provider, clock = FailingToBoot(), Clock()
+    store.request_machines(["w-1"], "cloud", "r1", "s4", 0.2, "b", 1, 0, Caps())
+    r = recruiting(store, provider, clock)
+    try:
+        round_(r)  # not the 10 minutes a machine has to boot
+    finally:
+        r.close()
+    [m] = store.list_machines(everything=True)
+    assert (m.status, m.message) == ("failed", "machine i-w-1 failed while booting")
+    assert provider.destroys == ["i-w-1"]
+
+
 def test_machines_asked_for_fit_the_provider_caps_all_or_none(store):
     store.request_machines(["a-1", "a-2"], "cloud", "r1", "s4", 0.2, None, 1, 0, Caps(machines=5))
     with pytest.raises(Conflict) as e:
