@@ -5,6 +5,8 @@ recruiter's pause after failed deploys ends when a person updates it; and what `
 refuses, saying what retries instead. On both databases."""
 from __future__ import annotations
 
+import threading
+import time
 from typing import Mapping
 
 import pytest
@@ -227,3 +229,48 @@ def test_a_job_keeps_the_parameters_it_was_started_with(store):
     with pytest.raises(Invalid):
         store.create_job("provision", "10.0.0.7:22", params={"host": "x" * 3000})
     assert [j.target for j in store.list_jobs()] == ["10.0.0.5:22", "10.0.0.6:22"]
+
+
+class Slow(Refusing):
+    """Creates nothing, slowly: each create waits until the test lets it go, so the test sees how
+    many run at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+        self.go = threading.Event()
+        self.lock = threading.Lock()
+
+    def create(self, name: str, flavor: Flavor, tags: Mapping[str, str]) -> Instance:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            assert self.go.wait(30)
+            return super().create(name, flavor, tags)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_no_more_jobs_run_at_once_than_recruit_jobs(store):
+    provider, clock = Slow(), Clock()
+    store.request_machines([f"w-{i}" for i in range(5)], "cloud", "r1", "s4", 0.2, "b", 1, 0, Caps())
+    config = load_config(env={"SCITQ_RECRUIT_RECONCILE": "1000000", "SCITQ_RECRUIT_JOBS": "2",
+                              "SCITQ_SERVER_PUBLIC_URL": "http://10.9.9.9:1"})
+    r = Recruiting(store, config, {"cloud": provider}, clock=clock)
+    try:
+        r.tick(force=True)
+        deadline = time.monotonic() + 30
+        while provider.running < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert provider.running == 2
+        assert [s for s, _ in jobs(store, "deploy")] == ["running"] * 2
+        assert len(store.list_machines(everything=True)) == 5, "the other three wait their turn"
+        provider.go.set()
+        assert r.wait_idle(30)
+    finally:
+        r.close()
+    assert (provider.most, sorted(provider.creates)) == (2, [f"w-{i}" for i in range(5)])
+    assert [s for s, _ in jobs(store, "deploy")] == ["failed"] * 5
