@@ -44,6 +44,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import ConfigError, MissingDependency, ProvisionError
+from .libcloud_api import LibcloudApi
 from .provider import Flavor, Instance, Provider
 
 # Resource Manager API versions of the requests scitq makes itself (the documented stable ones)
@@ -81,6 +82,8 @@ class AzureProvider(Provider):
         self.poll_wait = float(settings.get("poll_wait", 10))          # seconds between checks that a VM is gone
         self.delete_timeout = float(settings.get("delete_timeout", 900))  # then the give-back is retried later
         self._driver: Any = None
+        self.api = LibcloudApi(name, [str(settings["client_secret"])], "tenant_id, client_id, client_secret and "
+                               "the service principal's role on the subscription")
 
     @property
     def ssh_user(self) -> str:
@@ -100,52 +103,19 @@ class AzureProvider(Provider):
             s = self.settings
             kw = {"cloud_environment": s["cloud_environment"]} if s.get("cloud_environment") else {}
             # the driver signs in as it is made
-            driver = self._call("sign in to Azure AD", get_driver(Kind.AZURE_ARM), s["tenant_id"],
-                                s["subscription_id"], s["client_id"], s["client_secret"], region=self.region, **kw)
+            driver = self.api.call("sign in to Azure AD", get_driver(Kind.AZURE_ARM), s["tenant_id"],
+                                   s["subscription_id"], s["client_id"], s["client_secret"], region=self.region, **kw)
             if driver is None:
                 raise ConfigError(f"provider {self.name}: Azure AD does not know the tenant {s['tenant_id']} (404)")
             self._driver = driver
         return self._driver
-
-    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
-        """A libcloud call, its errors in scitq's words (never the credentials); None when what
-        it reads or deletes is not there (404, or 204 for a delete of nothing)."""
-        from libcloud.common.exceptions import BaseHTTPError
-        from libcloud.common.types import InvalidCredsError, LibcloudError
-        secret = str(self.settings["client_secret"])
-        try:
-            return fn(*args, **kw)
-        except InvalidCredsError:
-            raise self._refused(what) from None
-        except BaseHTTPError as e:
-            code = getattr(e, "code", None)
-            if code in (204, 404):
-                return None
-            if code in (401, 403) or code == 400 and self._is_sign_in(e):
-                raise self._refused(what, code) from None
-            message = str(e.message).replace(secret, "***")[:200]
-            raise ProvisionError(f"provider {self.name}: could not {what}: HTTP {code}: {message}",
-                                 retry=code in (409, 429, 500, 502, 503, 504)) from None
-        except (LibcloudError, OSError, KeyError, ValueError) as e:
-            message = str(e).replace(secret, "***")[:200]
-            raise ProvisionError(f"provider {self.name}: could not {what}: {message}", retry=True) from None
-
-    @staticmethod
-    def _is_sign_in(e: Any) -> bool:
-        # Azure AD answers a wrong client secret or id with 400/401 and an AADSTS code
-        return "AADSTS" in str(getattr(e, "message", ""))
-
-    def _refused(self, what: str, code: int | None = 401) -> ConfigError:
-        return ConfigError(f"provider {self.name}: the credentials were refused ({code}) while trying to {what}: "
-                           "check tenant_id, client_id, client_secret and the service principal's role on "
-                           "the subscription")
 
     def _request(self, what: str, path: str, api: str, method: str = "GET",
                  params: Mapping[str, str] | None = None) -> Any:
         """One Resource Manager request through libcloud's signed-in connection: its JSON, or
         None when the resource is not there."""
         conn = self.driver().connection
-        r = self._call(what, conn.request, path, params={**(params or {}), "api-version": api}, method=method)
+        r = self.api.call(what, conn.request, path, params={**(params or {}), "api-version": api}, method=method)
         return None if r is None else (r.object if isinstance(r.object, dict) else {})
 
     def _path(self, kind: str, name: str = "") -> str:
@@ -155,7 +125,7 @@ class AzureProvider(Provider):
     def flavors(self) -> list[Flavor]:
         from libcloud.compute.base import NodeLocation
         location = NodeLocation(self.region, self.region, "", self.driver())
-        sizes = self._call("list VM sizes", self.driver().list_sizes, location) or []
+        sizes = self.api.call("list VM sizes", self.driver().list_sizes, location) or []
         return [Flavor(provider=self.name, name=s.name, region=self.region, cpu=int(s.extra.get("numberOfCores") or 0),
                        mem=round(s.ram / 1024, 2), disk=float(s.disk or 0), price=self.prices.get(s.name, 0.0))
                 for s in sizes]
@@ -176,11 +146,11 @@ class AzureProvider(Provider):
                              subnet_name, {})
         ip = None
         if s.get("public_ip", True):
-            ip = self._call("create a public IP", d.ex_create_public_ip, f"{name}-ip", self.group, location)
-        nic = self._call("create a network interface", d.ex_create_network_interface, f"{name}-nic", subnet,
+            ip = self.api.call("create a public IP", d.ex_create_public_ip, f"{name}-ip", self.group, location)
+        nic = self.api.call("create a network interface", d.ex_create_network_interface, f"{name}-nic", subnet,
                          self.group, location, public_ip=ip)
         publisher, offer, sku, version = str(s["image"]).split(":")
-        node = self._call("create a VM", d.create_node, name, NodeSize(flavor.name, flavor.name, 0, 0, 0, 0, d),
+        node = self.api.call("create a VM", d.create_node, name, NodeSize(flavor.name, flavor.name, 0, 0, 0, 0, d),
                           AzureImage(version, sku, offer, publisher, location, d), NodeAuthSSHKey(pubkey), self.group,
                           location=location, ex_user_name=self.ssh_user, ex_nic=nic, ex_tags=dict(tags),
                           ex_use_managed_disks=True, ex_disk_size=int(s["disk"]) if s.get("disk") else None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import ConfigError, MissingDependency, ProvisionError
+from .libcloud_api import LibcloudApi
 from .provider import Flavor, Instance, Provider
 
 # libcloud's node states -> the contract's machine states
@@ -46,6 +47,7 @@ class OpenStackProvider(Provider):
         self.region = str(settings["region"])
         self.prices = {str(k): float(v) for k, v in (settings.get("prices") or {}).items()}
         self._driver: Any = None
+        self.api = LibcloudApi(name, [str(settings["password"])], "username, password, project and domain")
 
     def driver(self) -> Any:
         if self._driver is None:
@@ -63,26 +65,8 @@ class OpenStackProvider(Provider):
                 ex_force_service_region=self.region)
         return self._driver
 
-    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
-        """A libcloud call, its errors in scitq's words (never the credentials)."""
-        from libcloud.common.exceptions import BaseHTTPError
-        from libcloud.common.types import InvalidCredsError, LibcloudError
-        try:
-            return fn(*args, **kw)
-        except InvalidCredsError:
-            raise ConfigError(f"provider {self.name}: the credentials were refused (401) while trying to {what}: "
-                              "check username, password, project and domain") from None
-        except BaseHTTPError as e:
-            code = getattr(e, "code", None)
-            if code == 404:
-                return None
-            raise ProvisionError(f"provider {self.name}: could not {what}: HTTP {code}: {str(e.message)[:200]}",
-                                 retry=code in (429, 500, 502, 503, 504)) from None
-        except (LibcloudError, OSError) as e:
-            raise ProvisionError(f"provider {self.name}: could not {what}: {str(e)[:200]}", retry=True) from None
-
     def flavors(self) -> list[Flavor]:
-        sizes = self._call("list flavors", self.driver().list_sizes) or []
+        sizes = self.api.call("list flavors", self.driver().list_sizes) or []
         return [Flavor(provider=self.name, name=s.name, region=self.region, cpu=int(s.extra.get("vcpus") or
                        getattr(s, "vcpus", 0) or 0), mem=round(s.ram / 1024, 2), disk=float(s.disk or 0),
                        price=self.prices.get(s.name, float(s.price or 0))) for s in sizes]
@@ -90,7 +74,7 @@ class OpenStackProvider(Provider):
     def create(self, name: str, flavor: Flavor, tags: Mapping[str, str]) -> Instance:
         from libcloud.compute.base import NodeImage
         d = self.driver()
-        sizes = self._call("list flavors", d.list_sizes) or []
+        sizes = self.api.call("list flavors", d.list_sizes) or []
         size = next((s for s in sizes if s.name == flavor.name), None)
         if size is None:
             raise ProvisionError(f"provider {self.name}: no flavor {flavor.name} in {self.region}")
@@ -99,7 +83,7 @@ class OpenStackProvider(Provider):
         if self.settings.get("network"):
             from libcloud.compute.drivers.openstack import OpenStackNetwork
             kw["networks"] = [OpenStackNetwork(self.settings["network"], None, None, d)]
-        node = self._call("create a server", d.create_node, name=name, size=size, image=image, **kw)
+        node = self.api.call("create a server", d.create_node, name=name, size=size, image=image, **kw)
         if node is None:
             raise ProvisionError(f"provider {self.name}: the server {name} was not created (404)")
         return self._instance(node)
@@ -112,19 +96,19 @@ class OpenStackProvider(Provider):
                         tags=dict(node.extra.get("metadata") or {}), ssh_user=self.settings.get("ssh_user") or "root")
 
     def get(self, instance_id: str) -> Instance | None:
-        node = self._call("read a server", self.driver().ex_get_node_details, instance_id)
+        node = self.api.call("read a server", self.driver().ex_get_node_details, instance_id)
         return self._instance(node) if node is not None else None
 
     def list(self, tags: Mapping[str, str]) -> list[Instance]:
-        nodes = self._call("list servers", self.driver().list_nodes) or []
+        nodes = self.api.call("list servers", self.driver().list_nodes) or []
         found = [self._instance(n) for n in nodes]
         return [i for i in found if all(i.tags.get(k) == v for k, v in tags.items())]
 
     def destroy(self, instance_id: str) -> None:
         d = self.driver()
-        node = self._call("read a server", d.ex_get_node_details, instance_id)
+        node = self.api.call("read a server", d.ex_get_node_details, instance_id)
         if node is not None:
-            self._call("delete a server", d.destroy_node, node)
+            self.api.call("delete a server", d.destroy_node, node)
 
     def ssh_key(self) -> str | None:
         return self.settings.get("ssh_key") or None
