@@ -43,7 +43,7 @@ import time
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import ConfigError, MissingDependency, ProvisionError
+from ..errors import ConfigError, ProvisionError
 from .libcloud_api import LibcloudApi
 from .provider import Flavor, Instance, Provider
 
@@ -94,16 +94,10 @@ class AzureProvider(Provider):
 
     def driver(self) -> Any:
         if self._driver is None:
-            try:
-                from libcloud.compute.providers import get_driver
-                from libcloud.compute.types import Provider as Kind
-            except ImportError:
-                raise MissingDependency("the azure provider needs apache-libcloud: apt-get install "
-                                        "python3-libcloud (or pip install apache-libcloud)") from None
             s = self.settings
             kw = {"cloud_environment": s["cloud_environment"]} if s.get("cloud_environment") else {}
             # the driver signs in as it is made
-            driver = self.api.call("sign in to Azure AD", get_driver(Kind.AZURE_ARM), s["tenant_id"],
+            driver = self.api.call("sign in to Azure AD", self.api.driver_class("AZURE_ARM"), s["tenant_id"],
                                    s["subscription_id"], s["client_id"], s["client_secret"], region=self.region, **kw)
             if driver is None:
                 raise ConfigError(f"provider {self.name}: Azure AD does not know the tenant {s['tenant_id']} (404)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..errors import ConfigError, ProvisionError
+from ..errors import ConfigError, MissingDependency, ProvisionError
 
 RETRIED = (409, 429, 500, 502, 503, 504)   # the provider is busy or failing now: try again later
 
@@ -20,6 +20,16 @@ class LibcloudApi:
         self.provider = provider
         self.secrets = [s for s in secrets if s]
         self.check = check
+
+    def driver_class(self, kind: str) -> Any:
+        """libcloud's compute driver class for `kind` (a libcloud Provider constant's name)."""
+        try:
+            from libcloud.compute.providers import get_driver
+            from libcloud.compute.types import Provider as Kind
+        except ImportError:
+            raise MissingDependency(f"provider {self.provider} needs apache-libcloud: apt-get install "
+                                    "python3-libcloud (or pip install apache-libcloud)") from None
+        return get_driver(getattr(Kind, kind))
 
     def call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
         from libcloud.common.exceptions import BaseHTTPError

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..errors import ConfigError, MissingDependency, ProvisionError
+from ..errors import ConfigError, ProvisionError
 from .libcloud_api import LibcloudApi
 from .provider import Flavor, Instance, Provider
 
@@ -51,14 +51,8 @@ class OpenStackProvider(Provider):
 
     def driver(self) -> Any:
         if self._driver is None:
-            try:
-                from libcloud.compute.providers import get_driver
-                from libcloud.compute.types import Provider as Kind
-            except ImportError:
-                raise MissingDependency("the openstack provider needs apache-libcloud: apt-get install "
-                                        "python3-libcloud (or pip install apache-libcloud)") from None
             s = self.settings
-            cls = get_driver(Kind.OPENSTACK)
+            cls = self.api.driver_class("OPENSTACK")
             self._driver = cls(s["username"], s["password"], api_version="2.0", secure=s["auth_url"].startswith(
                 "https"), ex_force_auth_url=s["auth_url"], ex_force_auth_version="3.x_password",
                 ex_tenant_name=s["project"], ex_domain_name=s.get("domain") or "Default",
