@@ -78,6 +78,11 @@ Common options:
 INTERNAL_ERROR = 70
 
 
+def short_lived(argv: Sequence[str]) -> bool:
+    """A command people type often and that ends at once (a CACHED_COMMANDS one, not `worker run`)."""
+    return bool(argv) and argv[0] in CACHED_COMMANDS and argv[1:2] != ["run"]
+
+
 def wants_help(argv: Sequence[str]) -> bool:
     """-h or --help among the options (not after `--`, where the words are a task's command)."""
     words = list(argv)
@@ -109,7 +114,7 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     if argv in (["-h"], ["--help"]):
         print(__doc__.strip(), file=out)
         return 0
-    if argv and argv[0] in CACHED_COMMANDS and argv[1:2] != ["run"]:
+    if short_lived(argv):
         from .bytecode import install
         install()  # from here on, modules from scitq.pyz are compiled once per user, not per command
     if argv and argv[0] in COMMAND_MODULES and wants_help(argv[1:]):
@@ -143,7 +148,7 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         if wants_help(args):
             print(doc.strip() + "\n" + COMMON_OPTIONS.rstrip(), file=out)
             return 0
-        ctx = Context(top, out, err, env)
+        ctx = Context(top, out, err, env, configure_logging=not short_lived(args))
         return handler(ctx, args) or 0
     except ScitqError as e:
         where = e.data.get("usage_of") if isinstance(e, UsageError) else None

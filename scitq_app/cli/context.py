@@ -26,8 +26,9 @@ class Context:
     """What a command needs: configuration, a client, a store, and where to print."""
 
     def __init__(self, options: Mapping[str, Any], out: TextIO, err: TextIO,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, configure_logging: bool = True) -> None:
         self.options = dict(options)
+        self.configure_logging = configure_logging
         self.out = out
         self.err = err
         self.env = os.environ if env is None else env
@@ -38,8 +39,6 @@ class Context:
 
     def config(self, **flags: Any) -> Config:
         if self._config is None:
-            import logging
-
             from ..config import load_config
             server, token = self.flag("--server"), self.flag("--token")
             merged = {"client_server": server, "worker_server": server, "client_token": token,
@@ -48,8 +47,13 @@ class Context:
             self._config = load_config(self.flag("--config"), self.env, merged,
                                        flag_names={"log_level": "--log-level"})
             level = self._config.log.level.upper()
-            logging.basicConfig(level=getattr(logging, level), stream=self.err,
-                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            # Importing logging costs a short command ~10 % of its start (bench/startup.py): those
+            # leave it to logging's last resort (warnings and errors, as bare lines on stderr)
+            # unless debug is asked for.
+            if self.configure_logging or level == "DEBUG":
+                import logging
+                logging.basicConfig(level=getattr(logging, level), stream=self.err,
+                                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return self._config
 
     def client(self) -> Any:

@@ -200,13 +200,19 @@ def test_isolated_flags_hide_every_site_package() -> None:
     assert done.returncode != 0 and "No module named 'bottle'" in done.stderr
 
 
-def test_help_and_version(pyz: Path) -> None:
+def test_help_and_version_are_the_clis_own_texts(pyz: Path) -> None:
+    """The archive answers them from its __main__.py, before loading the CLI: the same texts."""
+    import io
+
     from scitq_app import __version__
-    helped = run_pyz(pyz, "--help")
-    assert helped.returncode == 0, helped.stderr
-    assert "Usage:" in helped.stdout and "server" in helped.stdout
-    version = run_pyz(pyz, "--version")
-    assert (version.returncode, version.stdout.strip()) == (0, f"scitq {__version__}")
+    from scitq_app.cli import run
+    for flag in ("--help", "-h", "--version"):
+        out = io.StringIO()
+        assert run([flag], out=out) == 0
+        done = run_pyz(pyz, flag)
+        assert (done.returncode, done.stdout, done.stderr) == (0, out.getvalue(), ""), flag
+    assert out.getvalue() == f"scitq {__version__}\n"
+    assert run_pyz(pyz, "--version", "x").returncode == 2, "anything else goes to the CLI"
 
 
 def test_yaml_runs_in_pure_python_mode(pyz: Path) -> None:
