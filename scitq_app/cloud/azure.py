@@ -140,18 +140,24 @@ class AzureProvider(Provider):
                              subnet_name, {})
         ip = None
         if s.get("public_ip", True):
-            ip = self.api.call("create a public IP", d.ex_create_public_ip, f"{name}-ip", self.group, location)
-        nic = self.api.call("create a network interface", d.ex_create_network_interface, f"{name}-nic", subnet,
-                         self.group, location, public_ip=ip)
+            ip = self._made(f"{name}-ip", self.api.call("create a public IP", d.ex_create_public_ip, f"{name}-ip",
+                                                        self.group, location))
+        nic = self._made(f"{name}-nic", self.api.call("create a network interface", d.ex_create_network_interface,
+                                                      f"{name}-nic", subnet, self.group, location, public_ip=ip))
         publisher, offer, sku, version = str(s["image"]).split(":")
-        node = self.api.call("create a VM", d.create_node, name, NodeSize(flavor.name, flavor.name, 0, 0, 0, 0, d),
-                          AzureImage(version, sku, offer, publisher, location, d), NodeAuthSSHKey(pubkey), self.group,
-                          location=location, ex_user_name=self.ssh_user, ex_nic=nic, ex_tags=dict(tags),
-                          ex_use_managed_disks=True, ex_disk_size=int(s["disk"]) if s.get("disk") else None)
-        if ip is None and s.get("public_ip", True) or nic is None or node is None:
-            raise ProvisionError(f"provider {self.name}: the VM {name} was not created (its resource group "
-                                 f"{self.group}, network or subnet was not found)")
+        node = self._made(name, self.api.call(
+            "create a VM", d.create_node, name, NodeSize(flavor.name, flavor.name, 0, 0, 0, 0, d),
+            AzureImage(version, sku, offer, publisher, location, d), NodeAuthSSHKey(pubkey), self.group,
+            location=location, ex_user_name=self.ssh_user, ex_nic=nic, ex_tags=dict(tags), ex_use_managed_disks=True,
+            ex_disk_size=int(s["disk"]) if s.get("disk") else None))
         return Instance(id=node.id, name=name, address=None, state="pending", tags=dict(tags), ssh_user=self.ssh_user)
+
+    def _made(self, what: str, resource: Any) -> Any:
+        """`resource` as a create returned it; a 404 means what it lives in is not there."""
+        if resource is None:
+            raise ProvisionError(f"provider {self.name}: {what} was not created: the resource group {self.group}, "
+                                 f"network or subnet was not found (404)")
+        return resource
 
     def _instance(self, vm: Mapping[str, Any], address: bool) -> Instance:
         view = self._request("read a VM's state", f"{vm['id']}/instanceView", VM_API)

@@ -10,6 +10,7 @@ libcloud as its CA bundle: that needs root (tests/run.sh, CI)."""
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import ipaddress
 import json
 import os
@@ -18,7 +19,7 @@ import re
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +27,7 @@ import pytest
 
 from scitq_app.cloud.provider import TAG_KEY, TAG_SERVER, Flavor, load_providers
 from scitq_app.errors import ConfigError, ProvisionError
+from tests.support.json_http import JsonHandler
 from tests.support.system import need
 
 SUB = "00000000-0000-0000-0000-00000000000a"
@@ -80,18 +82,7 @@ class FakeAzure:
         self.lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: Any) -> None:
-                pass
-
-            def _reply(self, status: int, body: Any = None) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _handle(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n).decode() if n else ""
@@ -238,7 +229,7 @@ class FakeAzure:
 @pytest.fixture
 def cloud(tmp_path, monkeypatch):
     need(os.geteuid() == 0, "the fake Azure listens on port 443 (libcloud's only port for Azure): needs root")
-    pytest.importorskip("libcloud")
+    need(importlib.util.find_spec("libcloud") is not None, "apache-libcloud is not installed (tests/run.sh installs it)")
     import libcloud.security
     fake = FakeAzure(str(tmp_path))
     monkeypatch.setattr(libcloud.security, "CA_CERTS_PATH", fake.cert)
@@ -365,6 +356,10 @@ def test_refused_credentials_busy_and_failing_apis_are_said_in_words(cloud):
     with pytest.raises(ProvisionError, match="HTTP 400") as e:
         p.create("w1", flavor, {})
     assert e.value.data["retry"] is False
+    fake.fail.append(("PUT", r"/networkInterfaces/w2-nic$", 404))
+    with pytest.raises(ProvisionError, match=r"w2-nic was not created: the resource group scitq, network or subnet"):
+        p.create("w2", flavor, {})
+    assert ("PUT", fake.rg("Microsoft.Compute/virtualMachines", "w2")) not in fake.calls(), "no VM without its NIC"
     fake.fail.append(("GET", r"/virtualMachines$", 500))
     with pytest.raises(ProvisionError, match="could not list VMs: HTTP 500") as e:
         p.list({})
