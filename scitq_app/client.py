@@ -13,7 +13,6 @@ Errors come back as the same `ScitqError` subclasses the server raised
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import json
 import os
@@ -79,6 +78,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
+        import hashlib  # loading OpenSSL's digests is ~10 % of a CLI command's start: only for a pin
         der = self.sock.getpeercert(binary_form=True) or b""
         got = hashlib.sha256(der).hexdigest()
         if got != self.fingerprint:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
+from ..bytecode import short_lived
 
 # Start-up time is part of the interface (bench/startup.py): `--help`, `--version` and
 # `COMMAND --help` load this module and the command's own module only; everything else
@@ -60,12 +61,6 @@ COMMAND_MODULES = {"server": "admin", "dispatcher": "admin", "db": "admin", "tok
                    "fetch": "fetch", "provision": "provision", "job": "provision", "host-key": "provision",
                    "recruiter": "provision", "flavor": "provision"}
 
-# Short-lived commands people type often: their start-up is worth a bytecode cache in the user's
-# home. Not the services (server, dispatcher, worker run: they start once) nor what install.sh
-# runs as the service user (db, token), whose home must stay as install.sh made it.
-CACHED_COMMANDS = frozenset({"launch", "task", "batch", "execution", "worker", "fetch", "config", "job",
-                             "host-key"})
-
 COMMON_OPTIONS = """
 Common options:
   -c PATH, --config PATH   configuration file (env SCITQ_CONFIG)
@@ -76,11 +71,6 @@ Common options:
 """
 
 INTERNAL_ERROR = 70
-
-
-def short_lived(argv: Sequence[str]) -> bool:
-    """A command people type often and that ends at once (a CACHED_COMMANDS one, not `worker run`)."""
-    return bool(argv) and argv[0] in CACHED_COMMANDS and argv[1:2] != ["run"]
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -115,8 +105,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
         print(__doc__.strip(), file=out)
         return 0
     if short_lived(argv):
-        from .bytecode import install
-        install()  # from here on, modules from scitq.pyz are compiled once per user, not per command
+        from ..bytecode import install
+        install()  # done by the archive's __main__.py already; here for `python -m scitq_app`
     if argv and argv[0] in COMMAND_MODULES and wants_help(argv[1:]):
         print(command(argv[0])[0].strip() + "\n" + COMMON_OPTIONS.rstrip(), file=out)
         return 0
@@ -124,10 +114,10 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextI
     try:
         if not argv:
             raise UsageError("a command is required", usage=_command_list())
-        from .context import Context, _docopt
-        docopt, DocoptExit = _docopt()
+        from .context import Context, _docopt, cached_docopt
+        _, DocoptExit = _docopt()
         try:
-            top = docopt(__doc__, argv=argv, default_help=False, version=None, options_first=True)
+            top = cached_docopt(__doc__, argv, options_first=True)
         except DocoptExit as e:
             from .usage import explain_top
             raise explain_top(__doc__, argv, str(e), _command_list()) from None

@@ -120,13 +120,68 @@ def _cell(v: Any) -> str:
 def parse(doc: str, argv: Sequence[str]) -> dict[str, Any]:
     """Parse a command's argv (command first) against its usage doc (plus the common options);
     a mismatch is a UsageError naming the command, with its usage (see `usage.explain`)."""
-    docopt, DocoptExit = _docopt()
+    _, DocoptExit = _docopt()
     full = doc.rstrip() + "\n" + COMMON_OPTIONS
     try:
-        return docopt(full, argv=list(argv), default_help=False, version=None)
+        return cached_docopt(full, list(argv))
     except DocoptExit as e:
         from .usage import explain
         raise explain(full, argv, str(e)) from None
+
+
+def cached_docopt(doc: str, argv: list[str], options_first: bool = False, cache: str | None = None) -> Any:
+    """docopt-ng's `docopt(doc, argv, default_help=False, version=None, options_first=...)`, its
+    parsed usage read from `cache` (default: the bytecode cache of scitq_app/bytecode.py) when there
+    is one: parsing the usage of a command with many subcommands costs more than all of its other
+    start-up (~7 ms for `task`), and the usage only changes with the archive. Only a full match
+    is answered from the cache; anything else is docopt's own call, so errors are docopt's."""
+    import docopt as dd
+    from ..bytecode import active_cache
+    cache = cache or active_cache()
+    parsed = _usage(dd, doc, cache) if cache else None
+    if parsed is not None:
+        pattern, options = parsed
+        try:
+            matched, left, collected = pattern.match(dd.parse_argv(dd.Tokens(argv), list(options), options_first))
+        except dd.DocoptExit:
+            matched, left = False, None
+        if matched and left == []:
+            return dd.ParsedOptions((a.name, a.value) for a in (pattern.flat() + collected))
+    return dd.docopt(doc, argv=argv, default_help=False, version=None, options_first=options_first)
+
+
+def _usage(dd: Any, doc: str, cache: str) -> Any:
+    """(pattern, options) of `doc` as `docopt` builds them before matching: from the cache, or
+    parsed and stored there. None if docopt-ng's internals are not the ones this was written for."""
+    import pickle
+    import zlib
+    entry = os.path.join(cache, f"usage-{zlib.crc32(doc.encode()):08x}.pickle")
+    try:
+        with open(entry, "rb") as f:
+            stored_doc, pattern, options = pickle.loads(f.read())
+        if stored_doc == doc:  # the key is a checksum: the entry holds the text it was parsed from
+            return pattern, options
+    except (OSError, ValueError, EOFError, TypeError, AttributeError, ImportError, pickle.UnpicklingError):
+        pass
+    try:  # the steps of docopt-ng 0.9's `docopt` up to matching
+        sections = dd.parse_docstring_sections(doc)
+        dd.lint_docstring(sections)
+        options = [*dd.parse_options(sections.before_usage), *dd.parse_options(sections.after_usage)]
+        pattern = dd.parse_pattern(dd.formal_usage(sections.usage_body), options)
+        pattern_options = set(pattern.flat(dd.Option))
+        for shortcut in pattern.flat(dd.OptionsShortcut):
+            shortcut.children = [opt for opt in options if opt not in pattern_options]
+        pattern.fix()
+    except (AttributeError, dd.DocoptLanguageError):
+        return None
+    try:
+        tmp = f"{entry}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(pickle.dumps((doc, pattern, options), protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, entry)
+    except OSError:
+        pass
+    return pattern, options
 
 
 def merge_options(args: Mapping[str, Any], into: Context) -> None:

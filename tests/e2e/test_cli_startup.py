@@ -1,4 +1,4 @@
-"""The CLI's bytecode cache (scitq_app/cli/bytecode.py) with a real scitq.pyz: modules from
+"""The CLI's bytecode cache (scitq_app/bytecode.py) with a real scitq.pyz: modules from
 the archive are compiled once per user and read back after, resources still come from the
 archive, and the cache is left alone when it is not the user's own or bytecode is off.
 Figures: bench/startup.py."""
@@ -88,3 +88,21 @@ def test_no_cache_when_bytecode_is_off_or_the_directory_is_not_private(pyz, tmp_
     r = run(pyz, cache, "task", "lst")
     assert r.returncode == 2 and r.stderr.startswith("scitq task: unknown subcommand 'lst'"), r.stderr
     assert entries(cache) == {}, "a directory others can write to is not trusted"
+
+
+def test_the_cli_package_and_its_parsed_usages_come_from_the_cache(pyz, tmp_path):
+    """__main__.py installs the cache before the CLI's package loads (only scitq_app/__init__.py and
+    scitq_app/bytecode.py are compiled at every start), and each command's usage is parsed once."""
+    cache = tmp_path / "cache"
+    first = run(pyz, cache, "task", "list", "--json", "-s", "http://127.0.0.1:9")
+    assert first.returncode == 3, first.stderr
+    made = entries(cache)
+    assert {"scitq_app.cli.pyc", "scitq_app.cli.tasks.pyc"} <= set(made)
+    assert not {"scitq_app.pyc", "scitq_app.bytecode.pyc"} & set(made)
+    usages = sorted(made["scitq_app.cli.pyc"].parent.glob("usage-*.pickle"))
+    assert len(usages) == 2, "the top-level usage and task's"
+    for entry in usages:  # damaged entries: parsed again, same answer
+        entry.write_bytes(b"not a pickle")
+    again = run(pyz, cache, "task", "list", "--json", "-s", "http://127.0.0.1:9")
+    assert (again.returncode, again.stderr) == (3, first.stderr)
+    assert all(entry.read_bytes() != b"not a pickle" for entry in usages)

@@ -113,7 +113,7 @@ def test_two_builds_give_identical_bytes(pyz_pair: tuple[Path, Path]) -> None:
 
 
 def test_archive_is_an_executable_zipapp(pyz: Path) -> None:
-    assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert pyz.read_bytes().startswith(b"#!/usr/bin/env -S python3 -S\n")
     assert os.stat(pyz).st_mode & 0o111 == 0o111
     with zipfile.ZipFile(pyz) as zf:
         infos = zf.infolist()
@@ -213,6 +213,30 @@ def test_help_and_version_are_the_clis_own_texts(pyz: Path) -> None:
         assert (done.returncode, done.stdout, done.stderr) == (0, out.getvalue(), ""), flag
     assert out.getvalue() == f"scitq {__version__}\n"
     assert run_pyz(pyz, "--version", "x").returncode == 2, "anything else goes to the CLI"
+
+
+def test_run_by_its_hash_bang_short_commands_skip_site_and_the_others_load_it(pyz: Path, tmp_path: Path) -> None:
+    """`#!/usr/bin/env -S python3 -S`: the client commands start without `site` (a quarter of the
+    interpreter's start); the services and server-host commands get it back, sitecustomize and
+    site-packages included, as when the systemd units run `python3 scitq.pyz`."""
+    (tmp_path / "sitecustomize.py").write_text("import os\nopen(os.environ['MARKER'], 'a').write('site\\n')\n")
+    marker = tmp_path / "marker"
+    env = _env(PYTHONPATH=str(tmp_path), MARKER=str(marker), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+
+    def run_as_installed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(pyz), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    from scitq_app import __version__
+    done = run_as_installed("--version")
+    assert (done.returncode, done.stdout) == (0, f"scitq {__version__}\n"), done.stderr
+    done = run_as_installed("task", "list", "-s", "http://127.0.0.1:9")
+    assert (done.returncode, done.stderr) == (3, "scitq: cannot reach the scitq server at http://127.0.0.1:9: "
+                                              "Connection refused\n")
+    assert not marker.exists(), "a client command started without site"
+    done = run_as_installed("db", "status", "--database", f"sqlite:///{tmp_path}/scitq.db")
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "site\n", "db (a server-host command) started with site"
 
 
 def test_yaml_runs_in_pure_python_mode(pyz: Path) -> None:

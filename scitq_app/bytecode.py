@@ -1,4 +1,5 @@
-"""A per-user bytecode cache for the modules the CLI imports from scitq.pyz.
+"""A per-user cache of what the CLI compiles at every start: the bytecode of the modules it
+imports from scitq.pyz, and the parsed usage of its commands.
 
 Python cannot write `.pyc` files into a zip, so zipimport compiles each module's source at
 every start: in CPython 3.11 twice, once to answer `get_filename` and once in `get_code`. The
@@ -14,6 +15,12 @@ The cache is used only when it is safe and cheap: Python may write bytecode
 (`PYTHONDONTWRITEBYTECODE` not set), the directory is the user's own and not writable by
 others, and every failure to read or write an entry falls back to zipimport's own work. It is
 a `zipimporter` subclass, so resources (the SQL files) are read from the archive as before.
+
+The same directory keeps each command's usage as docopt-ng parses it (`cli/context.py`).
+
+This module sits outside `scitq_app.cli` so that the archive's `__main__.py` installs the cache
+before the CLI's own package is loaded: what is compiled at every start is this module and
+`scitq_app/__init__.py` only.
 """
 from __future__ import annotations
 
@@ -25,7 +32,18 @@ import zlib
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a few ms at every start: only for the type checker
-    from typing import Mapping
+    from typing import Mapping, Sequence
+
+# Short-lived commands people type often: their start-up is worth a bytecode cache in the user's
+# home. Not the services (server, dispatcher, worker run: they start once) nor what install.sh
+# runs as the service user (db, token), whose home must stay as install.sh made it.
+CACHED_COMMANDS = frozenset({"launch", "task", "batch", "execution", "worker", "fetch", "config", "job",
+                             "host-key"})
+
+
+def short_lived(argv: Sequence[str]) -> bool:
+    """A command people type often and that ends at once (a CACHED_COMMANDS one, not `worker run`)."""
+    return bool(argv) and argv[0] in CACHED_COMMANDS and argv[1:2] != ["run"]
 
 
 class CachingZipImporter(zipimport.zipimporter):
@@ -69,7 +87,10 @@ def _forget_older(tagged: str, where: str, keep: str) -> None:
 
 def install(env: Mapping[str, str] = os.environ) -> str | None:
     """Route imports from the archive this package was loaded from through the cache; the
-    cache directory, or None when scitq does not run from a zip or the cache is not usable."""
+    cache directory, or None when scitq does not run from a zip or the cache is not usable.
+    Installing twice is installing once."""
+    if active_cache():
+        return active_cache()
     spec = getattr(sys.modules.get(__package__.partition(".")[0]), "__spec__", None)
     package_loader = getattr(spec, "loader", None)
     if not isinstance(package_loader, zipimport.zipimporter) or sys.dont_write_bytecode:
@@ -98,8 +119,19 @@ def install(env: Mapping[str, str] = os.environ) -> str | None:
         importer.cache = cache
         return importer
 
+    hook.scitq_cache = cache  # type: ignore[attr-defined]  # how `active_cache` finds it
     sys.path_hooks.insert(0, hook)
     for path, importer in list(sys.path_importer_cache.items()):
         if isinstance(importer, zipimport.zipimporter) and importer.archive == archive:
             sys.path_importer_cache[path] = hook(path)
     return cache
+
+
+def active_cache() -> str | None:
+    """The cache directory `install` routed this process's imports through, or None."""
+    for hook in sys.path_hooks:
+        cache = getattr(hook, "scitq_cache", None)
+        if cache:
+            return cache
+    return None
+
