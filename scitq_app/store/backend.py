@@ -62,6 +62,10 @@ class Tx:
         sends the rows as one JSON parameter to the query `NAME_json`, which it must have)."""
         raise NotImplementedError
 
+    def insert_tasks(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert task rows (`task_insert`), keeping the counts by batch and status exact."""
+        self.many("task_insert", rows)
+
     def reserve_ids(self, table: str, n: int) -> list[int]:
         """n fresh ids for explicit inserts into `table` (task or execution)."""
         raise NotImplementedError

@@ -218,7 +218,7 @@ def _insert_chunk(tx: Tx, chunk: Sequence[Mapping[str, Any]], first: int, key: s
             status = TaskStatus.PENDING.value if ready else TaskStatus.WAITING.value
         rows.append(spec_row(task_id, batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now, key))
         deps.extend({"task_id": task_id, "required_id": r} for r in unique(r for r in requires if isinstance(r, int)))
-    tx.many("task_insert", rows)
+    tx.insert_tasks(rows)
     if deps:
         tx.many("dependency_insert", deps)
 

@@ -1,9 +1,12 @@
 """Tasks as people see them: create, list, count, edit, relaunch, delete."""
 from __future__ import annotations
 
+from contextlib import closing
+
 import pytest
 
 from scitq_app.errors import Conflict, Invalid, NotFound
+from scitq_app.store.sqlite import UNCOUNTED_INSERT_MIN, count_insert_trigger
 
 from .scene import LEASE, status_of, task_spec
 
@@ -57,24 +60,61 @@ def test_bulk_of_ten_thousand_in_one_call(store):
 
 
 def test_counts_stay_exact_across_bulk_and_single_submissions_and_a_failed_bulk(store):
-    # a bulk chunk counts its rows itself on SQLite (its insert trigger held): a mix of batches and
-    # statuses, a refused bulk that rolls back, then single tasks, which the trigger counts again
+    # a large insert counts its rows itself on SQLite (UNCOUNTED_INSERT_MIN, the per-row trigger set
+    # aside in its transaction), small ones through the trigger: a mix of batches and statuses above
+    # and below that size, a refused large bulk that rolls back, then single tasks
+    size = UNCOUNTED_INSERT_MIN + 100
     specs = [task_spec(name=f"m{i}", batch="even" if i % 2 else "odd", **({"status": "paused"} if i % 3 == 0 else {}))
-             for i in range(300)]
+             for i in range(size)]
     first = store.create_tasks(specs)
-    # and tasks waiting on others (a third status)
+    # and tasks waiting on others (a third status), fewer than the threshold
     store.create_tasks([task_spec(batch="odd", requires=[first[i]]) for i in range(60)])
-    bad = [task_spec(batch="even") for _ in range(199)] + [task_spec(requires=[123_456_789])]
+    bad = [task_spec(batch="even") for _ in range(size - 1)] + [task_spec(requires=[123_456_789])]
     with pytest.raises(NotFound):
         store.create_tasks(bad)
     store.create_tasks([task_spec(batch="even")])
     store.create_tasks([task_spec(batch="odd", status="paused")])
-    tasks = store.list_tasks(limit=1000)
+    store.create_tasks([task_spec(batch="even", requires=[first[0]]) for _ in range(size)])
+    tasks = store.list_tasks(limit=10_000)
     for batch in ("even", "odd"):
         statuses = [t.status for t in tasks if t.batch == batch]
         assert store.count_tasks(batch) == {s: statuses.count(s) for s in set(statuses)}
-    assert sum(store.count_tasks().values()) == len(tasks) == 362
+    assert sum(store.count_tasks().values()) == len(tasks) == 2 * size + 62
     assert store.count_tasks("odd")["waiting"] == 60
+    assert store.count_tasks("even")["waiting"] == size
+
+
+def test_a_large_bulk_leaves_the_schema_as_it_was(store, database_url, backend):
+    """On SQLite the count trigger is set aside for a large insert and put back in the same
+    transaction: the schema after (triggers included) is the schema before, and a single task
+    inserted after is counted by the trigger again."""
+    def schema() -> list[tuple[str, str]]:
+        if backend == "sqlite":
+            import sqlite3
+            with closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as con:
+                return sorted(con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall())
+        import pg8000.native
+
+        from scitq_app.store.postgres import parse_url
+        pg = pg8000.native.Connection(**parse_url(database_url))
+        try:
+            return sorted((name, sql) for name, sql in pg.run(
+                "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal"))
+        finally:
+            pg.close()
+
+    before = schema()
+    triggers = [name for name, _ in before if name.startswith("task_count")]
+    assert len(triggers) >= 3, before
+    if backend == "sqlite":
+        assert ("task_count_insert", count_insert_trigger()) in before
+    store.create_tasks([task_spec(batch="big") for _ in range(UNCOUNTED_INSERT_MIN * 3)])
+    with pytest.raises(NotFound):
+        store.create_tasks([task_spec(batch="big") for _ in range(UNCOUNTED_INSERT_MIN)] +
+                           [task_spec(requires=[123_456_789])])
+    assert schema() == before
+    store.create_tasks([task_spec(batch="big")])
+    assert store.count_tasks("big") == {"pending": UNCOUNTED_INSERT_MIN * 3 + 1}
 
 
 @pytest.mark.parametrize("bad", [123_456_789, "no-such-ref"])

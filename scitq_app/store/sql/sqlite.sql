@@ -80,3 +80,11 @@ SELECT MAX(v) AS v FROM (SELECT seq AS v FROM sqlite_sequence WHERE name = :tabl
 -- name: job_lock
 SELECT id, kind, target, status, step, progress, message, actor, log_lines, created, modified, finished
 FROM job WHERE id = :id
+
+-- name: task_count_insert_trigger_drop
+-- a large insert of tasks counts them itself (SqliteTx.insert_tasks), in the same transaction
+DROP TRIGGER task_count_insert
+
+-- name: task_count_add
+INSERT INTO task_count (batch_id, status, n) VALUES (:batch_id, :status, :n)
+ON CONFLICT (batch_id, status) DO UPDATE SET n = n + excluded.n
