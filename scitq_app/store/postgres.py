@@ -68,7 +68,7 @@ class PgTx(Tx):
             self.execute(name + "_json", {"rows": json.dumps(list(rows[start:start + 20_000]))})
 
     def reserve_ids(self, table: str, n: int) -> list[int]:
-        return sorted(int(r["id"]) for r in self.all("reserve_ids", table=table, n=n))
+        return sorted(int(i) for i in self.value("reserve_ids", table=table, n=n).split(","))
 
     def script(self, text: str) -> None:
         for stmt in queries.split_statements(text):
