@@ -2,6 +2,7 @@
 functions over a transaction."""
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -227,16 +228,13 @@ def fleet_size(tx: Tx) -> int:
 
 # --- heartbeat ------------------------------------------------------------
 def heartbeat_reply(tx: Tx, worker_id: int, execution_ids: Iterable[int], lease: float) -> dict[str, Any]:
-    w = tx.one("worker_settings", id=worker_id)
+    held = sorted(set(execution_ids))
+    w = tx.one("heartbeat_reply", id=worker_id, ids=dumps(held))  # one statement: it is every worker's
     if w is None:
         raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
-    held = sorted(set(execution_ids))
-    fenced: list[int] = []
-    if held:
-        valid = {int(r["id"]) for r in tx.all("executions_current", worker_id=worker_id, ids=dumps(held))}
-        fenced = [i for i in held if i not in valid]
-    signals = [{"id": int(s["id"]), "execution_id": s["execution_id"], "action": s["action"]}
-               for s in tx.all("signal_list", worker_id=worker_id)]
+    valid = {int(i) for i in json.loads(w["current"])}
+    fenced = [i for i in held if i not in valid]
+    signals = [{"id": int(i), "execution_id": e, "action": a} for i, e, a in sorted(json.loads(w["signals"]))]
     return {"settings": {"concurrency": int(w["concurrency"]), "prefetch": int(w["prefetch"]),
                          "status": w["setting"], "batch": w["batch"], "lease": lease},
             "signals": signals, "fenced": fenced, "server_time": tx.now}

@@ -257,11 +257,6 @@ UPDATE execution SET status = :status, failure_class = :failure_class, return_co
     started = COALESCE(started, :now), finished = :now, lease_expires = NULL, modified = :now
 WHERE id = :id
 
--- name: executions_current
--- Joined on the task's id (its primary key), not on current_execution_id (no index).
-SELECT e.id FROM execution e JOIN task t ON t.id = e.task_id AND t.current_execution_id = e.id
-WHERE e.id IN {{ints :ids}} AND e.worker_id = :worker_id AND e.status IN ('assigned', 'running', 'uploading')
-
 -- name: lease_renew_one
 UPDATE execution SET lease_expires = :lease_expires
 WHERE id = :id AND worker_id = :worker_id AND status IN ('assigned', 'running', 'uploading')
@@ -310,9 +305,6 @@ ORDER BY pos
 
 -- name: signal_insert
 INSERT INTO signal (worker_id, execution_id, action, created) VALUES (:worker_id, :execution_id, :action, :now)
-
--- name: signal_list
-SELECT id, execution_id, action FROM signal WHERE worker_id = :worker_id ORDER BY id
 
 -- name: signal_ack_one
 DELETE FROM signal WHERE worker_id = :worker_id AND id = :id
@@ -364,10 +356,6 @@ WHERE id = :id
 UPDATE worker SET last_seen = :now, stats = :stats,
     status = CASE WHEN status IN ('starting', 'offline', 'lost') THEN setting ELSE status END
 WHERE id = :id
-
--- name: worker_settings
-SELECT w.concurrency, w.prefetch, w.setting, b.name AS batch
-FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
 
 -- name: worker_active_executions
 SELECT * FROM execution WHERE worker_id = :worker_id AND status IN ('assigned', 'running', 'uploading')
