@@ -100,3 +100,29 @@ class Machine:
         out["disk_write_mbs"] = round((disk[1] - self._disk[1]) * 512 / elapsed / 1e6, 3)
         self._cpu, self._net, self._disk, self._at = cpu, net, disk, now
         return out
+
+
+def disk_shortage(root: str, min_free_gib: float, min_free_inodes: int) -> str | None:
+    """What the disk holding `root` lacks under [worker] min_free (GiB) / min_free_inodes, in
+    words; None when it has both."""
+    import errno
+    try:
+        st = os.statvfs(root)
+    except OSError as e:
+        return f"a readable work dir ({e.strerror or e})"
+    free, need = st.f_bavail * st.f_frsize, int(min_free_gib * 2**30)
+    full = f"{os.strerror(errno.ENOSPC)}: " if free < 2**20 else ""
+    if free < need:
+        return f"disk space ({full}{_size(free)} free on {root}, under [worker] min_free {_size(need)})"
+    if st.f_files and st.f_favail < min_free_inodes:
+        full = f"{os.strerror(errno.ENOSPC)}: " if st.f_favail == 0 else ""
+        return f"inodes ({full}{st.f_favail} free on {root}, under [worker] min_free_inodes {min_free_inodes})"
+    return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

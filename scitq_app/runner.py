@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -298,3 +299,28 @@ def wait_gone(pid: int, timeout: float = 5.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.05)
+
+
+def task_account(name: str, euid: int, workdir: str) -> tuple[TaskUser | None, str | None]:
+    """Who plain tasks run as, and a warning to log once: a root worker runs them as `[worker]
+    task_user` (refusing to start when that account is missing or cannot reach the work dir), or as
+    root only when told so; a worker that is not root can only run them as itself."""
+    if euid != 0:
+        return None, (f"this worker does not run as root: its tasks run as its own user and can read its token "
+                      f"and storage keys in {workdir}/.scitq")
+    if name == "root":
+        return None, ("[worker] task_user = root: tasks run as root and can read this worker's token and storage "
+                      "keys; run it through install.sh worker for an unprivileged task user")
+    from .errors import ConfigError
+    user = find_task_user(name)
+    # the task user must reach its own work dir (exec-N/...) but list nothing else: o+x all the way
+    os.chmod(workdir, 0o711)
+    path = os.path.dirname(workdir)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & stat.S_IXOTH:
+            raise ConfigError(f"[worker] task_user {name} cannot reach the work dir {workdir}: {path} is mode "
+                              f"{stat.S_IMODE(mode):o}; allow traversal with `chmod o+x {path}`")
+        if path == os.path.dirname(path):
+            return user, None
+        path = os.path.dirname(path)

@@ -15,14 +15,12 @@ delivered now or at the next start.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import queue
 import shutil
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -35,10 +33,10 @@ from .containers import make_runner
 from .errors import (Conflict, ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, TlsMismatch,
                      Unauthorized)
 from .job import Job, Slots, Stager
-from .machine import Machine
+from .machine import Machine, disk_shortage
 from .outage import Outage, backoff
 from .outbox import Outbox, StreamShipper
-from .runner import Process, Runner, TaskUser, find_task_user, kill_group, wait_gone
+from .runner import Process, Runner, kill_group, task_account, wait_gone
 from .supervisor import Lease
 from .roots import parse_roots
 from .staging import RcloneStager
@@ -496,21 +494,7 @@ class Worker:
     # --- resources ------------------------------------------------------------------
     def _short_of(self) -> str | None:
         """What the work dir's disk lacks under [worker] min_free / min_free_inodes, in words."""
-        w = self.config.worker
-        try:
-            st = os.statvfs(self.root)
-        except OSError as e:
-            return f"a readable work dir ({e.strerror or e})"
-        free, need = st.f_bavail * st.f_frsize, int(w.min_free * 2**30)
-        full = f"{os.strerror(errno.ENOSPC)}: " if free < 2**20 else ""
-        if free < need:
-            return (f"disk space ({full}{_size(free)} free on {self.root}, under [worker] min_free "
-                    f"{_size(need)})")
-        if st.f_files and st.f_favail < w.min_free_inodes:
-            full = f"{os.strerror(errno.ENOSPC)}: " if st.f_favail == 0 else ""
-            return (f"inodes ({full}{st.f_favail} free on {self.root}, under [worker] min_free_inodes "
-                    f"{w.min_free_inodes})")
-        return None
+        return disk_shortage(self.root, self.config.worker.min_free, self.config.worker.min_free_inodes)
 
     def _check_resources(self) -> bool:
         """True when the worker has what it needs to claim; says so once per change of state."""
@@ -787,30 +771,6 @@ class Worker:
                 job.thread.join(timeout=0.5)
 
 
-def task_account(name: str, euid: int, workdir: str) -> tuple[TaskUser | None, str | None]:
-    """Who plain tasks run as, and a warning to log once: a root worker runs them as `[worker]
-    task_user` (refusing to start when that account is missing or cannot reach the work dir), or as
-    root only when told so; a worker that is not root can only run them as itself."""
-    if euid != 0:
-        return None, (f"this worker does not run as root: its tasks run as its own user and can read its token "
-                      f"and storage keys in {workdir}/.scitq")
-    if name == "root":
-        return None, ("[worker] task_user = root: tasks run as root and can read this worker's token and storage "
-                      "keys; run it through install.sh worker for an unprivileged task user")
-    user = find_task_user(name)
-    # the task user must reach its own work dir (exec-N/...) but list nothing else: o+x all the way
-    os.chmod(workdir, 0o711)
-    path = os.path.dirname(workdir)
-    while True:
-        mode = os.stat(path).st_mode
-        if not mode & stat.S_IXOTH:
-            raise ConfigError(f"[worker] task_user {name} cannot reach the work dir {workdir}: {path} is mode "
-                              f"{stat.S_IMODE(mode):o}; allow traversal with `chmod o+x {path}`")
-        if path == os.path.dirname(path):
-            return user, None
-        path = os.path.dirname(path)
-
-
 def _digest_of(path: str) -> str | None:
     """The hash the server gives its rclone config (sha256 of the UTF-8 text), of a file here."""
     import hashlib
@@ -819,14 +779,6 @@ def _digest_of(path: str) -> str | None:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _read_marker(path: str) -> str:

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from scitq_app.errors import ConfigError
-from scitq_app.worker import task_account
+from scitq_app.runner import task_account
 from tests.support.cluster import Cluster
 from tests.support.processes import WorkerProcess, read_text, wait_for
 from tests.support.system import need
