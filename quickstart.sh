@@ -39,7 +39,8 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 export SCITQ_SERVER=http://127.0.0.1:$PORT SCITQ_CONFIG=/dev/null
 # shellcheck disable=SC2317  # run by the trap
 cleanup() {
-  if [ -n "${WORKER_PID:-}" ]; then kill "$WORKER_PID" 2>/dev/null || true; fi
+  # the worker first, while the server still answers its last report (else it retries for seconds)
+  if [ -n "${WORKER_PID:-}" ]; then kill "$WORKER_PID" 2>/dev/null || true; wait "$WORKER_PID" 2>/dev/null || true; fi
   if [ -n "${SERVER_PID:-}" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }

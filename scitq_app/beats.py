@@ -31,6 +31,7 @@ class Notifier:
         self._generation = 0
         self._publish = publish
         self._listening = False
+        self._closed = False
 
     @property
     def listening(self) -> bool:
@@ -69,9 +70,19 @@ class Notifier:
     def generation(self) -> int:
         return self._generation
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """The server is stopping: every long poll ends now and no new one waits."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def wait(self, since: int, timeout: float) -> None:
         with self._cond:
-            if self._generation == since:
+            if self._generation == since and not self._closed:
                 self._cond.wait(timeout)
 
 

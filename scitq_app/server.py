@@ -356,7 +356,7 @@ class Api:
         with self._polling_lock:
             self._polling += 1
         try:
-            while not executions:
+            while not executions and not self.notifier.closed:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     break
@@ -757,6 +757,14 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
                                     connection_limit=4000, clear_untrusted_proxy_headers=True,
                                     asyncore_use_poll=True, ident="scitq")
     server.channel_class = _json_error_channel()
+    shutdown = server.task_dispatcher.shutdown
+
+    def shutting_down(*args: Any, **kwargs: Any) -> Any:
+        # waitress waits (up to 5 s) for its threads to end: the long-polled claims end now
+        notifier.close()
+        return shutdown(*args, **kwargs)
+    # what waitress's run calls on SIGTERM (our KeyboardInterrupt), before it returns
+    server.task_dispatcher.shutdown = shutting_down
     url = f"http://{config.server.listen}:{server.effective_port}"
     log.info("scitq %s serving on %s (%s)", __version__, url, store.dialect, extra={"action": "serve"})
     remotes = app.config["scitq.api"].rclone.remotes()
