@@ -89,8 +89,9 @@ def install(env: Mapping[str, str] = os.environ) -> str | None:
     """Route imports from the archive this package was loaded from through the cache; the
     cache directory, or None when scitq does not run from a zip or the cache is not usable.
     Installing twice is installing once."""
-    if active_cache():
-        return active_cache()
+    installed = active_cache()
+    if installed:
+        return installed
     spec = getattr(sys.modules.get(__package__.partition(".")[0]), "__spec__", None)
     package_loader = getattr(spec, "loader", None)
     if not isinstance(package_loader, zipimport.zipimporter) or sys.dont_write_bytecode:

@@ -1,6 +1,7 @@
 """The host a worker runs on: its size and its live statistics (from /proc)."""
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import shutil
@@ -105,7 +106,6 @@ class Machine:
 def disk_shortage(root: str, min_free_gib: float, min_free_inodes: int) -> str | None:
     """What the disk holding `root` lacks under [worker] min_free (GiB) / min_free_inodes, in
     words; None when it has both."""
-    import errno
     try:
         st = os.statvfs(root)
     except OSError as e:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Mapping
 
 from . import supervisor
-from .errors import ScitqError
+from .errors import ConfigError, ScitqError
 
 class StartError(ScitqError):
     """The command could not start."""
@@ -130,7 +130,6 @@ class TaskUser:
 def find_task_user(name: str) -> TaskUser:
     """The account `name` (ConfigError naming it when it does not exist)."""
     import pwd
-    from .errors import ConfigError
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -311,7 +310,6 @@ def task_account(name: str, euid: int, workdir: str) -> tuple[TaskUser | None, s
     if name == "root":
         return None, ("[worker] task_user = root: tasks run as root and can read this worker's token and storage "
                       "keys; run it through install.sh worker for an unprivileged task user")
-    from .errors import ConfigError
     user = find_task_user(name)
     # the task user must reach its own work dir (exec-N/...) but list nothing else: o+x all the way
     os.chmod(workdir, 0o711)

@@ -162,7 +162,7 @@ def _usage(dd: Any, doc: str, cache: str) -> Any:
         if stored_doc == doc:  # the key is a checksum: the entry holds the text it was parsed from
             return pattern, options
     except (OSError, ValueError, EOFError, TypeError, AttributeError, ImportError, pickle.UnpicklingError):
-        pass
+        pass  # no entry yet, or a damaged one: parsed again below and stored over it
     try:  # the steps of docopt-ng 0.9's `docopt` up to matching
         sections = dd.parse_docstring_sections(doc)
         dd.lint_docstring(sections)
@@ -180,7 +180,7 @@ def _usage(dd: Any, doc: str, cache: str) -> Any:
             f.write(pickle.dumps((doc, pattern, options), protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(tmp, entry)
     except OSError:
-        pass
+        pass  # a cache that cannot be written costs the next start the parse, nothing else
     return pattern, options
 
 

@@ -171,9 +171,8 @@ FROM json_to_recordset(CAST(:rows AS json)) AS r(job_id BIGINT, seq BIGINT, at D
 -- settings, which of the executions it says it holds are still its current ones, and its
 -- pending signals (as JSON arrays of [id, execution, action]).
 SELECT w.concurrency, w.prefetch, w.setting, b.name AS batch,
-    (SELECT CAST(COALESCE(json_agg(e.id), '[]') AS text) FROM execution e
-     JOIN task t ON t.id = e.task_id AND t.current_execution_id = e.id  -- on task.id: current_execution_id has no index
-     WHERE e.id IN {{ints :ids}} AND e.worker_id = w.id AND e.status IN ('assigned', 'running', 'uploading')
+    (SELECT CAST(COALESCE(json_agg(e.id), '[]') AS text)
+     {{include worker_current_executions}}
     ) AS current,
     (SELECT CAST(COALESCE(json_agg(json_build_array(s.id, s.execution_id, s.action)), '[]') AS text)
      FROM signal s WHERE s.worker_id = w.id

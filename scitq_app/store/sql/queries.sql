@@ -257,6 +257,12 @@ UPDATE execution SET status = :status, failure_class = :failure_class, return_co
     started = COALESCE(started, :now), finished = :now, lease_expires = NULL, modified = :now
 WHERE id = :id
 
+-- fragment: worker_current_executions
+-- Of the executions worker w says it holds, those still current: joined on task.id, the primary
+-- key (current_execution_id has no index). In each dialect file, heartbeat_reply includes it.
+FROM execution e JOIN task t ON t.id = e.task_id AND t.current_execution_id = e.id
+WHERE e.id IN {{ints :ids}} AND e.worker_id = w.id AND e.status IN ('assigned', 'running', 'uploading')
+
 -- name: lease_renew_one
 UPDATE execution SET lease_expires = :lease_expires
 WHERE id = :id AND worker_id = :worker_id AND status IN ('assigned', 'running', 'uploading')

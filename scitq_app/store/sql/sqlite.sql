@@ -93,9 +93,8 @@ ON CONFLICT (batch_id, status) DO UPDATE SET n = n + excluded.n
 -- A heartbeat's reply in one statement: the worker's settings, which of the executions it says it
 -- holds are still its current ones, and its pending signals (as JSON arrays of [id, execution, action]).
 SELECT w.concurrency, w.prefetch, w.setting, b.name AS batch,
-    (SELECT json_group_array(e.id) FROM execution e
-     JOIN task t ON t.id = e.task_id AND t.current_execution_id = e.id  -- on task.id: current_execution_id has no index
-     WHERE e.id IN {{ints :ids}} AND e.worker_id = w.id AND e.status IN ('assigned', 'running', 'uploading')
+    (SELECT json_group_array(e.id)
+     {{include worker_current_executions}}
     ) AS current,
     (SELECT json_group_array(json_array(s.id, s.execution_id, s.action)) FROM signal s WHERE s.worker_id = w.id
     ) AS signals
