@@ -41,6 +41,23 @@ def claimer(url: str, index: int, start: Any, results: Any) -> None:
         results.put((index, None, [], traceback.format_exc()))
 
 
+def gather(procs: list[Any], results: Any) -> list[tuple]:
+    """Start the processes and collect one report from each (4 minutes at most); none is left running."""
+    for p in procs:
+        p.start()
+    reports: list[tuple] = []
+    deadline = time.monotonic() + 240
+    try:
+        while len(reports) < len(procs):
+            reports.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return reports
+
+
 @pytest.mark.slow
 def test_concurrent_claimers_claim_every_task_exactly_once(store, database_url):
     ids = store.create_tasks([task_spec(name=f"c{i}", priority=i % 7) for i in range(TASKS)])
@@ -49,18 +66,7 @@ def test_concurrent_claimers_claim_every_task_exactly_once(store, database_url):
     results = ctx.Queue()
     procs = [ctx.Process(target=claimer, args=(database_url, i, start, results), daemon=True)
              for i in range(CLAIMERS)]
-    for p in procs:
-        p.start()
-    reports = []
-    deadline = time.monotonic() + 240
-    try:
-        while len(reports) < CLAIMERS:
-            reports.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    reports = gather(procs, results)
     errors = [r[3] for r in reports if r[3]]
     assert not errors, "\n".join(errors)
     assert all(p.exitcode == 0 for p in procs)
@@ -161,18 +167,7 @@ def test_large_bulks_keep_counts_exact_among_claims_reports_and_heartbeats(store
              for i in range(2)]
     procs += [ctx.Process(target=runner, args=(database_url, i, start, results, finished), daemon=True)
               for i in range(3)]
-    for p in procs:
-        p.start()
-    reports = []
-    deadline = time.monotonic() + 240
-    try:
-        while len(reports) < len(procs):
-            reports.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    reports = gather(procs, results)
     errors = [r[2] for r in reports if r[2]]
     assert not errors, "\n".join(errors)
     made = [t for index, ids, _ in reports if isinstance(ids, list) for t in ids]
