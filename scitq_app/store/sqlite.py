@@ -15,11 +15,14 @@ import threading
 import time
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import Conflict, MissingDependency, StoreUnavailable
 from . import queries
 from .backend import Tx
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30_000
 # Rows from which an insert of tasks goes without the per-row count trigger (SqliteTx.insert_tasks):
@@ -84,6 +87,26 @@ class SqliteTx(Tx):
             self.conn.execute(stmt)
 
 
+def _enter_wal(db: "sqlite_utils.Database") -> None:
+    """Put the database in WAL mode, waiting up to the busy timeout for the other connections.
+
+    Switching the journal mode answers "database is locked" at once, without the busy handler,
+    when another connection opens or switches the same new file at that moment (several server
+    threads or `db init` processes starting together): retried here like any busy statement.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            db.enable_wal()  # a no-op when the file is in WAL mode already
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 class SqliteBackend:
     """The SQLite database at `path` (see the module's docstring)."""
 
@@ -115,7 +138,7 @@ class SqliteBackend:
             # Before the first table exists, this makes the file shrink as rows are pruned
             # (reclaim_space); on an older file it changes nothing until a VACUUM.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            db.enable_wal()
+            _enter_wal(db)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")

@@ -97,3 +97,31 @@ def test_a_fresh_schema_holds_no_tasks_workers_or_tokens(store, database_url):
     tables = sorted(store.describe_schema())
     text = dump_database(database_url, [t for t in tables if t not in ("batch", "schema_migration", "event")])
     assert text == ""
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # a PostgreSQL database exists before any client
+def test_stores_opening_a_new_sqlite_file_together_all_get_a_connection(tmp_path):
+    # Switching a new file to WAL answers "database is locked" without waiting when another
+    # connection switches it at that moment (about one round in forty with four threads, a few in thirty with six): the
+    # server's threads or several `db init` started together must wait, not fail.
+    import threading
+    failures: list[str] = []
+    for round_ in range(30):
+        url = f"sqlite:///{tmp_path}/r{round_}.db"
+        stores = [open_store(url) for _ in range(6)]
+        barrier = threading.Barrier(len(stores))
+
+        def first_use(s) -> None:
+            barrier.wait(10)
+            try:
+                s.schema_status()
+            except Exception as e:  # noqa: BLE001 - every failure is collected and reported
+                failures.append(f"round {round_}: {e}")
+        threads = [threading.Thread(target=first_use, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for s in stores:
+            s.close()
+    assert failures == []
