@@ -63,9 +63,9 @@ def parse(value: object, field: str = "uri", *, allow_actions: bool = False,
         raise Invalid("must not be empty", field=field)
     if len(value) > MAX_LENGTH:
         raise Invalid(f"is longer than {MAX_LENGTH} characters", field=field)
-    if "\x00" in value:
-        raise Invalid("contains a NUL byte", field=field)
     if _CONTROL.search(value):
+        if "\x00" in value:
+            raise Invalid("contains a NUL byte", field=field)
         raise Invalid("contains a control character", field=field)
     m = _SCHEME.match(value)
     if not m:
@@ -79,13 +79,18 @@ def parse(value: object, field: str = "uri", *, allow_actions: bool = False,
     if not path or path == "/":
         raise Invalid(f"{value!r} has no path after {scheme}://", field=field)
     _check_path(scheme, path, value, field)
-    if remotes is not None and scheme.lower() not in BUILTIN_SCHEMES and scheme not in set(remotes):
+    if remotes is not None and scheme.lower() not in BUILTIN_SCHEMES and scheme not in _as_set(remotes):
         raise Invalid(f"{value!r}: unknown storage remote {scheme!r} (not in the server's rclone config)",
                       field=field)
     if file_roots is not None and scheme.lower() == "file" and not lexically_under(path, file_roots):
         raise Invalid(f"{value!r}: file:// URIs must lie under one of the server's file roots "
                       f"({describe(file_roots, '[server] file_roots')})", field=field, rule="file_roots")
     return Uri(value, scheme, path, actions)
+
+
+def _as_set(names: Iterable[str]) -> frozenset[str] | set[str]:
+    # a bulk request's tasks share one frozenset (schema.LazyItems): not copied for each URI
+    return names if isinstance(names, (set, frozenset)) else set(names)
 
 
 def _check_path(scheme: str, path: str, value: str, field: str) -> None:

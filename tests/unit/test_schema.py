@@ -89,6 +89,22 @@ def test_control_characters_are_refused(value):
     assert "control character" in err.message
 
 
+@pytest.mark.parametrize("value, message", [
+    ("a\ud800b", "lone surrogate"), ("x" * 10_001, "longer than 10000"), ("\x00" + "x" * 10_001, "NUL"),
+    ("\x1b" + "x" * 10_001, "longer than 10000"), ("x" * 10_001 + "\ud800", "longer than 10000")])
+def test_a_text_gets_the_first_refusal_in_the_order_of_the_checks(value, message):
+    # NUL, then length, then control characters, then surrogates, whichever scan finds them
+    err = invalid("task_create", {"command": "true", "container": value})
+    assert err.data["field"] == "container" and message in err.message
+
+
+@pytest.mark.parametrize("uri, message", [("s3://b/a\x00b", "NUL byte"), ("s3://b/a\x1bb", "control character"),
+                                          ("s3://b/a\nb", "control character")])
+def test_a_uri_with_a_control_character_is_refused_by_its_kind(uri, message):
+    err = invalid("task_create", {"command": "true", "inputs": ["s3://b/ok", uri]}, remotes=["s3"])
+    assert err.data["field"] == "inputs[1]" and message in err.message
+
+
 @pytest.mark.parametrize("name", ["", "has space", "new\nline", "-leading-dash", "x" * 201, "é", "a/b"])
 def test_bad_names_are_refused(name):
     err = invalid("task_create", {"command": "true", "batch": name})
