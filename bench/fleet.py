@@ -205,7 +205,7 @@ class Load:
     async def lister(self, k: int) -> None:
         pages = [("list_running_page", "/tasks?status=running&limit=100"), ("batches", "/batches"),
                  ("list_pending_page", "/tasks?status=pending&batch=b3&limit=100"),
-                 ("workers_of_batch", "/workers?batch=fleet"), ("counts", "/tasks/counts")]
+                 ("workers_of_batch", "/workers?batch=fleet&limit=100"), ("counts", "/tasks/counts")]
         while self.running():
             await self.nap(self.rng.uniform(0.5, 1.5))
             kind, path = pages[self.rng.randrange(len(pages))]

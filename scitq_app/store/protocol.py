@@ -46,9 +46,11 @@ def worker_row(tx: Tx, worker_id: int) -> dict[str, Any]:
 def get_worker(tx: Tx, worker_id: int) -> Worker:
     return _with_costs(tx, [worker_row(tx, worker_id)])[0]
 
-def list_workers(tx: Tx, batch: str | None = None) -> list[Worker]:
+def list_workers(tx: Tx, batch: str | None = None, after: int = 0, limit: int | None = None) -> list[Worker]:
     batch_id = batches.batch_id(tx, batch) if batch is not None else None
-    return _with_costs(tx, tx.all("worker_list", batch_id=batch_id))
+    # no limit: every worker (both databases take a bound LIMIT; none is as large as this)
+    rows = tx.all("worker_list", batch_id=batch_id, after=after, limit=limit if limit is not None else 2 ** 62)
+    return _with_costs(tx, rows)
 
 def _with_costs(tx: Tx, rows: Sequence[dict[str, Any]]) -> list[Worker]:
     """Workers, the rented ones with their price per hour and what their machines cost so far."""

@@ -154,8 +154,8 @@ class SqlStore(Store):
     def get_worker(self, worker_id: int) -> Worker:
         return self._read(lambda tx: protocol.get_worker(tx, worker_id))
 
-    def list_workers(self, batch: str | None = None) -> list[Worker]:
-        return self._read(lambda tx: protocol.list_workers(tx, batch))
+    def list_workers(self, batch: str | None = None, after: int = 0, limit: int | None = None) -> list[Worker]:
+        return self._read(lambda tx: protocol.list_workers(tx, batch, after, limit))
 
     def update_worker(self, worker_id: int, changes: Mapping[str, Any], actor: str | None = None) -> Worker:
         return self._write(lambda tx: protocol.update_worker(tx, worker_id, changes, actor))

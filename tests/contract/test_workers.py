@@ -19,6 +19,19 @@ def test_list_workers_all_or_by_batch(store, register):
         store.list_workers(batch="nope")
 
 
+def test_workers_are_listed_page_by_page_after_an_id(store, register):
+    ws = [register(batch="x" if i % 2 else None) for i in range(7)]
+    ids = [w.id for w in ws]
+    assert [w.id for w in store.list_workers(limit=3)] == ids[:3]
+    assert [w.id for w in store.list_workers(after=ids[2], limit=3)] == ids[3:6]
+    assert [w.id for w in store.list_workers(after=ids[5], limit=3)] == ids[6:]
+    assert store.list_workers(after=ids[6], limit=3) == []
+    assert [w.id for w in store.list_workers(after=ids[3])] == ids[4:], "no limit: all the rest"
+    in_x = [w.id for w in ws if w.batch == "x"]
+    assert [w.id for w in store.list_workers(batch="x", limit=2)] == in_x[:2]
+    assert [w.id for w in store.list_workers(batch="x", after=in_x[1], limit=2)] == in_x[2:]
+
+
 def test_a_worker_shows_how_many_executions_it_holds(store, register, start):
     w = register(concurrency=3)
     e = start("running", worker=w)

@@ -251,6 +251,26 @@ def test_workers_list_update_delete(srv):
     assert code in (401, 403, 404)
 
 
+def test_workers_are_listed_in_pages_following_next(srv):
+    batch = unique("wpg")
+    wids = [srv.register(unique("w"), batch=batch)[0] for _ in range(5)]
+    seen, after, pages = [], 0, 0
+    while True:
+        reply = srv.ok("GET", f"/workers?batch={batch}&limit=2&after={after}")
+        pages += 1
+        seen.extend(w["id"] for w in reply["workers"])
+        if reply["next"] is None:
+            break
+        assert reply["next"] == reply["workers"][-1]["id"]
+        after = reply["next"]
+    assert (seen, pages) == (wids, 3)
+    whole = srv.ok("GET", f"/workers?batch={batch}")
+    assert ([w["id"] for w in whole["workers"]], whole["next"]) == (wids, None)
+    for bad in ("limit=0", "limit=10001", "after=-1", "limit=two"):
+        code, body = srv.call("GET", f"/workers?{bad}")
+        assert code == 422 and body["data"]["field"] == bad.split("=")[0], (bad, code, body)
+
+
 def test_deleting_a_worker_requeues_its_executions(srv):
     batch = unique("req")
     t = srv.ok("POST", "/tasks", {"command": "x", "batch": batch})

@@ -93,6 +93,9 @@ def test_iso_times_are_utc_with_milliseconds():
     assert iso(None) is None
     assert iso(0) == "1970-01-01T00:00:00.000Z"
     assert iso(1_800_000_000.25) == "2027-01-15T08:00:00.250Z"
+    # milliseconds truncated, as strftime's %f cut to three digits gave them
+    assert [iso(t) for t in (1.9995, 1.0009, 59.9999996, 1e9 + 0.999)] == [
+        "1970-01-01T00:00:01.999Z", "1970-01-01T00:00:01.000Z", "1970-01-01T00:01:00.000Z", "2001-09-09T01:46:40.999Z"]
 
 
 def test_records_come_from_rows_and_go_to_json():

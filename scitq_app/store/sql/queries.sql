@@ -331,8 +331,9 @@ SELECT w.*, b.name AS batch,
        (SELECT COUNT(*) FROM execution e WHERE e.worker_id = w.id
           AND e.status IN ('assigned', 'running', 'uploading')) AS active
 FROM worker w LEFT JOIN batch b ON b.id = w.batch_id
-WHERE CAST(:batch_id AS BIGINT) IS NULL OR w.batch_id = :batch_id
+WHERE (CAST(:batch_id AS BIGINT) IS NULL OR w.batch_id = :batch_id) AND w.id > :after
 ORDER BY w.id
+LIMIT :limit
 
 -- name: worker_insert
 INSERT INTO worker (name, hostname, status, setting, batch_id, concurrency, prefetch, cpu, mem, gpu, version,
