@@ -195,7 +195,8 @@ def _claim_in_one_statement(tx: Tx, worker_id: int, lease_expires: float, reques
 def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, request_id: str | None,
                     pick: Mapping[str, Any]) -> list[dict[str, Any]]:
     """SQLite (no data-modifying CTE): the same in four statements, under its one write lock."""
-    ids = [int(r["id"]) for r in tx.all("claim_pick", **pick)]
+    # named indexes (sqlite.sql): a worker of one batch reads that batch's pending tasks only
+    ids = [int(r["id"]) for r in tx.all("claim_pick" if pick["batch_id"] is None else "claim_pick_batch", **pick)]
     if not ids:
         return []
     p = {"ids": dumps(ids), "now": tx.now}

@@ -68,6 +68,15 @@ def test_a_batch_counts_the_live_workers_pinned_to_it_or_running_its_tasks(store
     assert store.get_batch("live").workers == 0, "a worker gone offline is not working on the batch"
 
 
+def test_a_pinned_worker_counts_for_its_batch_only_while_it_ends_tasks_of_another(store, register, start):
+    w = register(batch="old")
+    start("running", worker=w, batch="old")
+    store.update_worker(w.id, {"batch": "new"})
+    assert {b.name: b.workers for b in store.list_batches()} == {"Default": 0, "old": 0, "new": 1}
+    store.update_worker(w.id, {"batch": None})  # unpinned: counts where it works
+    assert {b.name: b.workers for b in store.list_batches()} == {"Default": 0, "old": 1, "new": 0}
+
+
 def test_a_paused_batch_is_not_claimed_until_it_goes(store, register):
     w = register()
     [task_id] = store.create_tasks([task_spec(batch="b")])

@@ -40,9 +40,11 @@ INSERT INTO batch (name, status, priority, created, modified) VALUES (:name, :st
 ON CONFLICT (name) DO NOTHING
 
 -- name: batch_list
--- workers: live workers pinned to the batch or running one of its tasks (an unpinned worker
--- counts while it works on the batch; a gone worker never does). One pass over the live
--- executions (a partial index), not one probe per batch and worker.
+-- workers: live workers pinned to the batch, and unpinned live workers while they run one of
+-- its tasks (a gone worker never counts; a pinned one counts for its batch only, also while it
+-- ends tasks of a batch it was moved from). Pinned workers are read from their own table: a
+-- fleet of them costs no look at their executions (5,000 workers running 10,000 tasks: the
+-- executions' tasks, read for each, made this 100 ms of PostgreSQL per call).
 SELECT b.*, COALESCE(live.n, 0) AS workers
 FROM batch b
 LEFT JOIN (
@@ -50,11 +52,11 @@ LEFT JOIN (
     FROM (SELECT w.batch_id, w.id AS worker_id FROM worker w
           WHERE w.batch_id IS NOT NULL AND w.status IN ('starting', 'running', 'paused', 'draining')
           UNION
-          SELECT t.batch_id, e.worker_id FROM execution e
+          SELECT t.batch_id, e.worker_id FROM worker w
+          JOIN execution e ON e.worker_id = w.id
           JOIN task t ON t.id = e.task_id
-          JOIN worker w ON w.id = e.worker_id
-          WHERE e.status IN ('assigned', 'running', 'uploading')
-            AND w.status IN ('starting', 'running', 'paused', 'draining')) pairs
+          WHERE w.batch_id IS NULL AND w.status IN ('starting', 'running', 'paused', 'draining')
+            AND e.status IN ('assigned', 'running', 'uploading')) pairs
     GROUP BY pairs.batch_id
 ) live ON live.batch_id = b.id
 WHERE CAST(:name AS TEXT) IS NULL OR b.name = :name ORDER BY b.name
@@ -398,9 +400,10 @@ ORDER BY t.priority DESC, t.id
 LIMIT 1
 
 -- name: claim_probe_batch
--- A worker of one batch: its pending tasks through index task_batch_status (no order: a probe).
+-- A worker of one batch: that batch's pending tasks (index task_batch_pending), in claim order.
 SELECT t.id FROM task t
 WHERE {{include claimable}} AND t.batch_id = :batch_id
+ORDER BY t.priority DESC, t.id
 LIMIT 1
 
 -- name: claim_mark

@@ -47,6 +47,18 @@ WHERE {{include claimable}}
 ORDER BY t.priority DESC, t.id
 LIMIT :n
 
+-- name: claim_pick_batch
+SELECT t.id FROM task t INDEXED BY task_batch_pending
+WHERE {{include claimable}} AND t.batch_id = :batch_id
+ORDER BY t.priority DESC, t.id
+LIMIT :n
+
+-- name: claim_probe_batch
+SELECT t.id FROM task t INDEXED BY task_batch_pending
+WHERE {{include claimable}} AND t.batch_id = :batch_id
+ORDER BY t.priority DESC, t.id
+LIMIT 1
+
 -- name: claim_probe
 -- The pending tasks' partial index, named: left to itself SQLite may sort a batch's pending tasks.
 SELECT t.id FROM task t INDEXED BY task_pending
