@@ -250,8 +250,11 @@ def prepare(url: str, tasks: int, executions: int, workers: int) -> tuple[str, l
     secret: list[str] = []
     store.init_schema(on_admin_secret=secret.append)
     store.create_batch("fleet")
-    regs = [store.register_worker({"name": f"sim-{i:05d}", "concurrency": 4, "prefetch": 0, "batch": "fleet"})
-            for i in range(workers)]
+    # the fill deals its running tasks (1 %) to these workers in turn: each keeps room for 2 more
+    # (1 M tasks on 1,000 workers are 10 running each, which a concurrency of 4 left no room beside)
+    concurrency = -(-tasks // 100 // workers) + 2
+    regs = [store.register_worker({"name": f"sim-{i:05d}", "concurrency": concurrency, "prefetch": 0,
+                                   "batch": "fleet"}) for i in range(workers)]
     # the fill's worker rows are these: skip its own worker insert
     run_sql(url, fill_statements(store.dialect, tasks, executions, workers)[1:])
     held: dict[int, list[int]] = {}
