@@ -2,7 +2,8 @@
 
 A file is a sequence of `-- name: NAME` headers, each followed by one
 statement, and `-- fragment: NAME` headers followed by a piece of SQL that
-statements include with `{{include NAME}}` (a filter several queries share).
+statements (and other fragments) include with `{{include NAME}}` (a filter
+several queries share).
 `queries.sql` holds the text shared by both databases; `sqlite.sql` and
 `postgres.sql` hold what only one dialect can say and override shared
 names. Two macros keep list parameters portable:
@@ -69,7 +70,13 @@ def parse(text: str) -> dict[str, str]:
 
 
 def _include(sql: str, fragments: dict[str, str]) -> str:
-    return _INCLUDE.sub(lambda m: fragments["fragment:" + m.group(1)], sql)
+    # a fragment may include another: expanded until none is left (a cycle would never end)
+    for _ in range(len(fragments) + 1):
+        expanded = _INCLUDE.sub(lambda m: fragments["fragment:" + m.group(1)], sql)
+        if expanded == sql:
+            return sql
+        sql = expanded
+    raise ValueError("fragments include each other in a cycle")
 
 
 def expand(sql: str, dialect: str) -> str:

@@ -39,10 +39,20 @@ def test_fragments_are_included_where_named_and_never_loaded_as_queries():
     for dialect in DIALECTS:
         loaded = queries.load(dialect)
         assert not any(k.startswith("fragment:") for k in loaded)
-        assert "{{include" not in loaded["claim_pick"]
+        assert not [name for name, sql in loaded.items() if "{{include" in sql]
         assert "t.status = 'pending'" in loaded["claim_pick"] and "t.status = 'pending'" in loaded["claim_probe"]
     with pytest.raises(KeyError):
         queries._include("SELECT 1 WHERE {{include nothing}}", {})
+
+
+def test_a_fragment_may_include_another_but_not_itself_in_a_cycle():
+    fragments = {"fragment:outer": "SELECT id FROM t WHERE {{include inner}}", "fragment:inner": "x = 1"}
+    assert queries._include("{{include outer}} LIMIT 1", fragments) == "SELECT id FROM t WHERE x = 1 LIMIT 1"
+    loaded = queries.load("sqlite")
+    assert "INDEXED BY task_batch_pending" in loaded["claim_pick_batch"] and loaded["claim_pick_batch"].endswith(
+        "LIMIT :n") and "t.status = 'pending'" in loaded["claim_probe_batch"]
+    with pytest.raises(ValueError, match="cycle"):
+        queries._include("{{include a}}", {"fragment:a": "{{include b}}", "fragment:b": "{{include a}}"})
 
 
 def test_a_name_defined_twice_is_refused():

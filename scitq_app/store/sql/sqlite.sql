@@ -41,29 +41,32 @@ SELECT id FROM execution WHERE id IN {{ints :ids}} ORDER BY id
 -- name: workers_lock_ids
 SELECT id FROM worker WHERE id IN {{ints :ids}} ORDER BY id
 
--- name: claim_pick
-SELECT t.id FROM task t INDEXED BY task_pending
-WHERE {{include claimable}}
-ORDER BY t.priority DESC, t.id
-LIMIT :n
-
--- name: claim_pick_batch
-SELECT t.id FROM task t INDEXED BY task_batch_pending
-WHERE {{include claimable}} AND t.batch_id = :batch_id
-ORDER BY t.priority DESC, t.id
-LIMIT :n
-
--- name: claim_probe_batch
-SELECT t.id FROM task t INDEXED BY task_batch_pending
-WHERE {{include claimable}} AND t.batch_id = :batch_id
-ORDER BY t.priority DESC, t.id
-LIMIT 1
-
--- name: claim_probe
+-- fragment: pending_in_claim_order
 -- The pending tasks' partial index, named: left to itself SQLite may sort a batch's pending tasks.
 SELECT t.id FROM task t INDEXED BY task_pending
 WHERE {{include claimable}}
 ORDER BY t.priority DESC, t.id
+
+-- fragment: batch_pending_in_claim_order
+-- A worker of one batch: that batch's pending tasks only (named, as above).
+SELECT t.id FROM task t INDEXED BY task_batch_pending
+WHERE {{include claimable}} AND t.batch_id = :batch_id
+ORDER BY t.priority DESC, t.id
+
+-- name: claim_pick
+{{include pending_in_claim_order}}
+LIMIT :n
+
+-- name: claim_pick_batch
+{{include batch_pending_in_claim_order}}
+LIMIT :n
+
+-- name: claim_probe
+{{include pending_in_claim_order}}
+LIMIT 1
+
+-- name: claim_probe_batch
+{{include batch_pending_in_claim_order}}
 LIMIT 1
 
 -- name: release_after
