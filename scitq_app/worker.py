@@ -32,6 +32,7 @@ from .config import Config
 from .containers import make_runner
 from .errors import (Conflict, ConfigError, Forbidden, NotFound, ScitqError, ServerUnreachable, TlsMismatch,
                      Unauthorized)
+from .identity import IdentityFile, is_own
 from .job import Job, Slots, Stager
 from .machine import Machine, disk_shortage
 from .outage import Outage, backoff
@@ -85,14 +86,15 @@ class Worker:
         self.config_token = w.token.strip() or None
         self._token_warned = False
         self.client = client or Server(config.server_url(), None, timeout=config.client.timeout)
+        self.identity = IdentityFile(self.state_dir)
+        saved = self.identity.load()
         if self.client.fingerprint is None:
             # The pin: [worker] fingerprint, else the one this worker registered with, else the join token's.
-            saved = self._load_state()
             self.client.fingerprint = (
                 normalize_fingerprint(w.fingerprint, "[worker] fingerprint") if w.fingerprint.strip()
-                else saved.get("fingerprint") if self._is_own_state(saved) else None) or join_pin
+                else saved.get("fingerprint") if is_own(saved, self.client.url, self.name) else None) or join_pin
         # Renewed while this agent lives; the supervisors of its commands kill them when it is not.
-        saved_lease = self._load_state().get("lease")  # what supervisors left by a previous run were told
+        saved_lease = saved.get("lease")  # what supervisors left by a previous run were told
         self.lease = Lease(os.path.join(self.state_dir, "lease"), float(saved_lease) if saved_lease else None)
         self.runner = runner or make_runner(config, self.root, self.state_dir, self.task_user, self.lease)
         self.stager = stager or RcloneStager(self.root, os.path.join(self.state_dir, "rclone.conf"),
@@ -150,26 +152,11 @@ class Worker:
         self._claim_after = 0.0
 
     # --- registration -----------------------------------------------------------
-    def _state_path(self) -> str:
-        return os.path.join(self.state_dir, "state.json")
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            with open(self._state_path(), encoding="utf-8") as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
-    def _save_state(self, state: dict[str, Any]) -> None:
-        path = self._state_path()
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state, f)
-        os.replace(path + ".tmp", path)
-
-    def _is_own_state(self, state: dict[str, Any]) -> bool:
-        return bool(state.get("server") == self.client.url and state.get("name") == self.name
-                    and state.get("token") and state.get("worker_id"))
+    def _remember(self, token: str) -> None:
+        """Keep this worker's credential (and what it was told) for its next run."""
+        self.identity.save({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
+                            "token": token, "fingerprint": self.client.fingerprint, "head": self.head,
+                            "tail": self.tail, "lease": self.lease.seconds})
 
     def register(self) -> None:
         """Re-attach with the saved worker token, or register anew. Retries while the server is away;
@@ -192,12 +179,12 @@ class Worker:
         """(a) this worker's own token (state.json) re-attaches it; (b) else a join token
         registers it; (c) else [worker] token is adopted if it is a worker token (people's
         tokens are refused); (d) else it tries with none, which the server refuses (ConfigError)."""
-        state = self._load_state()
-        if self._is_own_state(state):
+        state = self.identity.load()
+        if is_own(state, self.client.url, self.name):
             if self.config_token and self.config_token != state["token"] and not self._token_warned:
                 self._token_warned = True
                 log.warning("[worker] token is ignored: this worker re-attaches with its own token (kept in %s)",
-                            self._state_path())
+                            self.identity.path)
             self.client.token = state["token"]
             self.worker_id = int(state["worker_id"])
             self.head = int(state.get("head", self.head))
@@ -240,9 +227,7 @@ class Worker:
                               f"[worker] name = {me['worker_name']}, or give this worker a join token instead")
         self.worker_id = int(me["worker_id"])
         self._heartbeat()
-        self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
-                          "token": token, "fingerprint": self.client.fingerprint, "head": self.head,
-                          "tail": self.tail, "lease": self.lease.seconds})
+        self._remember(token)
         self.say(f"scitq worker {self.name}: attached as worker {self.worker_id} with its worker token")
 
     def _register_with(self, secret: str | None, join: bool) -> None:
@@ -270,9 +255,7 @@ class Worker:
         self._apply_pace(reply)
         self._apply_settings(reply["worker"])
         self._sync_rclone_config(reply.get("rclone_config"))
-        self._save_state({"server": self.client.url, "name": self.name, "worker_id": self.worker_id,
-                          "token": reply["token"], "fingerprint": self.client.fingerprint, "head": self.head,
-                          "tail": self.tail, "lease": self.lease.seconds})
+        self._remember(reply["token"])
         self.say(f"scitq worker {self.name}: registered as worker {self.worker_id} on {self.client.url}")
 
     # --- heartbeat ----------------------------------------------------------------
