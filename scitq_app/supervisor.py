@@ -257,9 +257,9 @@ class Supervisor:
 
     def run(self) -> int:
         _subreaper()
-        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+        for signum in _OBEYED:
             signal.signal(signum, self.on_signal)
-        threading.Thread(target=self.obey, name="obey", daemon=True).start()
+        _start_deaf_thread(self.obey, "obey")
         self._reserve_exit()
         error = self.start()
         if error is not None:
@@ -274,7 +274,7 @@ class Supervisor:
             sys.stdout.close()  # the agent stops reading here; nothing else goes to that pipe
         except OSError:
             pass
-        threading.Thread(target=self.watch_lease, daemon=True).start()
+        _start_deaf_thread(self.watch_lease, "lease")
         outcome: dict[str, Any] = {}
         while True:
             try:
@@ -308,6 +308,21 @@ class Supervisor:
             f.flush()
             os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
+
+
+_OBEYED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+
+
+def _start_deaf_thread(target: Any, name: str) -> None:
+    """Start a thread that never receives the agent's signals. The kernel gives a signal to any
+    thread that does not block it (another one when the main thread has one pending, as in a
+    storm of them), and only the main thread runs Python handlers: one taken by this thread
+    would wait, unnoted, until the main thread's wait for the command returns, maybe hours."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _OBEYED)
+    try:
+        threading.Thread(target=target, name=name, daemon=True).start()  # inherits the blocked set
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _OBEYED)
 
 
 def _subreaper() -> None:

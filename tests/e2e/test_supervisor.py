@@ -211,3 +211,33 @@ def test_a_storm_of_pauses_and_resumes_ends_as_the_agent_asked_last(tmp_path):
     finally:
         proc.send("kill")
         proc.wait()
+
+
+def test_only_the_supervisors_main_thread_takes_the_agents_signals(tmp_path):
+    # The kernel gives a process's signal to any thread not blocking it, and Python runs handlers in
+    # the main thread only: a signal taken by another thread would wait, unnoted, until the command
+    # ends (a storm of pauses and resumes once ended running although the agent asked a pause last).
+    from scitq_app.runner import LocalRunner, RunSpec
+    exec_dir = tmp_path / "exec-1"
+    dirs = {k: str(exec_dir / k) for k in ("input", "output", "resource", "tmp")}
+    for d in dirs.values():
+        os.makedirs(d)
+    lease = supervisor.Lease(str(tmp_path / "lease"), 600)
+    lease.renew()
+    proc = LocalRunner(lease=lease).start(RunSpec(command="sleep 60", shell="sh", dirs=dirs))
+    pid = json.loads(read_text(str(exec_dir / supervisor.STATE)))["pid"]
+    obeyed = sum(1 << (s - 1) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP))
+    try:
+        def blocked() -> dict[int, bool]:
+            out = {}
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                mask = next(int(ln.split()[1], 16) for ln in read_text(f"/proc/{pid}/task/{tid}/status").splitlines()
+                            if ln.startswith("SigBlk:"))
+                out[int(tid)] = mask & obeyed == obeyed
+            return out
+        threads = wait_for(lambda: (lambda b: b if len(b) == 3 else None)(blocked()), 10,
+                           what="the supervisor's main, obey and lease threads")
+        assert threads == {t: t != pid for t in threads}
+    finally:
+        proc.send("kill")
+        proc.wait()
