@@ -29,13 +29,18 @@ NOBODY = "nobody"
 
 
 @pytest.fixture
-def reachable(tmp_path) -> Iterator[str]:
-    """A directory the task user can traverse (pytest's tmp dirs are mode 700)."""
+def reachable(cluster: Cluster) -> Iterator[str]:
+    """A directory the task user can traverse (pytest's tmp dirs are mode 700), for the cluster's
+    workers."""
     base = tempfile.mkdtemp(prefix="scitq-task-user-", dir="/var/tmp")
     os.chmod(base, 0o711)
     try:
         yield base
     finally:
+        # before the cluster's own teardown (which comes after this one): a running worker writes
+        # in its directory while it is removed
+        for w in cluster.workers:
+            w.stop()
         shutil.rmtree(base)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -17,9 +18,20 @@ import time
 MARKER = ".scitq-test-postgres"
 
 
-def free_port(start: int = 0) -> int:
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, drawn at random from 20000-31999: below the kernel's ephemeral
+    range, from which it picks ports for outgoing connections and for `bind(0)` in parallel tests,
+    and where a port it handed out can be handed out again before the bind that uses it."""
+    for _ in range(200):
+        port = 20000 + secrets.randbelow(12000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
-        s.bind(("127.0.0.1", start))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 

@@ -39,6 +39,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+LISTENING = "scitq: server listening on "
+
+
 class ServerProcess:
     """`python -m scitq_app server` on a free port, run in `workdir`: a first start on an
     empty database writes the admin token there (`token_file`; `admin_token` reads it)."""
@@ -48,6 +51,7 @@ class ServerProcess:
         self.database = database
         self.workdir = workdir
         self.port = port or free_port()
+        self._port_chosen = port is None  # a busy port is then retried with another
         self.listen = listen
         self.extra_env = env or {}
         self.args = args or []
@@ -75,12 +79,30 @@ class ServerProcess:
                            "XDG_STATE_HOME": os.path.join(self.workdir, "state"),
                            "SCITQ_SERVER_DATABASE": self.database, "SCITQ_SERVER_PORT": str(self.port),
                            "SCITQ_SERVER_LISTEN": self.listen, **self.extra_env})
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "scitq_app", "server", *self.args], cwd=self.workdir,
-                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        if wait:
-            wait_http(self.url + "/api/v1/health", proc=self.proc)
-        return self
+        for attempt in range(5):
+            self._log = open(self.log_path, "ab")
+            logged = self._log.tell()
+            env["SCITQ_SERVER_PORT"] = str(self.port)
+            self.proc = subprocess.Popen([sys.executable, "-m", "scitq_app", "server", *self.args],
+                                         cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            if not wait:
+                return self
+            # Its own line, not an answer on the port: another test's server may hold the port.
+            wait_for(lambda: self.proc.poll() is not None or LISTENING in self._log_since(logged), 30,
+                     what=f"the server on port {self.port} to listen or exit")
+            if self.proc.poll() is None:
+                wait_http(self.url + "/api/v1/health", proc=self.proc)
+                return self
+            self._log.close()
+            if not (self._port_chosen and "Address already in use" in self._log_since(logged)):
+                break
+            self.port = free_port()
+        raise RuntimeError(f"the server exited with {self.proc.returncode}: {self._log_since(logged)[-2000:]}")
+
+    def _log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
