@@ -115,8 +115,10 @@ def split_options(text: str | None, field: str = "container_options", strict: bo
     options, so anything else would change what runs. Not strict (a worker
     scanning for denied options) reads an unknown option as a flag, so that the
     word after it is checked as an option too rather than skipped as its value."""
+    if not text:
+        return []  # most tasks: no shlex to build for each task of a bulk request
     try:
-        words = shlex.split(text or "")
+        words = shlex.split(text)
     except ValueError as e:
         raise Invalid(f"cannot be split into arguments ({e})", field=field) from None
     out: list[Option] = []

@@ -35,6 +35,20 @@ def test_create_one_task_stores_every_field(store):
     assert store.get_batch("b1").counts == {"pending": 1}
 
 
+def test_a_large_bulk_stores_every_field_where_a_single_task_does(store):
+    # a large insert binds its rows another way on SQLite (positionally, the trigger set aside)
+    fields = dict(name="align", command="bwa mem ref.fa r1.fq", shell="bash", container="biocontainers/bwa",
+                  container_options="--cpus 4", inputs=["s3://bucket/r1.fq"], resources=["s3://bucket/ref.tar.gz|untar"],
+                  output="s3://bucket/out", priority=5, cpu=4, mem=8.5, gpu=1, disk=20, max_retries=3,
+                  download_timeout=600, run_timeout=3600, use_cache=True, batch="b1")
+    [single] = store.create_tasks([task_spec(**fields)])
+    bulk = store.create_tasks([task_spec(**fields)] + [task_spec(batch="b1") for _ in range(UNCOUNTED_INSERT_MIN)])
+    one, other = store.get_task(single).to_dict(), store.get_task(bulk[0]).to_dict()
+    assert other.pop("id") == bulk[0] and one.pop("id") == single
+    assert other == one
+    assert store.get_task(bulk[-1]).command == "true"
+
+
 def test_create_returns_ids_in_request_order(store):
     ids = store.create_tasks([task_spec(name=f"t{i}") for i in range(5)])
     assert ids == sorted(ids) and len(set(ids)) == 5
