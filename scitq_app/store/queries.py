@@ -20,6 +20,7 @@ from importlib import resources
 _HEADER = re.compile(r"^--\s*((?:name|fragment):\s*[a-z0-9_]+)\s*$", re.M)
 _INCLUDE = re.compile(r"\{\{include\s+([a-z0-9_]+)\}\}")
 _MACRO = re.compile(r"\{\{(ints|strs)\s+:([a-z_]+)\}\}")
+_PARAMETER = re.compile(r"(?<!:):([A-Za-z_]\w*)")  # :name, not a PostgreSQL ::cast
 
 _MACROS = {
     "sqlite": {
@@ -102,6 +103,16 @@ def load(dialect: str) -> dict[str, str]:
     fragments = {k: v for k, v in merged.items() if k.startswith("fragment:")}
     return {name: expand(_include(sql, fragments), dialect) for name, sql in merged.items()
             if not name.startswith("fragment:")}
+
+
+def parameters(sql: str) -> list[str]:
+    """The :named parameters of `sql`, in order, once per occurrence."""
+    return _PARAMETER.findall(sql)
+
+
+def positional(sql: str) -> str:
+    """`sql` with each :named parameter a `?` (the order of `parameters`)."""
+    return _PARAMETER.sub("?", sql)
 
 
 def split_statements(text: str) -> list[str]:

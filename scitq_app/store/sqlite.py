@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import sqlite3
 import threading
 import time
@@ -30,7 +29,6 @@ BUSY_TIMEOUT_MS = 30_000
 # Rows from which an insert of tasks goes without the per-row count trigger (SqliteTx.insert_tasks):
 # below, the two schema changes cost more than the trigger saves.
 UNCOUNTED_INSERT_MIN = 500
-_NAMED = re.compile(r"(?<!:):([A-Za-z_]\w*)")
 
 
 @lru_cache(maxsize=1)
@@ -43,8 +41,7 @@ def count_insert_trigger() -> str:
 @lru_cache(maxsize=8)
 def positional(text: str) -> tuple[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]:
     """`text` with its :named parameters made positional, and what takes them from a row in order."""
-    names = _NAMED.findall(text)
-    return _NAMED.sub("?", text), itemgetter(*names)
+    return queries.positional(text), itemgetter(*queries.parameters(text))
 
 
 class SqliteTx(Tx):

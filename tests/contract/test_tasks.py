@@ -6,6 +6,7 @@ from contextlib import closing
 import pytest
 
 from scitq_app.errors import Conflict, Invalid, NotFound
+from scitq_app.store.postgres import COPY_MIN
 from scitq_app.store.sqlite import UNCOUNTED_INSERT_MIN, count_insert_trigger
 
 from .scene import LEASE, status_of, task_spec
@@ -47,6 +48,33 @@ def test_a_large_bulk_stores_every_field_where_a_single_task_does(store):
     assert other.pop("id") == bulk[0] and one.pop("id") == single
     assert other == one
     assert store.get_task(bulk[-1]).command == "true"
+
+
+def test_a_large_bulk_stores_texts_exactly(store):
+    # a large insert is a COPY on PostgreSQL, whose text format gives tabs, line ends, backslashes
+    # and `\N` a meaning of their own
+    texts = ["printf 'a\\tb\\n' | tr '\t' ' '", "line one\nline two\r\n", "\\.", "\\N", "C:\\dir\\", "été ✓ 𝄞"]
+    specs = [task_spec(command=texts[i % len(texts)], name=f"n{i}", container_options="" if i % 2 else None)
+             for i in range(max(COPY_MIN, UNCOUNTED_INSERT_MIN) + 1)]
+    ids = store.create_tasks(specs)
+    tasks = {t.id: t for t in store.list_tasks(limit=10_000)}
+    assert [(tasks[i].command, tasks[i].name, tasks[i].container_options) for i in ids] == \
+        [(s["command"], s["name"], s.get("container_options")) for s in specs]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_large_bulk_leaves_its_connection_planning_each_run(store):
+    # the COPY lets its foreign-key checks reuse their plan, for its transaction only: the
+    # session's statements are still planned for their values after it, committed or not
+    def mode() -> str:
+        with store.backend.transaction(write=False) as tx:  # the pool's last used connection
+            return tx.con.run("SHOW plan_cache_mode")[0][0]
+    store.create_tasks([task_spec() for _ in range(COPY_MIN)])
+    assert mode() == "force_custom_plan"
+    with pytest.raises(NotFound):  # refused after its tasks went in
+        store.create_tasks([task_spec() for _ in range(COPY_MIN)] + [task_spec(requires=["no-such-ref"])])
+    assert mode() == "force_custom_plan"
+    assert store.count_tasks() == {"pending": COPY_MIN}
 
 
 def test_create_returns_ids_in_request_order(store):

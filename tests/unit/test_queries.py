@@ -156,3 +156,10 @@ def test_positional_parameters_keep_the_order_and_repeats_of_the_named_ones():
     text, values = positional("INSERT INTO t (a, b, c, d) VALUES (:a, CAST(:b AS TEXT), :now, :now) -- x::y")
     assert text == "INSERT INTO t (a, b, c, d) VALUES (?, CAST(? AS TEXT), ?, ?) -- x::y"
     assert values({"a": 1, "b": "two", "now": 3.5, "unused": 0}) == (1, "two", 3.5, 3.5)
+
+
+def test_copy_text_escapes_what_copy_gives_a_meaning_and_writes_null_as_such():
+    from scitq_app.store.postgres import copy_text
+    rows = [(1, "a\tb", None, 2.5), (2, "line\nnext\r\\.", "", 0)]
+    assert copy_text(rows) == "1\ta\\tb\t\\N\t2.5\n2\tline\\nnext\\r\\\\.\t\t0\n"
+    assert copy_text([]) == ""
