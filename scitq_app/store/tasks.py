@@ -5,7 +5,6 @@ import hashlib
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import Conflict, Invalid, NotFound
-from ..readahead import ReadAhead
 from ..models import (
     ACTIVE_EXECUTION_STATUSES,
     FINAL_TASK_STATUSES,
@@ -93,23 +92,11 @@ class Resubmitted(Exception):
         self.ids = ids
 
 
-class _Digest:
-    """Adds each spec it is given to `h`, as the items of dumps(list(specs)) (without the text)."""
-
-    def __init__(self, h: Any) -> None:
-        self.h, self.first = h, True
-
-    def __call__(self, spec: Mapping[str, Any]) -> None:
-        self.h.update((b"" if self.first else b",") + dumps(spec).encode("utf-8"))
-        self.first = False
-
-
 def _digest(specs: Iterable[Mapping[str, Any]]) -> Any:
     """sha256 of dumps(list(specs)), hashed spec by spec (the same digest, without the text)."""
     h = hashlib.sha256(b"[")
-    add = _Digest(h)
-    for s in specs:
-        add(s)
+    for i, s in enumerate(specs):
+        h.update((b"," if i else b"") + dumps(s).encode("utf-8"))
     return h
 
 
@@ -135,11 +122,21 @@ def create_tasks(tx: Tx, specs: Sequence[Mapping[str, Any]], actor: str | None =
     known: dict[int, str] = {}  # status of the tasks named by id in requires
     ref_edges: dict[int, list[str]] = {}  # index -> refs it requires (resolved at the end)
     index = 0
-    # the next chunk is read (validated, hashed) while this one is inserted
-    with ReadAhead(specs, _CREATE_CHUNK, each=_Digest(hasher) if hasher is not None else None) as chunks:
-        for chunk in chunks:
-            _insert_chunk(tx, chunk, index, stored_key, where_one, batch_ids, refs, ids, known, ref_edges)
-            index += len(chunk)
+    chunk: list[Mapping[str, Any]] = []
+    it = iter(specs)
+    while True:
+        chunk.clear()
+        for s in it:
+            chunk.append(s)
+            if len(chunk) == _CREATE_CHUNK:
+                break
+        if not chunk:
+            break
+        if hasher is not None:
+            for n, s in enumerate(chunk, index):
+                hasher.update((b"," if n else b"") + dumps(s).encode("utf-8"))
+        _insert_chunk(tx, chunk, index, stored_key, where_one, batch_ids, refs, ids, known, ref_edges)
+        index += len(chunk)
     deps: list[dict[str, int]] = []
     for i, wanted in ref_edges.items():
         where = "requires" if where_one else f"tasks[{i}].requires"
