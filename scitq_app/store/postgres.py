@@ -37,12 +37,17 @@ def _code(exc: BaseException) -> str | None:
 class PgTx(Tx):
     dialect = "postgres"
 
-    def __init__(self, con: Any, sql: Mapping[str, str], now: float) -> None:
+    def __init__(self, con: Any, sql: Mapping[str, str], now: float, begin: bool = False) -> None:
         super().__init__(sql, now)
         self.con = con
         # Named queries are prepared once per connection: a run is then one round
         # trip (bind + execute) instead of three (parse, describe, execute).
         self.prepared: dict[str, Any] = con.__dict__.setdefault("scitq_prepared", {})
+        # A write transaction's START goes with its first statement, in one round trip (a round
+        # trip costs the server more CPU in system calls than most statements do in Python);
+        # one that runs no statement costs none.
+        self._begin = begin
+        self.begun = False
 
     def _statement(self, name: str, suffix: str = "") -> Any:
         key = name + suffix
@@ -51,10 +56,36 @@ class PgTx(Tx):
             ps = self.prepared[key] = self.con.prepare(self.sql[name] + suffix)
         return ps
 
+    def begin_now(self) -> None:
+        """Send the transaction's START now (before what cannot carry it: COPY, DDL)."""
+        if self._begin and not self.begun:
+            self.begun = True
+            self.con.run("START TRANSACTION")
+
+    def _run(self, ps: Any, params: Mapping[str, Any]) -> Any:
+        """Run the prepared statement `ps`; its pg8000 context (rows, columns, row count)."""
+        if not self._begin or self.begun:
+            ps.run(**params)
+            return ps._context  # pg8000 keeps the last result's metadata there
+        from pg8000 import converters, core
+        con = self.con
+        values = converters.make_params(con.py_types, ps.make_vals(params))
+        self.begun = True  # from here on, a failure rolls back
+        con.send_QUERY("START TRANSACTION")  # buffered: sent with the statement (pg8000 has no pipeline)
+        con.send_BIND(ps.name_bin, values)
+        con.send_EXECUTE()
+        core._write(con._sock, core.SYNC_MSG)
+        core._flush(con._sock)
+        context = core.Context(ps.statement, columns=ps.cols, input_funcs=ps.input_funcs)
+        try:
+            con.handle_messages(core.Context("START TRANSACTION"))
+        finally:
+            con.handle_messages(context)  # read in any case: the connection stays in step
+        return context
+
     def execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
-        ps = self._statement(name)
-        rows = ps.run(**params)
-        context = ps._context  # pg8000 keeps the last result's metadata there
+        context = self._run(self._statement(name), params)
+        rows = context.rows
         count = context.row_count if context.row_count is not None and context.row_count >= 0 else 0
         cols = context.columns
         if not cols:
@@ -63,8 +94,7 @@ class PgTx(Tx):
         return [dict(zip(names, r)) for r in rows or []], count
 
     def insert(self, name: str, /, **params: Any) -> int:
-        rows = self._statement(name, " RETURNING id").run(**params)
-        return int(rows[0][0])
+        return int(self._run(self._statement(name, " RETURNING id"), params).rows[0][0])
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         for start in range(0, len(rows), 20_000):
@@ -77,6 +107,7 @@ class PgTx(Tx):
             self.many("task_insert", rows)
             return
         text = copy_text(map(itemgetter(*queries.parameters(self.sql["task_insert"])), rows))
+        self.begin_now()
         self.con.run(self.sql["plans_reused"])
         self.con.run(self.sql["task_copy"], stream=[text.encode("utf-8")])  # one CopyData message
         self.con.run(self.sql["plans_custom"])
@@ -85,6 +116,7 @@ class PgTx(Tx):
         return sorted(int(i) for i in self.value("reserve_ids", table=table, n=n).split(","))
 
     def script(self, text: str) -> None:
+        self.begin_now()
         for stmt in queries.split_statements(text):
             self.con.run(stmt)
 
@@ -193,15 +225,17 @@ class PostgresBackend:
                 # and nothing read here needs its statements mutually consistent.
                 yield PgTx(con, self.sql, self.clock())
                 return
-            con.run("START TRANSACTION")
+            tx = PgTx(con, self.sql, self.clock(), begin=True)
             try:
-                yield PgTx(con, self.sql, self.clock())
-                con.run("COMMIT")
+                yield tx
+                if tx.begun:
+                    con.run("COMMIT")
             except BaseException:
-                try:
-                    con.run("ROLLBACK")
-                except Exception:
-                    healthy = False
+                if tx.begun:
+                    try:
+                        con.run("ROLLBACK")
+                    except Exception:
+                        healthy = False
                 raise
         except OSError as e:
             healthy = False
