@@ -235,6 +235,18 @@ def test_a_retried_claim_with_the_same_request_id_returns_the_same_executions(st
     assert [(e["id"], e["status"]) for e in late] == [(first[0]["id"], "running"), (first[1]["id"], "assigned")]
 
 
+@pytest.mark.parametrize("pending", [3, 1], ids=["tasks-left", "none-left"])
+def test_a_retried_claim_of_a_worker_with_room_returns_the_same_executions(store, register, pending):
+    # the retry finds the worker able to take more (and, or not, tasks waiting): it is still
+    # answered with what its first try gave, nothing more taken
+    w = register(concurrency=4)
+    ids = store.create_tasks([task_spec() for _ in range(pending)])
+    first = store.claim(w.id, 1, LEASE, request_id="r-1")
+    again = store.claim(w.id, 1, LEASE, request_id="r-1")
+    assert len(first) == 1 and again == first
+    assert [status_of(store, i) for i in ids].count("pending") == pending - 1
+
+
 def test_request_ids_belong_to_their_worker_and_a_new_one_claims_anew(store, register):
     a, b = register(concurrency=2), register(concurrency=2)
     store.create_tasks([task_spec() for _ in range(4)])
