@@ -170,12 +170,12 @@ def claim(tx: Tx, worker_id: int, slots: int, lease: float, request_id: str | No
     # executions read next includes what the previous one just gave it (on PostgreSQL, reading
     # first let two claims both see free slots: concurrency + prefetch exceeded).
     tx.run("worker_seen", id=worker_id, now=tx.now)
-    if request_id is not None:
-        # Read under the worker's lock: a retry racing its first try sees what that one gave.
-        again = claimed_by_request(tx, worker_id, request_id)
-        if again:
-            return again
-    w = worker_row(tx, worker_id)
+    # Read under the worker's lock: a retry racing its first try sees what that one gave.
+    w = tx.one("claim_worker", id=worker_id, request_id=request_id)
+    if w is None:
+        raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
+    if w["retried"]:
+        return claimed_by_request(tx, worker_id, str(request_id))
     if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
         return []
     allowed = int(w["concurrency"]) + int(w["prefetch"]) - int(w["active"])

@@ -319,10 +319,20 @@ DELETE FROM signal WHERE worker_id = :worker_id AND id = :id
 
 -- ---------------------------------------------------------------- workers
 
--- name: worker_get
+-- fragment: worker_with_active
 SELECT w.*, b.name AS batch,
        (SELECT COUNT(*) FROM execution e WHERE e.worker_id = w.id
           AND e.status IN ('assigned', 'running', 'uploading')) AS active
+
+-- name: worker_get
+{{include worker_with_active}}
+FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
+
+-- name: claim_worker
+-- A claim's read of its worker, under the worker's lock, and whether an earlier try of this claim
+-- (its request id) already gave it executions: the claim then answers with those.
+{{include worker_with_active}},
+       EXISTS (SELECT 1 FROM execution e WHERE e.worker_id = w.id AND e.claim_request = :request_id) AS retried
 FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
 
 -- name: worker_by_name
