@@ -209,13 +209,26 @@ def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, request_id: st
 _CLAIMS = {"postgres": _claim_in_one_statement, "sqlite": _claim_in_steps}
 
 
-def has_claimable(tx: Tx, worker_id: int, strict: bool = False) -> bool:
-    """Could a claim of this worker get something now? One read. For an unknown worker:
-    False, or with `strict` NotFound (what the claim itself answers)."""
+def has_claimable(tx: Tx, worker_id: int) -> bool:
+    """Could a claim of this worker get something now (False for an unknown worker)? One read,
+    two when there is a task to look for."""
     w = tx.one("worker_get", id=worker_id)
-    if w is None and strict:
+    return w is not None and _could_claim(tx, w)
+
+
+def claim_prospect(tx: Tx, worker_id: int, request_id: str | None) -> tuple[bool, bool]:
+    """Before a claim: whether it could get something now (as has_claimable), and whether an
+    earlier try of it (its request id) already claimed. NotFound for an unknown worker."""
+    w = tx.one("claim_worker", id=worker_id, request_id=request_id)
+    if w is None:
         raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
-    if w is None or w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
+    if w["retried"]:
+        return False, True
+    return _could_claim(tx, w), False
+
+
+def _could_claim(tx: Tx, w: Mapping[str, Any]) -> bool:
+    if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
         return False
     if int(w["concurrency"]) + int(w["prefetch"]) <= int(w["active"]):
         return False  # full: claim would return nothing (and a long poll would spin)

@@ -176,14 +176,14 @@ class SqlStore(Store):
 
     def claim(self, worker_id: int, slots: int, lease: float, request_id: str | None = None
               ) -> list[dict[str, Any]]:
-        # Idle workers claim often and mostly find nothing: that answer costs one read, no write
+        # Idle workers claim often and mostly find nothing: that answer costs a read, no write
         # (no lock on the worker's row, no transaction on SQLite's single writer).
-        if not self._read(lambda tx: protocol.has_claimable(tx, worker_id, strict=True)):
-            if request_id is None:
-                return []
-            # or a retry whose reply was lost, its first try having filled the worker: what it gave
-            return self._read(lambda tx: protocol.claimed_by_request(tx, worker_id, request_id))
-        # (the write answers a retry with what its first try gave, read under the worker's lock)
+        could, retried = self._read(lambda tx: protocol.claim_prospect(tx, worker_id, request_id))
+        if retried:  # a retry whose reply was lost: what its first try gave
+            return self._read(lambda tx: protocol.claimed_by_request(tx, worker_id, str(request_id)))
+        if not could:
+            return []
+        # (a retry racing its first try is answered by the write, which reads under the worker's lock)
         return self._write(lambda tx: protocol.claim(tx, worker_id, slots, lease, request_id))
 
     def has_claimable(self, worker_id: int) -> bool:
