@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +165,7 @@ class Load:
             while self.running():
                 t0 = time.monotonic()
                 reply = await self.call("claim", "POST", f"/workers/{wid}/claim", token,
-                                        {"slots": 2, "wait": 5.0}, timeout=70)
+                                        {"slots": 2, "wait": 5.0, "request": uuid.uuid4().hex}, timeout=70)
                 if reply is None:
                     await self.nap(5)
                     continue

@@ -134,7 +134,9 @@ def measure(url: str, tasks: int, executions: int, workers: int, calls: int) -> 
 
     store.create_batch("empty")
     idle = store.register_worker({"name": "idle", "concurrency": 4, "prefetch": 0, "batch": "empty"})[0]
-    out["idle_claim"] = timed(lambda: store.claim(idle.id, 4, lease), calls)
+    # each claim with a request id of its own, as a worker sends (its retries reuse it)
+    r = iter(range(10 ** 9))
+    out["idle_claim"] = timed(lambda: store.claim(idle.id, 4, lease, request_id=f"i{next(r)}"), calls)
     # workers like the fleet's (concurrency 4), each claiming in turn until it is full: a claim's
     # cost grows with what its worker already runs, which a real worker keeps within its concurrency
     claims = min(calls, 2000)
@@ -143,7 +145,8 @@ def measure(url: str, tasks: int, executions: int, workers: int, calls: int) -> 
     j = iter(range(10 ** 9))
     taken: list[int] = []
     out["claim_one"] = timed(lambda: taken.extend(e["id"] for e in store.claim(takers[next(j) % len(takers)].id,
-                                                                              1, lease)), claims)
+                                                                              1, lease, request_id=f"c{next(r)}")),
+                             claims)
     assert len(taken) == claims, f"{claims - len(taken)} claims took nothing"
 
     config = load_config(os.devnull, env={})
