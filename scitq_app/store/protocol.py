@@ -210,32 +210,26 @@ _CLAIMS = {"postgres": _claim_in_one_statement, "sqlite": _claim_in_steps}
 
 
 def has_claimable(tx: Tx, worker_id: int) -> bool:
-    """Could a claim of this worker get something now (False for an unknown worker)? One read,
-    two when there is a task to look for."""
-    w = tx.one("worker_get", id=worker_id)
-    return w is not None and _could_claim(tx, w)
+    """Could a claim of this worker get something now (False for an unknown worker)? One read."""
+    w = tx.one("claim_prospect", id=worker_id, request_id=None)
+    return w is not None and _could_claim(w)
 
 
 def claim_prospect(tx: Tx, worker_id: int, request_id: str | None) -> tuple[bool, bool]:
-    """Before a claim: whether it could get something now (as has_claimable), and whether an
-    earlier try of it (its request id) already claimed. NotFound for an unknown worker."""
-    w = tx.one("claim_worker", id=worker_id, request_id=request_id)
+    """Before a claim, in one read: whether it could get something now (as has_claimable), and
+    whether an earlier try of it (its request id) already claimed. NotFound for an unknown worker."""
+    w = tx.one("claim_prospect", id=worker_id, request_id=request_id)
     if w is None:
         raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
-    if w["retried"]:
-        return False, True
-    return _could_claim(tx, w), False
+    return (not w["retried"] and _could_claim(w)), bool(w["retried"])
 
 
-def _could_claim(tx: Tx, w: Mapping[str, Any]) -> bool:
+def _could_claim(w: Mapping[str, Any]) -> bool:
     if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
         return False
     if int(w["concurrency"]) + int(w["prefetch"]) <= int(w["active"]):
         return False  # full: claim would return nothing (and a long poll would spin)
-    # A worker of one batch looks among that batch's tasks, any other in claim order (the
-    # pending tasks' index): each probe reads a few index entries, however many tasks wait.
-    probe = "claim_probe" if w["batch_id"] is None else "claim_probe_batch"
-    return tx.one(probe, batch_id=w["batch_id"], cpu=w["cpu"], mem=w["mem"], gpu=w["gpu"]) is not None
+    return bool(w["waiting"])
 
 
 def fleet_size(tx: Tx) -> int:

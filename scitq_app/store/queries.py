@@ -3,7 +3,8 @@
 A file is a sequence of `-- name: NAME` headers, each followed by one
 statement, and `-- fragment: NAME` headers followed by a piece of SQL that
 statements (and other fragments) include with `{{include NAME}}` (a filter
-several queries share).
+several queries share), or `{{include NAME using ALIAS}}` to read its :parameters
+from the columns of ALIAS instead.
 `queries.sql` holds the text shared by both databases; `sqlite.sql` and
 `postgres.sql` hold what only one dialect can say and override shared
 names. Two macros keep list parameters portable:
@@ -18,7 +19,7 @@ from functools import lru_cache
 from importlib import resources
 
 _HEADER = re.compile(r"^--\s*((?:name|fragment):\s*[a-z0-9_]+)\s*$", re.M)
-_INCLUDE = re.compile(r"\{\{include\s+([a-z0-9_]+)\}\}")
+_INCLUDE = re.compile(r"\{\{include\s+([a-z0-9_]+)(?:\s+using\s+([a-z_]+))?\}\}")
 _MACRO = re.compile(r"\{\{(ints|strs)\s+:([a-z_]+)\}\}")
 _PARAMETER = re.compile(r"(?<!:):([A-Za-z_]\w*)")  # :name, not a PostgreSQL ::cast
 
@@ -73,11 +74,17 @@ def parse(text: str) -> dict[str, str]:
 def _include(sql: str, fragments: dict[str, str]) -> str:
     # a fragment may include another: expanded until none is left (a cycle would never end)
     for _ in range(len(fragments) + 1):
-        expanded = _INCLUDE.sub(lambda m: fragments["fragment:" + m.group(1)], sql)
+        expanded = _INCLUDE.sub(lambda m: _using(fragments["fragment:" + m.group(1)], m.group(2)), sql)
         if expanded == sql:
             return sql
         sql = expanded
     raise ValueError("fragments include each other in a cycle")
+
+
+def _using(fragment: str, alias: str | None) -> str:
+    """`{{include NAME using ALIAS}}`: the fragment's own :parameters read from ALIAS's columns of
+    the same names (a filter written for values, applied to a row's)."""
+    return fragment if alias is None else _PARAMETER.sub(lambda m: f"{alias}.{m.group(1)}", fragment)
 
 
 def expand(sql: str, dialect: str) -> str:

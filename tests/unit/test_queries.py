@@ -40,7 +40,7 @@ def test_fragments_are_included_where_named_and_never_loaded_as_queries():
         loaded = queries.load(dialect)
         assert not any(k.startswith("fragment:") for k in loaded)
         assert not [name for name, sql in loaded.items() if "{{include" in sql]
-        assert "t.status = 'pending'" in loaded["claim_pick"] and "t.status = 'pending'" in loaded["claim_probe"]
+        assert "t.status = 'pending'" in loaded["claim_pick"] and "t.status = 'pending'" in loaded["claim_prospect"]
     with pytest.raises(KeyError):
         queries._include("SELECT 1 WHERE {{include nothing}}", {})
 
@@ -50,9 +50,16 @@ def test_a_fragment_may_include_another_but_not_itself_in_a_cycle():
     assert queries._include("{{include outer}} LIMIT 1", fragments) == "SELECT id FROM t WHERE x = 1 LIMIT 1"
     loaded = queries.load("sqlite")
     assert "INDEXED BY task_batch_pending" in loaded["claim_pick_batch"] and loaded["claim_pick_batch"].endswith(
-        "LIMIT :n") and "t.status = 'pending'" in loaded["claim_probe_batch"]
+        "LIMIT :n") and "INDEXED BY task_batch_pending" in loaded["claim_prospect"]
     with pytest.raises(ValueError, match="cycle"):
         queries._include("{{include a}}", {"fragment:a": "{{include b}}", "fragment:b": "{{include a}}"})
+
+
+def test_a_fragment_included_using_an_alias_reads_its_parameters_from_that_row():
+    fragments = {"fragment:fits": "(CAST(:cpu AS REAL) IS NULL OR t.cpu <= :cpu) AND t.kind = 'a::b'"}
+    assert queries._include("SELECT 1 FROM t, w WHERE {{include fits using w}} AND t.id = :id", fragments) == \
+        "SELECT 1 FROM t, w WHERE (CAST(w.cpu AS REAL) IS NULL OR t.cpu <= w.cpu) AND t.kind = 'a::b' AND t.id = :id"
+    assert queries._include("{{include fits}}", fragments) == fragments["fragment:fits"]
 
 
 def test_a_name_defined_twice_is_refused():

@@ -328,12 +328,15 @@ SELECT w.*, b.name AS batch,
 {{include worker_with_active}}
 FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
 
--- name: claim_worker
--- A claim's read of its worker, under the worker's lock, and whether an earlier try of this claim
--- (its request id) already gave it executions: the claim then answers with those.
+-- fragment: worker_and_retry
+-- A worker, and whether an earlier try of this claim (its request id) already gave it executions.
 {{include worker_with_active}},
        EXISTS (SELECT 1 FROM execution e WHERE e.worker_id = w.id AND e.claim_request = :request_id) AS retried
 FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
+
+-- name: claim_worker
+-- A claim's read of its worker, under the worker's lock (a retry then answers with what it gave).
+{{include worker_and_retry}}
 
 -- name: worker_by_name
 SELECT * FROM worker WHERE name = :name
@@ -402,19 +405,19 @@ t.status = 'pending'
   AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
   AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
 
--- name: claim_probe
--- In claim order, like claim_pick: the pending tasks' partial index, never the table.
-SELECT t.id FROM task t
-WHERE {{include claimable}}
-ORDER BY t.priority DESC, t.id
-LIMIT 1
-
--- name: claim_probe_batch
--- A worker of one batch: that batch's pending tasks (index task_batch_pending), in claim order.
-SELECT t.id FROM task t
-WHERE {{include claimable}} AND t.batch_id = :batch_id
-ORDER BY t.priority DESC, t.id
-LIMIT 1
+-- name: claim_prospect
+-- Before a claim, in one round trip: the worker (as claim_worker) and whether a task it could take
+-- is waiting (`waiting`), looked for with the worker's own values: a worker of one batch among that
+-- batch's pending tasks (task_batch_pending), any other in claim order (task_pending); each reads a
+-- few index entries, however many tasks wait.
+SELECT x.*,
+       CASE WHEN x.batch_id IS NULL
+            THEN EXISTS (SELECT 1 FROM task t WHERE {{include claimable using x}}
+                         ORDER BY t.priority DESC, t.id LIMIT 1)
+            ELSE EXISTS (SELECT 1 FROM task t WHERE {{include claimable using x}} AND t.batch_id = x.batch_id
+                         ORDER BY t.priority DESC, t.id LIMIT 1)
+       END AS waiting
+FROM ({{include worker_and_retry}}) x
 
 -- name: claim_mark
 UPDATE task SET status = 'assigned', attempts = attempts + 1, status_changed = :now, modified = :now
