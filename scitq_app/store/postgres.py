@@ -14,7 +14,6 @@ import select
 import threading
 import time
 from contextlib import contextmanager
-from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
@@ -106,7 +105,7 @@ class PgTx(Tx):
         if len(rows) < COPY_MIN:
             self.many("task_insert", rows)
             return
-        text = copy_text(map(itemgetter(*queries.parameters(self.sql["task_insert"])), rows))
+        text = copy_text(map(queries.in_order(self.sql["task_insert"]), rows))
         self.begin_now()
         self.con.run(self.sql["plans_reused"])
         self.con.run(self.sql["task_copy"], stream=[text.encode("utf-8")])  # one CopyData message

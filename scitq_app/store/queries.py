@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from importlib import resources
+from operator import itemgetter
+from typing import Any, Callable, Mapping
 
 _HEADER = re.compile(r"^--\s*((?:name|fragment):\s*[a-z0-9_]+)\s*$", re.M)
 _INCLUDE = re.compile(r"\{\{include\s+([a-z0-9_]+)(?:\s+using\s+([a-z_]+))?\}\}")
@@ -117,9 +119,19 @@ def parameters(sql: str) -> list[str]:
     return _PARAMETER.findall(sql)
 
 
+@lru_cache(maxsize=16)
 def positional(sql: str) -> str:
     """`sql` with each :named parameter a `?` (the order of `parameters`)."""
     return _PARAMETER.sub("?", sql)
+
+
+@lru_cache(maxsize=16)
+def in_order(sql: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """What takes the values of `sql`'s parameters from a row, in their order (`parameters`):
+    rows bound by position (SQLite) or written out as COPY text (PostgreSQL)."""
+    names = parameters(sql)
+    get = itemgetter(*names)
+    return get if len(names) > 1 else lambda row: (get(row),)
 
 
 def split_statements(text: str) -> list[str]:

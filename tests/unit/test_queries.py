@@ -159,10 +159,10 @@ def test_every_loaded_query_compiles_against_the_schema(make_store, database_url
 
 
 def test_positional_parameters_keep_the_order_and_repeats_of_the_named_ones():
-    from scitq_app.store.sqlite import positional
-    text, values = positional("INSERT INTO t (a, b, c, d) VALUES (:a, CAST(:b AS TEXT), :now, :now) -- x::y")
-    assert text == "INSERT INTO t (a, b, c, d) VALUES (?, CAST(? AS TEXT), ?, ?) -- x::y"
-    assert values({"a": 1, "b": "two", "now": 3.5, "unused": 0}) == (1, "two", 3.5, 3.5)
+    sql = "INSERT INTO t (a, b, c, d) VALUES (:a, CAST(:b AS TEXT), :now, :now) -- x::y"
+    assert queries.positional(sql) == "INSERT INTO t (a, b, c, d) VALUES (?, CAST(? AS TEXT), ?, ?) -- x::y"
+    assert queries.in_order(sql)({"a": 1, "b": "two", "now": 3.5, "unused": 0}) == (1, "two", 3.5, 3.5)
+    assert queries.in_order("DELETE FROM t WHERE id = :id")({"id": 7}) == (7,)
 
 
 def test_copy_text_escapes_what_copy_gives_a_meaning_and_writes_null_as_such():
