@@ -10,7 +10,16 @@ from scitq_app.errors import Conflict, NotFound
 
 
 class Abort(Exception):
-    pass
+    """The caller gives up inside the transaction."""
+
+
+def open_transaction(store, backend: str) -> bool:
+    """Is the pool's last used connection still inside a transaction (one left open)?"""
+    with store.backend.transaction(write=False) as tx:
+        if backend == "sqlite":
+            return tx.conn.in_transaction
+        # in autocommit a statement is its own transaction: it starts when the statement does
+        return tx.con.run("SELECT xact_start < query_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")[0][0]
 
 
 def test_a_write_given_up_after_its_first_statement_leaves_nothing(store):
@@ -43,8 +52,14 @@ def test_a_failed_first_statement_leaves_its_connection_usable(store):
     assert store.get_batch("after").name == "after"
 
 
-def test_a_write_that_runs_nothing_is_fine(store):
+def test_a_write_that_runs_nothing_leaves_no_transaction_open(store, backend):
     with store.backend.transaction(write=True):
         pass
+    assert open_transaction(store, backend) is False
+    with pytest.raises(Abort):
+        with store.backend.transaction(write=True):
+            raise Abort()
+    assert open_transaction(store, backend) is False
     store.create_batch("after")
+    assert open_transaction(store, backend) is False
     assert store.get_batch("after").name == "after"

@@ -154,9 +154,9 @@ def _state_letter(pid: int) -> str:
     return stat[stat.rindex(")") + 2]
 
 
-def test_a_pause_signal_delivered_after_a_resume_leaves_the_command_running(tmp_path):
-    # Pending signals are delivered lowest number first and coalesce: a pause (SIGUSR1) sent before a
-    # resume (SIGUSR2) can reach the supervisor after it. It obeys what the agent asked last.
+def _supervised(tmp_path, command: str, shell: str):
+    """`command` started by a LocalRunner in tmp_path/exec-1 (its supervisor's directory), with a
+    long lease: the runner's process and that directory."""
     from scitq_app.runner import LocalRunner, RunSpec
     exec_dir = tmp_path / "exec-1"
     dirs = {k: str(exec_dir / k) for k in ("input", "output", "resource", "tmp")}
@@ -164,7 +164,13 @@ def test_a_pause_signal_delivered_after_a_resume_leaves_the_command_running(tmp_
         os.makedirs(d)
     lease = supervisor.Lease(str(tmp_path / "lease"), 600)
     lease.renew()
-    proc = LocalRunner(lease=lease).start(RunSpec(command="sleep 60", shell="none", dirs=dirs))
+    return LocalRunner(lease=lease).start(RunSpec(command=command, shell=shell, dirs=dirs)), exec_dir
+
+
+def test_a_pause_signal_delivered_after_a_resume_leaves_the_command_running(tmp_path):
+    # Pending signals are delivered lowest number first and coalesce: a pause (SIGUSR1) sent before a
+    # resume (SIGUSR2) can reach the supervisor after it. It obeys what the agent asked last.
+    proc, exec_dir = _supervised(tmp_path, "sleep 60", "none")
     handle = proc.handle  # type: ignore[attr-defined]
     command = json.loads(read_text(str(exec_dir / supervisor.STATE)))["command_pid"]
     log = str(exec_dir / supervisor.LOG)
@@ -185,16 +191,8 @@ def test_a_pause_signal_delivered_after_a_resume_leaves_the_command_running(tmp_
 def test_a_storm_of_pauses_and_resumes_ends_as_the_agent_asked_last(tmp_path):
     # A signal handler can run inside another one (while it lists the tree in /proc): the inner,
     # later wish must not be undone by the outer, earlier one finishing last.
-    from scitq_app.runner import LocalRunner, RunSpec
-    exec_dir = tmp_path / "exec-1"
-    dirs = {k: str(exec_dir / k) for k in ("input", "output", "resource", "tmp")}
-    for d in dirs.values():
-        os.makedirs(d)
-    lease = supervisor.Lease(str(tmp_path / "lease"), 600)
-    lease.renew()
     # a tree of a few processes: listing it takes the supervisor a while, as a real task's would
-    proc = LocalRunner(lease=lease).start(RunSpec(command="sleep 60 & sleep 60 & sleep 60 & wait", shell="sh",
-                                                  dirs=dirs))
+    proc, exec_dir = _supervised(tmp_path, "sleep 60 & sleep 60 & sleep 60 & wait", "sh")
     command = json.loads(read_text(str(exec_dir / supervisor.STATE)))["command_pid"]
     log = str(exec_dir / supervisor.LOG)
     try:
@@ -217,14 +215,7 @@ def test_only_the_supervisors_main_thread_takes_the_agents_signals(tmp_path):
     # The kernel gives a process's signal to any thread not blocking it, and Python runs handlers in
     # the main thread only: a signal taken by another thread would wait, unnoted, until the command
     # ends (a storm of pauses and resumes once ended running although the agent asked a pause last).
-    from scitq_app.runner import LocalRunner, RunSpec
-    exec_dir = tmp_path / "exec-1"
-    dirs = {k: str(exec_dir / k) for k in ("input", "output", "resource", "tmp")}
-    for d in dirs.values():
-        os.makedirs(d)
-    lease = supervisor.Lease(str(tmp_path / "lease"), 600)
-    lease.renew()
-    proc = LocalRunner(lease=lease).start(RunSpec(command="sleep 60", shell="sh", dirs=dirs))
+    proc, exec_dir = _supervised(tmp_path, "sleep 60", "sh")
     pid = json.loads(read_text(str(exec_dir / supervisor.STATE)))["pid"]
     obeyed = sum(1 << (s - 1) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP))
     try:
