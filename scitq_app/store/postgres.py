@@ -1,8 +1,9 @@
 """PostgreSQL backend (pg8000, pure Python).
 
 A small pool of native pg8000 connections, READ COMMITTED transactions with
-explicit row locks (`FOR UPDATE`, `SKIP LOCKED` for claims), and bulk inserts
-sent as one JSON parameter. Deadlocks and serialization failures are retried
+explicit row locks (`FOR UPDATE`, `SKIP LOCKED` for claims), bulk inserts sent as
+one JSON parameter, and large inserts of tasks as a COPY sent by a thread while the caller
+makes its next rows (`_CopyInFlight`). Deadlocks and serialization failures are retried
 by `SqlStore` (sql.py).
 """
 from __future__ import annotations
@@ -47,22 +48,26 @@ class PgTx(Tx):
         # one that runs no statement costs none.
         self._begin = begin
         self.begun = False
+        self._copy: _CopyInFlight | None = None
 
     def _statement(self, name: str, suffix: str = "") -> Any:
         key = name + suffix
         ps = self.prepared.get(key)
         if ps is None:
+            self.settle()  # preparing is a round trip of its own
             ps = self.prepared[key] = self.con.prepare(self.sql[name] + suffix)
         return ps
 
     def begin_now(self) -> None:
-        """Send the transaction's START now (before what cannot carry it: COPY, DDL)."""
+        """Send the transaction's START now (before what cannot carry it: DDL)."""
+        self.settle()
         if self._begin and not self.begun:
             self.begun = True
             self.con.run("START TRANSACTION")
 
     def _run(self, ps: Any, params: Mapping[str, Any]) -> Any:
         """Run the prepared statement `ps`; its pg8000 context (rows, columns, row count)."""
+        self.settle()
         if not self._begin or self.begun:
             ps.run(**params)
             return ps._context  # pg8000 keeps the last result's metadata there
@@ -101,23 +106,88 @@ class PgTx(Tx):
 
     def insert_tasks(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """A large insert is a COPY: PostgreSQL reads its text format at half the cost of a JSON
-        parameter (json_to_recordset), and the count trigger and foreign keys run as for an INSERT."""
+        parameter (json_to_recordset), and the count trigger and foreign keys run as for an INSERT.
+
+        The COPY is sent by a thread and its answer read by the next use of the connection
+        (`settle`): PostgreSQL inserts these rows while the caller reads and checks its next ones."""
         if len(rows) < COPY_MIN:
             self.many("task_insert", rows)
             return
-        text = copy_text(map(queries.in_order(self.sql["task_insert"]), rows))
-        self.begin_now()
-        self.con.run(self.sql["plans_reused"])
-        self.con.run(self.sql["task_copy"], stream=[text.encode("utf-8")])  # one CopyData message
-        self.con.run(self.sql["plans_custom"])
+        data = copy_text(map(queries.in_order(self.sql["task_insert"]), rows)).encode("utf-8")
+        self.settle()
+        queries_sent = [self.sql["plans_reused"], self.sql["task_copy"]]
+        if self._begin and not self.begun:
+            self.begun = True
+            queries_sent.insert(0, "START TRANSACTION")
+        self._copy = _CopyInFlight(self.con, queries_sent, data, self.sql["plans_custom"])
+
+    def settle(self) -> None:
+        """Wait for the COPY in flight, if any, and read its answers: raises its error (the
+        transaction then rolls back) or a broken connection's."""
+        copy, self._copy = self._copy, None
+        if copy is not None:
+            copy.finish()
 
     def reserve_ids(self, table: str, n: int) -> list[int]:
         return sorted(int(i) for i in self.value("reserve_ids", table=table, n=n).split(","))
 
     def script(self, text: str) -> None:
-        self.begin_now()
+        self.begin_now()  # DDL cannot go with it
         for stmt in queries.split_statements(text):
             self.con.run(stmt)
+
+
+class _CopyInFlight:
+    """A COPY FROM STDIN sent by a thread of its own, so that the caller's Python work and the
+    database's insert run at once (a thread, because writing more than the socket's buffer holds
+    waits for the database to read it; the sending thread holds the GIL only between writes).
+
+    Everything goes as simple-protocol messages: the `queries` (the last one the COPY), the rows,
+    CopyDone and the `after` query. `finish` reads one answer per query: PostgreSQL drops the rows
+    it is sent after a COPY failed, so the connection stays in step whatever happened."""
+
+    def __init__(self, con: Any, queries_sent: Sequence[str], data: bytes, after: str) -> None:
+        from pg8000 import core
+        self.con = con
+        self.answers = len(queries_sent) + 1
+        for q in queries_sent:
+            con.send_QUERY(q)
+        core._flush(con._sock)
+        self.error: BaseException | None = None
+        tail = bytearray(core.COPY_DONE_MSG)
+        tail += core.QUERY + core.i_pack(len(after.encode("utf-8")) + 5) + after.encode("utf-8") + core.NULL_BYTE
+        self.thread = threading.Thread(target=self._send, args=(data, bytes(tail)), name="scitq-copy",
+                                       daemon=True)
+        self.thread.start()
+
+    def _send(self, data: bytes, tail: bytes) -> None:
+        from pg8000 import core
+        sock = self.con._sock
+        try:
+            core._write(sock, core.COPY_DATA + core.i_pack(len(data) + 4))
+            core._write(sock, data)
+            core._write(sock, tail)
+            core._flush(sock)
+        except BaseException as e:  # given to finish(), in the caller's thread
+            self.error = e
+
+    def finish(self) -> None:
+        from pg8000 import core
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        con, error = self.con, None
+        for _ in range(self.answers):
+            context = core.Context(None)
+            code = None
+            while code != core.READY_FOR_QUERY:
+                code, size = core.ci_unpack(core._read(con._sock, 5))
+                data = core._read(con._sock, size - 4)
+                if code != core.COPY_IN_RESPONSE:  # the rows were sent already
+                    con.message_types[code](data, context)
+            error = error or context.error
+        if error is not None:
+            raise error
 
 
 def copy_text(rows: Iterable[Sequence[Any]]) -> str:
@@ -227,10 +297,18 @@ class PostgresBackend:
             tx = PgTx(con, self.sql, self.clock(), begin=True)
             try:
                 yield tx
+                tx.settle()
                 if tx.begun:
                     con.run("COMMIT")
             except BaseException:
                 if tx.begun:
+                    try:
+                        tx.settle()
+                    except self._pg.DatabaseError:
+                        pass  # the error the transaction rolls back for, or a consequence of it
+                    except Exception:
+                        healthy = False
+                        raise
                     try:
                         con.run("ROLLBACK")
                     except Exception:

@@ -195,11 +195,8 @@ def _insert_chunk(tx: Tx, chunk: Sequence[Mapping[str, Any]], first: int, key: s
     if wanted:
         for row in tx.all("task_status_by_ids", ids=dumps(wanted)):
             known[int(row["id"])] = row["status"]
-    chunk_ids = tx.reserve_ids("task", len(chunk))
-    ids.extend(chunk_ids)
     rows: list[dict[str, Any]] = []
-    deps: list[dict[str, int]] = []
-    for i, (task_id, s) in enumerate(zip(chunk_ids, chunk), first):
+    for i, s in enumerate(chunk, first):
         requires = s.get("requires") or []
         ready = True
         for r in requires:
@@ -216,8 +213,17 @@ def _insert_chunk(tx: Tx, chunk: Sequence[Mapping[str, Any]], first: int, key: s
             status = TaskStatus.PAUSED.value
         else:
             status = TaskStatus.PENDING.value if ready else TaskStatus.WAITING.value
-        rows.append(spec_row(task_id, batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now, key))
-        deps.extend({"task_id": task_id, "required_id": r} for r in unique(r for r in requires if isinstance(r, int)))
+        rows.append(spec_row(0, batch_ids[s.get("batch") or DEFAULT_BATCH], s, status, tx.now, key))
+    # The ids last: the rows above are made while the database may still insert the previous
+    # chunk (PgTx.insert_tasks), and this is the first statement that waits for it.
+    chunk_ids = tx.reserve_ids("task", len(chunk))
+    ids.extend(chunk_ids)
+    deps: list[dict[str, int]] = []
+    for task_id, row, s in zip(chunk_ids, rows, chunk):
+        row["id"] = task_id
+        if s.get("requires"):
+            deps.extend({"task_id": task_id, "required_id": r}
+                        for r in unique(r for r in s["requires"] if isinstance(r, int)))
     tx.insert_tasks(rows)
     if deps:
         tx.many("dependency_insert", deps)

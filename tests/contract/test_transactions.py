@@ -7,6 +7,10 @@ from __future__ import annotations
 import pytest
 
 from scitq_app.errors import Conflict, NotFound
+from scitq_app.store import batches
+from scitq_app.store.postgres import COPY_MIN
+from scitq_app.store.sqlite import UNCOUNTED_INSERT_MIN
+from scitq_app.store.tasks import spec_row
 
 
 class Abort(Exception):
@@ -63,3 +67,46 @@ def test_a_write_that_runs_nothing_leaves_no_transaction_open(store, backend):
     store.create_batch("after")
     assert open_transaction(store, backend) is False
     assert store.get_batch("after").name == "after"
+
+
+def _task_rows(tx, n: int, batch_id: int, key: str, command: str = "true") -> list[dict]:
+    ids = tx.reserve_ids("task", n)
+    return [spec_row(i, batch_id, {"command": command}, "pending", tx.now, key) for i in ids]
+
+
+def test_statements_right_after_a_bulk_insert_see_all_its_rows(store):
+    # PostgreSQL sends a large insert's rows from a thread and reads its answer later: what
+    # follows at once (here a statement the connection has not prepared yet, a round trip
+    # of its own) must wait for it, whatever the rows' size
+    with store.backend.transaction(write=True) as tx:
+        batch_id = batches.batch_id(tx, "b", create=True)
+        rows = _task_rows(tx, 5000, batch_id, "k", command="x" * 2000)
+        tx.insert_tasks(rows)
+        assert sorted(int(r["id"]) for r in tx.all("task_ids_by_key", key="k")) == [r["id"] for r in rows]
+    assert store.count_tasks("b") == {"pending": 5000}
+
+
+def test_a_bulk_insert_the_database_refuses_leaves_nothing_and_its_connection_usable(store):
+    for _ in range(3):  # the pool hands the same connection back each time
+        with pytest.raises(Conflict):  # no such batch: the foreign key refuses the rows
+            with store.backend.transaction(write=True) as tx:
+                tx.insert_tasks(_task_rows(tx, max(COPY_MIN, UNCOUNTED_INSERT_MIN), 999_999, "k"))
+                tx.run("batch_insert_missing", name="after", status="running", priority=0, now=tx.now)
+    assert store.count_tasks() == {}
+    with pytest.raises(NotFound):
+        store.get_batch("after")
+    store.create_batch("after")
+    assert store.get_batch("after").name == "after"
+
+
+def test_a_write_given_up_while_its_bulk_insert_is_sent_leaves_nothing(store, backend):
+    for _ in range(3):
+        with pytest.raises(Abort):
+            with store.backend.transaction(write=True) as tx:
+                batch_id = batches.batch_id(tx, "b", create=True)
+                tx.insert_tasks(_task_rows(tx, 5000, batch_id, "k", command="x" * 2000))
+                raise Abort()
+        assert open_transaction(store, backend) is False
+    assert store.count_tasks() == {}
+    with pytest.raises(NotFound):
+        store.get_batch("b")
