@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from json.encoder import encode_basestring_ascii
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -18,6 +19,9 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)  # json.dumps
 
 def dumps(value: Any) -> str:
     """Compact, stable JSON: the form list parameters ({{ints :p}}) and JSON columns take."""
+    if type(value) is list and all(type(v) is str for v in value):
+        # a task's inputs and resources, the same text four times faster (a bulk makes 200,000)
+        return "[" + ",".join(map(encode_basestring_ascii, value)) + "]"
     return _ENCODER.encode(value)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import select
 import threading
 import time
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 RETRYABLE_CODES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 COPY_MIN = 100  # rows from which tasks are inserted by COPY (one round trip more than an INSERT)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]").search  # a third of translate's time on texts without any
 
 
 def _code(exc: BaseException) -> str | None:
@@ -193,8 +195,8 @@ class _CopyInFlight:
 def copy_text(rows: Iterable[Sequence[Any]]) -> str:
     """`rows` (of str, int, float or None) in COPY's text format: a line per row, tab-separated,
     \\N for NULL, backslash escapes for the characters that format gives a meaning."""
-    return "".join("\t".join(["\\N" if v is None else v.translate(_COPY_ESCAPES) if isinstance(v, str) else str(v)
-                              for v in row]) + "\n" for row in rows)
+    return "".join("\t".join(["\\N" if v is None else (v.translate(_COPY_ESCAPES) if _COPY_SPECIAL(v) else v)
+                               if isinstance(v, str) else str(v) for v in row]) + "\n" for row in rows)
 
 
 def parse_url(url: str) -> dict[str, Any]:

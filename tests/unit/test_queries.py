@@ -170,3 +170,15 @@ def test_copy_text_escapes_what_copy_gives_a_meaning_and_writes_null_as_such():
     rows = [(1, "a\tb", None, 2.5), (2, "line\nnext\r\\.", "", 0)]
     assert copy_text(rows) == "1\ta\\tb\t\\N\t2.5\n2\tline\\nnext\\r\\\\.\t\t0\n"
     assert copy_text([]) == ""
+    # each special character alone, at either end, and a text without any
+    assert copy_text([("\\", "\tx", "x\n", "\r", "plain")]) == "\\\\\t\\tx\tx\\n\t\\r\tplain\n"
+
+
+@pytest.mark.parametrize("value", [[], ["s3://b/in/1.fq"], ["é ✓ 𝄞", 'say "hi"', "a\\b", "\t\n\x00\x1f", ""],
+                                   [1, 2], ["a", 1], [["a"]], {"b": 1, "a": [2]}, "text", None])
+def test_dumps_writes_what_the_json_module_writes(value):
+    # lists of texts take a shorter way (a bulk's inputs and resources): the same text
+    import json
+
+    from scitq_app.store.backend import dumps
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), sort_keys=True)
