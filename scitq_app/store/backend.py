@@ -57,6 +57,19 @@ class Tx:
         """Execute; return the number of rows changed."""
         return self.execute(name, params)[1]
 
+    def pipeline(self, *statements: tuple[str, Mapping[str, Any]]) -> list[tuple[list[dict[str, Any]], int]]:
+        """Execute the named queries (name, parameters) in order, each seeing what the ones before
+        it did (and, in READ COMMITTED, what committed while it waited for their locks); their
+        results as `execute` gives them. The backend may send them together (PostgreSQL: one round
+        trip). An error in one raises after the others ran or were refused: nothing is half-read."""
+        return [self.execute(name, params) for name, params in statements]
+
+    def finish(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
+        """Execute the transaction's last statement and return its rows: the backend may send the
+        COMMIT with it (PostgreSQL: one round trip), so nothing may run or fail after it. If it
+        fails, the transaction rolls back."""
+        return self.all(name, **params)
+
     def insert(self, name: str, /, **params: Any) -> int:
         """Execute an INSERT of one row; return its new id."""
         raise NotImplementedError

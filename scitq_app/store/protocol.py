@@ -169,9 +169,11 @@ def claim(tx: Tx, worker_id: int, slots: int, lease: float, request_id: str | No
     # row, so overlapping claims of one worker take turns, and the count of its active
     # executions read next includes what the previous one just gave it (on PostgreSQL, reading
     # first let two claims both see free slots: concurrency + prefetch exceeded).
-    tx.run("worker_seen", id=worker_id, now=tx.now)
-    # Read under the worker's lock: a retry racing its first try sees what that one gave.
-    w = tx.one("claim_worker", id=worker_id, request_id=request_id)
+    # Read under the worker's lock, by a statement of its own (sent with the write: one round
+    # trip on PostgreSQL): a retry racing its first try sees what that one gave.
+    _, (found, _) = tx.pipeline(("worker_seen", {"id": worker_id, "now": tx.now}),
+                                ("claim_worker", {"id": worker_id, "request_id": request_id}))
+    w = found[0] if found else None
     if w is None:
         raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
     if w["retried"]:
@@ -187,8 +189,9 @@ def claim(tx: Tx, worker_id: int, slots: int, lease: float, request_id: str | No
 
 def _claim_in_one_statement(tx: Tx, worker_id: int, lease_expires: float, request_id: str | None,
                             pick: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """PostgreSQL: pick (SKIP LOCKED), mark, create the executions and link them in one statement."""
-    return tx.all("claim_all", worker_id=worker_id, lease_expires=lease_expires, now=tx.now,
+    """PostgreSQL: pick (SKIP LOCKED), mark, create the executions and link them in one statement,
+    the transaction's last (COMMIT goes with it)."""
+    return tx.finish("claim_all", worker_id=worker_id, lease_expires=lease_expires, now=tx.now,
                   request_id=request_id, **pick)
 
 

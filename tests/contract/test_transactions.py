@@ -110,3 +110,77 @@ def test_a_write_given_up_while_its_bulk_insert_is_sent_leaves_nothing(store, ba
     assert store.count_tasks() == {}
     with pytest.raises(NotFound):
         store.get_batch("b")
+
+
+# --- pipeline and finish: statements a backend may send together --------------------------
+
+
+def _batch(tx, name: str) -> tuple[str, dict]:
+    return "batch_insert_missing", {"name": name, "status": "running", "priority": 0, "now": tx.now}
+
+
+def _add_batch(tx, name: str) -> None:
+    query, params = _batch(tx, name)
+    tx.run(query, **params)
+
+
+def test_a_pipeline_runs_its_statements_in_order_each_seeing_the_ones_before(store):
+    with store.backend.transaction(write=True) as tx:
+        (_, inserted), (found, _), (missing, _) = tx.pipeline(
+            _batch(tx, "first"), ("batch_id_by_name", {"name": "first"}), ("batch_id_by_name", {"name": "none"}))
+        assert inserted == 1 and len(found) == 1 and missing == []
+    assert store.get_batch("first").name == "first"
+
+
+def test_a_failed_statement_in_a_pipeline_fails_the_whole_write(store, backend):
+    store.create_token("taken", "user")
+    for _ in range(3):  # the same connection each time
+        with pytest.raises(Conflict):
+            with store.backend.transaction(write=True) as tx:
+                tx.pipeline(_batch(tx, "before"),
+                            ("token_insert", {"name": "taken", "role": "user", "hash": "x" * 64, "worker_id": None,
+                                              "now": tx.now}),
+                            _batch(tx, "after"))
+        assert open_transaction(store, backend) is False
+    for name in ("before", "after"):
+        with pytest.raises(NotFound):
+            store.get_batch(name)
+    store.create_batch("later")
+    assert store.get_batch("later").name == "later"
+
+
+def test_finish_commits_with_the_last_statement(store, backend):
+    with store.backend.transaction(write=True) as tx:
+        _add_batch(tx, "first")
+        rows = tx.finish("batch_id_by_name", name="first")
+        assert len(rows) == 1
+    assert open_transaction(store, backend) is False
+    assert store.get_batch("first").name == "first"
+    with store.backend.transaction(write=True) as tx:  # as the first statement: START, it and COMMIT
+        assert tx.finish("batch_id_by_name", name="first") == rows
+    assert open_transaction(store, backend) is False
+
+
+def test_a_failed_last_statement_rolls_the_write_back(store, backend):
+    store.create_token("taken", "user")
+    for _ in range(3):
+        with pytest.raises(Conflict):
+            with store.backend.transaction(write=True) as tx:
+                _add_batch(tx, "before")
+                tx.finish("token_insert", name="taken", role="user", hash="x" * 64, worker_id=None, now=tx.now)
+        assert open_transaction(store, backend) is False
+    with pytest.raises(NotFound):
+        store.get_batch("before")
+    store.create_batch("later")
+    assert store.get_batch("later").name == "later"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_nothing_runs_after_the_last_statement(store):
+    # the COMMIT went with it: a statement after it would run outside the transaction
+    with pytest.raises(RuntimeError):
+        with store.backend.transaction(write=True) as tx:
+            tx.finish("batch_id_by_name", name="none")
+            _add_batch(tx, "after")
+    with pytest.raises(NotFound):
+        store.get_batch("after")
