@@ -31,6 +31,11 @@ COPY_MIN = 100  # rows from which tasks are inserted by COPY (one round trip mor
 # The frontend messages pg8000 builds, for PgTx._exchange: no parameter or result format codes
 # (all text), a NULL parameter, and Execute (unnamed portal, every row) followed by Sync.
 _NO_FORMATS = struct.pack("!H", 0)
+# Around a statement planned for each run's values (PostgresBackend.custom): simple queries, sent in
+# the statement's round trip.
+_PLAN_CUSTOM = "SET plan_cache_mode = force_custom_plan"
+_PLAN_AUTO = "SET plan_cache_mode = auto"
+_OPTIONAL_FILTER = re.compile(r"\bIS\s+NULL\s+OR\b", re.IGNORECASE)
 _NULL = struct.pack("!i", -1)
 _EXECUTE_SYNC = b"E" + struct.pack("!i", 9) + b"\x00" + struct.pack("!i", 0) + b"S" + struct.pack("!i", 4)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -45,9 +50,11 @@ def _code(exc: BaseException) -> str | None:
 class PgTx(Tx):
     dialect = "postgres"
 
-    def __init__(self, con: Any, sql: Mapping[str, str], now: float, begin: bool = False) -> None:
+    def __init__(self, con: Any, sql: Mapping[str, str], now: float, begin: bool = False,
+                 custom: frozenset[str] = frozenset()) -> None:
         super().__init__(sql, now)
         self.con = con
+        self.custom = custom  # the names of the statements planned for each run's values
         # Named queries are prepared once per connection: a run is then one round
         # trip (bind + execute) instead of three (parse, describe, execute).
         self.prepared: dict[str, Any] = con.__dict__.setdefault("scitq_prepared", {})
@@ -65,6 +72,7 @@ class PgTx(Tx):
         if ps is None:
             self.settle()  # preparing is a round trip of its own
             ps = self.prepared[key] = self.con.prepare(self.sql[name] + suffix)
+            ps.scitq_custom = name in self.custom
         return ps
 
     def begin_now(self) -> None:
@@ -92,13 +100,17 @@ class PgTx(Tx):
             raise RuntimeError("a statement after the transaction's last")
         con = self.con
         values = [converters.make_params(con.py_types, ps.make_vals(params)) for ps, params in items]
-        answers = []
+        answers, contexts = [], []
         if self._begin and not self.begun:
             self.begun = True  # from here on, a failure rolls back
             con.send_QUERY("START TRANSACTION")
             answers.append(core.Context("START TRANSACTION"))
         encoding = con._client_encoding
         for (ps, _), vals in zip(items, values):
+            custom = ps.scitq_custom
+            if custom:
+                con.send_QUERY(_PLAN_CUSTOM)
+                answers.append(core.Context(_PLAN_CUSTOM))
             bind = bytearray(core.NULL_BYTE + ps.name_bin + _NO_FORMATS + core.H_pack(len(vals)))
             for v in vals:
                 if v is None:
@@ -109,8 +121,11 @@ class PgTx(Tx):
             bind += _NO_FORMATS
             con._send_message(core.BIND, bind)
             core._write(con._sock, _EXECUTE_SYNC)
-        contexts = [core.Context(ps.statement, columns=ps.cols, input_funcs=ps.input_funcs) for ps, _ in items]
-        answers.extend(contexts)
+            answers.append(core.Context(ps.statement, columns=ps.cols, input_funcs=ps.input_funcs))
+            contexts.append(answers[-1])
+            if custom:  # (in a transaction that fails, this fails too, and the rollback undoes both)
+                con.send_QUERY(_PLAN_AUTO)
+                answers.append(core.Context(_PLAN_AUTO))
         if commit:
             self.finished = True  # committed, or (after an error) rolled back by that COMMIT
             con.send_QUERY("COMMIT")
@@ -159,11 +174,11 @@ class PgTx(Tx):
             return
         data = copy_text(map(queries.in_order(self.sql["task_insert"]), rows)).encode("utf-8")
         self.settle()
-        queries_sent = [self.sql["plans_reused"], self.sql["task_copy"]]
+        queries_sent = [self.sql["task_copy"]]
         if self._begin and not self.begun:
             self.begun = True
             queries_sent.insert(0, "START TRANSACTION")
-        self._copy = _CopyInFlight(self.con, queries_sent, data, self.sql["plans_custom"])
+        self._copy = _CopyInFlight(self.con, queries_sent, data)
 
     def settle(self) -> None:
         """Wait for the COPY in flight, if any, and read its answers: raises its error (the
@@ -186,21 +201,19 @@ class _CopyInFlight:
     database's insert run at once (a thread, because writing more than the socket's buffer holds
     waits for the database to read it; the sending thread holds the GIL only between writes).
 
-    Everything goes as simple-protocol messages: the `queries` (the last one the COPY), the rows,
-    CopyDone and the `after` query. `finish` reads one answer per query: PostgreSQL drops the rows
-    it is sent after a COPY failed, so the connection stays in step whatever happened."""
+    Everything goes as simple-protocol messages: the `queries` (the last one the COPY), the rows
+    and CopyDone. `finish` reads one answer per query: PostgreSQL drops the rows it is sent after a
+    COPY failed, so the connection stays in step whatever happened."""
 
-    def __init__(self, con: Any, queries_sent: Sequence[str], data: bytes, after: str) -> None:
+    def __init__(self, con: Any, queries_sent: Sequence[str], data: bytes) -> None:
         from pg8000 import core
         self.con = con
-        self.answers = len(queries_sent) + 1
+        self.answers = len(queries_sent)
         for q in queries_sent:
             con.send_QUERY(q)
         core._flush(con._sock)
         self.error: BaseException | None = None
-        tail = bytearray(core.COPY_DONE_MSG)
-        tail += core.QUERY + core.i_pack(len(after.encode("utf-8")) + 5) + after.encode("utf-8") + core.NULL_BYTE
-        self.thread = threading.Thread(target=self._send, args=(data, bytes(tail)), name="scitq-copy",
+        self.thread = threading.Thread(target=self._send, args=(data, core.COPY_DONE_MSG), name="scitq-copy",
                                        daemon=True)
         self.thread.start()
 
@@ -281,6 +294,9 @@ class PostgresBackend:
     def __init__(self, url: str, clock: Callable[[], float] = time.time, pool_size: int = 10) -> None:
         self.clock = clock
         self.sql: Mapping[str, str] = queries.load(self.dialect)
+        # Statements with an optional filter ("CAST(:x AS ...) IS NULL OR col = :x") need the run's
+        # values to pick an index: a plan made once for all values would read the whole table.
+        self.custom = frozenset(name for name, text in self.sql.items() if _OPTIONAL_FILTER.search(text))
         try:
             import pg8000.native
         except ImportError:
@@ -298,9 +314,10 @@ class PostgresBackend:
     def _connect(self) -> Any:
         try:
             con = self._pg.Connection(timeout=30, application_name="scitq", **self._args)
-            # Prepared statements, but planned for each run's values: our optional
-            # filters ("x IS NULL OR col = x") need the values to pick an index.
-            con.run("SET plan_cache_mode = force_custom_plan")
+            # Prepared statements, planned once for all their runs where PostgreSQL finds that
+            # as good (its default; planning was two thirds of its time on a fleet's load): the
+            # statements planned for each run's values go through PgTx._exchange (CUSTOM_PLANS).
+            con.run(_PLAN_AUTO)
             return con
         except (self._pg.InterfaceError, OSError) as e:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {self._where}: {unreachable_cause(e)}") from None
@@ -346,9 +363,9 @@ class PostgresBackend:
                 # Reads run in autocommit, one snapshot per statement: two round trips
                 # fewer on the hottest paths (heartbeats, claims' probes, listings),
                 # and nothing read here needs its statements mutually consistent.
-                yield PgTx(con, self.sql, self.clock())
+                yield PgTx(con, self.sql, self.clock(), custom=self.custom)
                 return
-            tx = PgTx(con, self.sql, self.clock(), begin=True)
+            tx = PgTx(con, self.sql, self.clock(), begin=True, custom=self.custom)
             try:
                 yield tx
                 tx.settle()

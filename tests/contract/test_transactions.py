@@ -12,6 +12,8 @@ from scitq_app.store.postgres import COPY_MIN
 from scitq_app.store.sqlite import UNCOUNTED_INSERT_MIN
 from scitq_app.store.tasks import spec_row
 
+from .scene import task_spec
+
 
 class Abort(Exception):
     """The caller gives up inside the transaction."""
@@ -184,3 +186,46 @@ def test_nothing_runs_after_the_last_statement(store):
             _add_batch(tx, "after")
     with pytest.raises(NotFound):
         store.get_batch("after")
+
+
+# --- plans: made once, or for each run's values -------------------------------------------
+
+
+def _plans(tx) -> dict[str, tuple[int, int]]:
+    """Generic and custom plans made so far on this connection, by statement name."""
+    names = {ps.name_bin.rstrip(b"\0").decode(): name for name, ps in tx.con.__dict__.get("scitq_prepared", {}).items()}
+    return {names[n]: (g, c) for n, g, c in tx.con.run("SELECT name, generic_plans, custom_plans "
+                                                         "FROM pg_prepared_statements") if n in names}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_statements_with_an_optional_filter_are_planned_for_each_run_and_the_others_once(store):
+    assert {"task_list_by_batch", "task_counts", "claim_all"} <= store.backend.custom
+    assert "task_get" not in store.backend.custom
+    [task_id] = store.create_tasks([task_spec(batch="b")])
+    for _ in range(10):
+        store.list_tasks(batch="b")  # task_list_by_batch: its filters are optional
+        store.get_task(task_id)  # task_get: by id, whatever the id
+    with store.backend.transaction(write=False) as tx:  # the same connection (a LIFO pool)
+        plans = _plans(tx)
+        mode = tx.con.run("SHOW plan_cache_mode")[0][0]
+    assert plans["task_list_by_batch"] == (0, 10)
+    assert plans["task_get"][0] >= 5  # PostgreSQL plans the first five runs for their values
+    assert mode == "auto"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_write_that_fails_after_a_statement_planned_for_its_values_leaves_the_session_mode(store):
+    store.create_token("taken", "user")
+    for how in ("pipeline", "later"):
+        with pytest.raises(Conflict):
+            with store.backend.transaction(write=True) as tx:
+                failing = ("token_insert", {"name": "taken", "role": "user", "hash": "x" * 64, "worker_id": None,
+                                            "now": tx.now})
+                if how == "pipeline":
+                    tx.pipeline(("task_counts", {"batch_id": None}), failing)
+                else:
+                    tx.all("task_counts", batch_id=None)
+                    tx.run(failing[0], **failing[1])
+        with store.backend.transaction(write=False) as tx:
+            assert tx.con.run("SHOW plan_cache_mode")[0][0] == "auto"

@@ -125,15 +125,6 @@ COPY task (id, batch_id, name, command, shell, container, container_options, inp
            status, priority, cpu, mem, gpu, disk, max_retries, download_timeout, run_timeout, use_cache,
            status_changed, created, modified, submit_key) FROM STDIN
 
--- name: plans_reused
--- Until the transaction ends or plans_custom: the foreign-key check a large insert makes for each
--- row then reuses its plan (the session's force_custom_plan plans it again for every row: about
--- 40 % of a 100,000-task COPY, measured here).
-SET LOCAL plan_cache_mode = auto
-
--- name: plans_custom
-SET LOCAL plan_cache_mode = force_custom_plan
-
 -- name: task_insert_json
 INSERT INTO task (id, batch_id, name, command, shell, container, container_options, inputs, resources, output,
                   status, priority, cpu, mem, gpu, disk, max_retries, download_timeout, run_timeout, use_cache,
