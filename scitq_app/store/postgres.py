@@ -35,7 +35,8 @@ _NO_FORMATS = struct.pack("!H", 0)
 # the statement's round trip.
 _PLAN_CUSTOM = "SET plan_cache_mode = force_custom_plan"
 _PLAN_AUTO = "SET plan_cache_mode = auto"
-_OPTIONAL_FILTER = re.compile(r"\bIS\s+NULL\s+OR\b", re.IGNORECASE)
+# ":x IS NULL OR" or "CAST(:x AS type) IS NULL OR": a filter that a parameter's value turns off
+_OPTIONAL_FILTER = re.compile(r"(?::\w+|CAST\(\s*:\w+\s+AS\s+[\w ]+\))\s+IS\s+NULL\s+OR\b", re.IGNORECASE)
 _NULL = struct.pack("!i", -1)
 _EXECUTE_SYNC = b"E" + struct.pack("!i", 9) + b"\x00" + struct.pack("!i", 0) + b"S" + struct.pack("!i", 4)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -296,6 +297,7 @@ class PostgresBackend:
         self.sql: Mapping[str, str] = queries.load(self.dialect)
         # Statements with an optional filter ("CAST(:x AS ...) IS NULL OR col = :x") need the run's
         # values to pick an index: a plan made once for all values would read the whole table.
+        # (A filter on another row's column, as claim_prospect's on its worker's, is planned whole.)
         self.custom = frozenset(name for name, text in self.sql.items() if _OPTIONAL_FILTER.search(text))
         try:
             import pg8000.native
