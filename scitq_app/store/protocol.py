@@ -192,7 +192,7 @@ def _claim_in_one_statement(tx: Tx, worker_id: int, lease_expires: float, reques
     """PostgreSQL: pick (SKIP LOCKED), mark, create the executions and link them in one statement,
     the transaction's last (COMMIT goes with it)."""
     return tx.finish("claim_all", worker_id=worker_id, lease_expires=lease_expires, now=tx.now,
-                  request_id=request_id, **pick)
+                     request_id=request_id, **pick)
 
 
 def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, request_id: str | None,
