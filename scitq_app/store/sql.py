@@ -20,7 +20,11 @@ from .contract import Store
 T = TypeVar("T")
 
 LAST_USED_EVERY = 60.0  # seconds between two last_used writes for one token
-WORKER_TOKEN_CACHE_SECONDS = 30.0
+# A worker token's identity is read again after this long at most: revocations, deletions and
+# re-registrations reach every process sooner, through the epoch (EPOCH_EVERY); this bounds only
+# changes made to the database behind scitq's back. Longer than the heartbeat period of a large
+# fleet (25 s at 5,000 workers): with 30 s here, nearly every beat read its token again.
+WORKER_TOKEN_CACHE_SECONDS = 600.0
 PEOPLE_TOKEN_CACHE_SECONDS = 2.0
 EPOCH_EVERY = 1.0  # seconds between two reads of the revocation epoch (one query, whatever the load)
 RETRIES = 8
@@ -389,7 +393,7 @@ class SqlStore(Store):
         # was read, so a revocation committed after that read drops it at the next poll.
         epoch = self._token_epoch(now)
         cached = self._token_cache.get(h)
-        # Worker tokens are cached for several heartbeat periods, so thousands of heart-beating
+        # Worker tokens are cached for many heartbeat periods, so thousands of heart-beating
         # workers do not cost a query each; people's tokens only briefly. A revocation
         # anywhere bumps the epoch, which drops every process's cache within EPOCH_EVERY.
         ident: Identity | None
