@@ -31,14 +31,14 @@ COPY_MIN = 100  # rows from which tasks are inserted by COPY (one round trip mor
 # The frontend messages pg8000 builds, for PgTx._exchange: no parameter or result format codes
 # (all text), a NULL parameter, and Execute (unnamed portal, every row) followed by Sync.
 _NO_FORMATS = struct.pack("!H", 0)
+_NULL = struct.pack("!i", -1)
+_EXECUTE_SYNC = b"E" + struct.pack("!i", 9) + b"\x00" + struct.pack("!i", 0) + b"S" + struct.pack("!i", 4)
 # Around a statement planned for each run's values (PostgresBackend.custom): simple queries, sent in
 # the statement's round trip.
 _PLAN_CUSTOM = "SET plan_cache_mode = force_custom_plan"
 _PLAN_AUTO = "SET plan_cache_mode = auto"
 # ":x IS NULL OR" or "CAST(:x AS type) IS NULL OR": a filter that a parameter's value turns off
 _OPTIONAL_FILTER = re.compile(r"(?::\w+|CAST\(\s*:\w+\s+AS\s+[\w ]+\))\s+IS\s+NULL\s+OR\b", re.IGNORECASE)
-_NULL = struct.pack("!i", -1)
-_EXECUTE_SYNC = b"E" + struct.pack("!i", 9) + b"\x00" + struct.pack("!i", 0) + b"S" + struct.pack("!i", 4)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]").search  # a third of translate's time on texts without any
 
@@ -318,7 +318,7 @@ class PostgresBackend:
             con = self._pg.Connection(timeout=30, application_name="scitq", **self._args)
             # Prepared statements, planned once for all their runs where PostgreSQL finds that
             # as good (its default; planning was two thirds of its time on a fleet's load): the
-            # statements planned for each run's values go through PgTx._exchange (CUSTOM_PLANS).
+            # statements planned for each run's values (PostgresBackend.custom) go through PgTx._exchange.
             con.run(_PLAN_AUTO)
             return con
         except (self._pg.InterfaceError, OSError) as e:
