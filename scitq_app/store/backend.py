@@ -64,11 +64,11 @@ class Tx:
         trip). An error in one raises after the others ran or were refused: nothing is half-read."""
         return [self.execute(name, params) for name, params in statements]
 
-    def finish(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
-        """Execute the transaction's last statement and return its rows: the backend may send the
-        COMMIT with it (PostgreSQL: one round trip), so nothing may run or fail after it. If it
-        fails, the transaction rolls back."""
-        return self.all(name, **params)
+    def finish(self, *statements: tuple[str, Mapping[str, Any]]) -> list[tuple[list[dict[str, Any]], int]]:
+        """Execute the transaction's last statements as `pipeline` does: the backend may send the
+        COMMIT with them (PostgreSQL: all in one round trip), so nothing may run or fail after
+        them. If one fails, the transaction rolls back."""
+        return self.pipeline(*statements)
 
     def insert(self, name: str, /, **params: Any) -> int:
         """Execute an INSERT of one row; return its new id."""

@@ -28,15 +28,29 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_CODES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 COPY_MIN = 100  # rows from which tasks are inserted by COPY (one round trip more than an INSERT)
-# The frontend messages pg8000 builds, for PgTx._exchange: no parameter or result format codes
-# (all text), a NULL parameter, and Execute (unnamed portal, every row) followed by Sync.
+# The frontend messages of PgTx._exchange: no parameter or result format codes (all text), a NULL
+# parameter, Execute (unnamed portal, every row), Sync.
 _NO_FORMATS = struct.pack("!H", 0)
 _NULL = struct.pack("!i", -1)
-_EXECUTE_SYNC = b"E" + struct.pack("!i", 9) + b"\x00" + struct.pack("!i", 0) + b"S" + struct.pack("!i", 4)
-# Around a statement planned for each run's values (PostgresBackend.custom): simple queries, sent in
-# the statement's round trip.
+_EXECUTE = b"E" + struct.pack("!i", 9) + b"\x00" + struct.pack("!i", 0)
+_SYNC = b"S" + struct.pack("!i", 4)
+# ... and the answers that end a command's: CommandComplete, EmptyQueryResponse, ErrorResponse
+_COMMAND_ENDS = (b"C", b"I", b"E")
+
+
+def _unnamed(sql: str) -> bytes:
+    """Parse, Bind and Execute of `sql` (no parameters) as the unnamed statement: a command in a
+    pipeline without the Sync, hence the ReadyForQuery packet, a simple query would cost."""
+    q = sql.encode("ascii") + b"\x00"
+    return (b"P" + struct.pack("!i", 4 + 1 + len(q) + 2) + b"\x00" + q + _NO_FORMATS
+            + b"B" + struct.pack("!i", 12) + b"\x00\x00" + _NO_FORMATS * 3 + _EXECUTE)
+
+
+_START, _COMMIT = "START TRANSACTION", "COMMIT"
+# Around a statement planned for each run's values (PostgresBackend.custom), in its round trip.
 _PLAN_CUSTOM = "SET plan_cache_mode = force_custom_plan"
 _PLAN_AUTO = "SET plan_cache_mode = auto"
+_COMMANDS = {sql: _unnamed(sql) for sql in (_START, _COMMIT, _PLAN_CUSTOM, _PLAN_AUTO)}
 # ":x IS NULL OR" or "CAST(:x AS type) IS NULL OR": a filter that a parameter's value turns off
 _OPTIONAL_FILTER = re.compile(r"(?::\w+|CAST\(\s*:\w+\s+AS\s+[\w ]+\))\s+IS\s+NULL\s+OR\b", re.IGNORECASE)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -87,31 +101,35 @@ class PgTx(Tx):
         """Run the prepared statements `items` (statement, parameters) in order, in one round trip
         with the transaction's START if it is not sent yet, and COMMIT if `commit`; their pg8000
         contexts (rows, columns, row count). Raises the first statement's error, after reading
-        every answer: the connection stays in step.
+        the answer to the end: the connection stays in step.
 
-        Each statement has a Sync of its own, hence its own snapshot (it sees what the ones before
-        it did and waited for), and a failed one fails the rest of the transaction, COMMIT included
-        (PostgreSQL then rolls back). pg8000 has no pipelining; this writes its messages without the
-        Flush pg8000 puts after Bind and after Execute, so that PostgreSQL answers each round trip in
-        one packet, not three: fewer system calls, on a path where they cost more than the rest."""
+        Each statement runs in a snapshot of its own (taken when it starts: it sees what the ones
+        before it did and waited for). They share one Sync: after a failure PostgreSQL skips the
+        rest up to it, COMMIT included (the transaction is then rolled back by its owner), and it
+        answers the whole round trip when it reaches the Sync, in one packet. pg8000 has no
+        pipelining and sends a Flush after each Bind and Execute and a Sync after each statement
+        (a packet of answer each): on this path the system calls cost more than the rest."""
         from pg8000 import converters, core
-        from pg8000.exceptions import DatabaseError, InterfaceError
         self.settle()
         if self.finished:
             raise RuntimeError("a statement after the transaction's last")
         con = self.con
         values = [converters.make_params(con.py_types, ps.make_vals(params)) for ps, params in items]
-        answers, contexts = [], []
+        out = bytearray()
+        answers, contexts = [], []  # a context per command sent, and those of `items`
+
+        def command(sql: str) -> None:
+            out.extend(_COMMANDS[sql])
+            answers.append(core.Context(sql))
+
         if self._begin and not self.begun:
             self.begun = True  # from here on, a failure rolls back
-            con.send_QUERY("START TRANSACTION")
-            answers.append(core.Context("START TRANSACTION"))
+            command(_START)
         encoding = con._client_encoding
         for (ps, _), vals in zip(items, values):
             custom = ps.scitq_custom
             if custom:
-                con.send_QUERY(_PLAN_CUSTOM)
-                answers.append(core.Context(_PLAN_CUSTOM))
+                command(_PLAN_CUSTOM)
             bind = bytearray(core.NULL_BYTE + ps.name_bin + _NO_FORMATS + core.H_pack(len(vals)))
             for v in vals:
                 if v is None:
@@ -120,30 +138,20 @@ class PgTx(Tx):
                     b = v.encode(encoding)
                     bind += core.i_pack(len(b)) + b
             bind += _NO_FORMATS
-            con._send_message(core.BIND, bind)
-            core._write(con._sock, _EXECUTE_SYNC)
+            out += core.BIND + core.i_pack(len(bind) + 4) + bind + _EXECUTE
             answers.append(core.Context(ps.statement, columns=ps.cols, input_funcs=ps.input_funcs))
             contexts.append(answers[-1])
-            if custom:  # (in a transaction that fails, this fails too, and the rollback undoes both)
-                con.send_QUERY(_PLAN_AUTO)
-                answers.append(core.Context(_PLAN_AUTO))
+            if custom:  # (in a transaction that fails, this is skipped, and the rollback undoes both)
+                command(_PLAN_AUTO)
         if commit:
-            self.finished = True  # committed, or (after an error) rolled back by that COMMIT
-            con.send_QUERY("COMMIT")
-            answers.append(core.Context("COMMIT"))
+            command(_COMMIT)
+        out += _SYNC
+        core._write(con._sock, out)
         core._flush(con._sock)
-        error: Exception | None = None
-        for context in answers:
-            try:
-                con.handle_messages(context)
-            except DatabaseError as e:  # the statement's own (a broken connection's is not)
-                error = error or e
-            except InterfaceError as e:
-                # pg8000's "in failed transaction block" for the COMMIT that rolled back after it
-                if error is None or _broken(e):
-                    raise
+        error = _read_answers(con, answers)
         if error is not None:
             raise error
+        self.finished = commit
         return contexts
 
     def execute(self, name: str, params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -152,10 +160,10 @@ class PgTx(Tx):
     def pipeline(self, *statements: tuple[str, Mapping[str, Any]]) -> list[tuple[list[dict[str, Any]], int]]:
         return [_result(c) for c in self._exchange([(self._statement(n), p) for n, p in statements])]
 
-    def finish(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
+    def finish(self, *statements: tuple[str, Mapping[str, Any]]) -> list[tuple[list[dict[str, Any]], int]]:
         if not self._begin:
-            return self.all(name, **params)
-        return _result(self._exchange([(self._statement(name), params)], commit=True)[0])[0]
+            return self.pipeline(*statements)
+        return [_result(c) for c in self._exchange([(self._statement(n), p) for n, p in statements], commit=True)]
 
     def insert(self, name: str, /, **params: Any) -> int:
         return int(self._exchange([(self._statement(name, " RETURNING id"), params)])[0].rows[0][0])
@@ -256,6 +264,24 @@ def _result(context: Any) -> tuple[list[dict[str, Any]], int]:
         return [], count
     names = [c["name"] for c in cols]
     return [dict(zip(names, r)) for r in context.rows or []], count
+
+
+def _read_answers(con: Any, answers: Sequence[Any]) -> BaseException | None:
+    """Read the messages of one Sync's answer into `answers` (a pg8000 context per command, in
+    order: a command ends at its CommandComplete or its error, after which PostgreSQL skips the
+    rest); the first error, if any."""
+    from pg8000 import core
+    sock, handlers = con._sock, con.message_types
+    spare = core.Context(None)  # what comes after an error (notices) or outside any command
+    k = 0
+    while True:
+        code, size = core.ci_unpack(core._read(sock, 5))
+        handlers[code](core._read(sock, size - 4), answers[k] if k < len(answers) else spare)
+        if code == core.READY_FOR_QUERY:
+            break
+        if code in _COMMAND_ENDS:
+            k += 1
+    return next((c.error for c in answers if c.error is not None), spare.error)
 
 
 def copy_text(rows: Iterable[Sequence[Any]]) -> str:

@@ -32,7 +32,6 @@ UNCOUNTED_ATTEMPTS_LIMIT = 25
 _PHASE_ORDER = {"assigned": 0, "running": 1, "uploading": 2, "succeeded": 3, "failed": 3}
 _ONLINE = {WorkerStatus.STARTING.value, WorkerStatus.RUNNING.value, WorkerStatus.PAUSED.value,
            WorkerStatus.DRAINING.value}
-_REVIVABLE = {WorkerStatus.STARTING.value, WorkerStatus.OFFLINE.value, WorkerStatus.LOST.value}
 _GONE = {s.value for s in GONE_WORKER_STATUSES}
 
 
@@ -163,41 +162,50 @@ def claimed_by_request(tx: Tx, worker_id: int, request_id: str) -> list[dict[str
     return _claimed(tx.all("claim_by_request", worker_id=worker_id, request_id=request_id))
 
 
-def claim(tx: Tx, worker_id: int, slots: int, lease: float, request_id: str | None = None
-          ) -> list[dict[str, Any]]:
+def claim(tx: Tx, worker_id: int, slots: int, lease: float, request_id: str | None,
+          prospect: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Up to `slots` tasks for the worker, as many as its room allows (claim_room), once for a
+    request id (a retry gets what its first try took). `prospect`: the worker as claim_prospect
+    read it, whose batch and resources pick the tasks. NotFound for an unknown worker."""
     # A claim is a sign of life, and this write comes first for a reason: it locks the worker's
-    # row, so overlapping claims of one worker take turns, and the count of its active
-    # executions read next includes what the previous one just gave it (on PostgreSQL, reading
-    # first let two claims both see free slots: concurrency + prefetch exceeded).
-    # Read under the worker's lock, by a statement of its own (sent with the write: one round
-    # trip on PostgreSQL): a retry racing its first try sees what that one gave.
+    # row, so overlapping claims of one worker take turns, and its room, read next by a statement
+    # of its own, counts what the previous one just gave it (on PostgreSQL, reading first let two
+    # claims both see free slots: concurrency + prefetch exceeded).
+    return _CLAIMS[tx.dialect](tx, worker_id, slots, tx.now + lease, request_id, prospect)
+
+
+def _claim_in_one_round_trip(tx: Tx, worker_id: int, slots: int, lease_expires: float, request_id: str | None,
+                             prospect: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """PostgreSQL: the lock, what an earlier try of this request took, and the claim statement
+    (room, pick with SKIP LOCKED, marks, executions: claim_all), sent with COMMIT."""
+    batch = prospect["batch_id"]
+    claim_params = {"id": worker_id, "request_id": request_id, "n": slots, "lease_expires": lease_expires,
+                    "now": tx.now, "batch_id": batch, "cpu": prospect["cpu"], "mem": prospect["mem"],
+                    "gpu": prospect["gpu"]}
+    retry = [("claim_by_request", {"worker_id": worker_id, "request_id": request_id})] if request_id else []
+    (_, seen), *earlier, (taken, _) = tx.finish(("worker_seen", {"id": worker_id, "now": tx.now}), *retry,
+                                                ("claim_all" if batch is None else "claim_all_batch", claim_params))
+    if not seen:
+        raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
+    if earlier and earlier[0][0]:  # a retry racing its first try: what that one took (this took none)
+        return _claimed(earlier[0][0])
+    return _claimed(taken)
+
+
+def _claim_in_steps(tx: Tx, worker_id: int, slots: int, lease_expires: float, request_id: str | None,
+                    prospect: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """SQLite (no data-modifying CTE): the same in steps, under its one write lock."""
     _, (found, _) = tx.pipeline(("worker_seen", {"id": worker_id, "now": tx.now}),
                                 ("claim_worker", {"id": worker_id, "request_id": request_id}))
-    w = found[0] if found else None
-    if w is None:
+    if not found:
         raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
-    if w["retried"]:
+    w = found[0]
+    if w["retried"]:  # a retry racing its first try
         return claimed_by_request(tx, worker_id, str(request_id))
-    if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
-        return []
-    allowed = int(w["concurrency"]) + int(w["prefetch"]) - int(w["active"])
-    n = min(slots, allowed)
+    n = min(slots, int(w["room"]))
     if n <= 0:
         return []
     pick = {"batch_id": w["batch_id"], "cpu": w["cpu"], "mem": w["mem"], "gpu": w["gpu"], "n": n}
-    return _claimed(_CLAIMS[tx.dialect](tx, worker_id, tx.now + lease, request_id, pick))
-
-def _claim_in_one_statement(tx: Tx, worker_id: int, lease_expires: float, request_id: str | None,
-                            pick: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """PostgreSQL: pick (SKIP LOCKED), mark, create the executions and link them in one statement,
-    the transaction's last (COMMIT goes with it)."""
-    return tx.finish("claim_all", worker_id=worker_id, lease_expires=lease_expires, now=tx.now,
-                     request_id=request_id, **pick)
-
-
-def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, request_id: str | None,
-                    pick: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """SQLite (no data-modifying CTE): the same in four statements, under its one write lock."""
     # named indexes (sqlite.sql): a worker of one batch reads that batch's pending tasks only
     ids = [int(r["id"]) for r in tx.all("claim_pick" if pick["batch_id"] is None else "claim_pick_batch", **pick)]
     if not ids:
@@ -206,33 +214,31 @@ def _claim_in_steps(tx: Tx, worker_id: int, lease_expires: float, request_id: st
     tx.run("claim_mark", **p)
     tx.run("claim_executions", worker_id=worker_id, lease_expires=lease_expires, request_id=request_id, **p)
     tx.run("claim_link", **p)
-    return tx.all("claim_result", ids=p["ids"])
+    return _claimed(tx.all("claim_result", ids=p["ids"]))
 
 
-_CLAIMS = {"postgres": _claim_in_one_statement, "sqlite": _claim_in_steps}
+_CLAIMS = {"postgres": _claim_in_one_round_trip, "sqlite": _claim_in_steps}
 
 
 def has_claimable(tx: Tx, worker_id: int) -> bool:
     """Could a claim of this worker get something now (False for an unknown worker)? One read."""
     w = tx.one("claim_prospect", id=worker_id, request_id=None)
-    return w is not None and _could_claim(w)
+    return w is not None and could_claim(w)
 
 
-def claim_prospect(tx: Tx, worker_id: int, request_id: str | None) -> tuple[bool, bool]:
-    """Before a claim, in one read: whether it could get something now (as has_claimable), and
-    whether an earlier try of it (its request id) already claimed. NotFound for an unknown worker."""
+def claim_prospect(tx: Tx, worker_id: int, request_id: str | None) -> dict[str, Any]:
+    """Before a claim, in one read: the worker, its `room` (claim_room), whether a task it could
+    take is `waiting`, and whether an earlier try of this claim (its request id) already claimed
+    (`retried`). NotFound for an unknown worker."""
     w = tx.one("claim_prospect", id=worker_id, request_id=request_id)
     if w is None:
         raise NotFound(f"no worker {worker_id}", worker_id=worker_id)
-    return (not w["retried"] and _could_claim(w)), bool(w["retried"])
+    return w
 
 
-def _could_claim(w: Mapping[str, Any]) -> bool:
-    if w["setting"] != WorkerStatus.RUNNING.value or w["status"] not in _ONLINE | _REVIVABLE:
-        return False
-    if int(w["concurrency"]) + int(w["prefetch"]) <= int(w["active"]):
-        return False  # full: claim would return nothing (and a long poll would spin)
-    return bool(w["waiting"])
+def could_claim(prospect: Mapping[str, Any]) -> bool:
+    """Whether a claim with this prospect would get something now (else, a long poll would spin)."""
+    return int(prospect["room"]) > 0 and bool(prospect["waiting"])
 
 
 def fleet_size(tx: Tx) -> int:

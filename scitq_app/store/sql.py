@@ -182,13 +182,13 @@ class SqlStore(Store):
               ) -> list[dict[str, Any]]:
         # Idle workers claim often and mostly find nothing: that answer costs a read, no write
         # (no lock on the worker's row, no transaction on SQLite's single writer).
-        could, retried = self._read(lambda tx: protocol.claim_prospect(tx, worker_id, request_id))
-        if retried:  # a retry whose reply was lost: what its first try gave
+        prospect = self._read(lambda tx: protocol.claim_prospect(tx, worker_id, request_id))
+        if prospect["retried"]:  # a retry whose reply was lost: what its first try gave
             return self._read(lambda tx: protocol.claimed_by_request(tx, worker_id, str(request_id)))
-        if not could:
+        if not protocol.could_claim(prospect):
             return []
         # (a retry racing its first try is answered by the write, which reads under the worker's lock)
-        return self._write(lambda tx: protocol.claim(tx, worker_id, slots, lease, request_id))
+        return self._write(lambda tx: protocol.claim(tx, worker_id, slots, lease, request_id, prospect))
 
     def has_claimable(self, worker_id: int) -> bool:
         return self._read(lambda tx: protocol.has_claimable(tx, worker_id))

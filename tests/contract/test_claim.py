@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from scitq_app.errors import NotFound
+from scitq_app.store import protocol
 
 from .scene import LEASE, status_of, task_spec
 
@@ -255,3 +256,24 @@ def test_request_ids_belong_to_their_worker_and_a_new_one_claims_anew(store, reg
     assert len(mine) == len(theirs) == 1 and mine[0]["task_id"] != theirs[0]["task_id"]
     more = store.claim(a.id, 1, LEASE, request_id="next")
     assert len(more) == 1 and more[0]["id"] != mine[0]["id"]
+
+
+def test_a_claim_takes_tasks_for_the_worker_as_it_is_under_its_lock_not_as_its_prospect_read_it(store, register):
+    # between the read that tells a claim there is work (the prospect) and the claim itself, the
+    # worker was moved to another batch: nothing of its old batch may be taken
+    store.create_batch("old")
+    store.create_batch("new")
+    [old_task] = store.create_tasks([task_spec(batch="old")])
+    [new_task] = store.create_tasks([task_spec(batch="new")])
+    w = register(batch="old")
+    with store.backend.transaction(write=False) as tx:
+        prospect = protocol.claim_prospect(tx, w.id, None)
+    assert protocol.could_claim(prospect) and prospect["batch_id"] is not None
+    store.update_worker(w.id, {"batch": "new"})
+    with store.backend.transaction(write=True) as tx:
+        taken = protocol.claim(tx, w.id, 2, LEASE, None, prospect)
+    # it took the new batch's task (SQLite: it reads the worker again under its lock), or nothing
+    # (PostgreSQL: its claim statement finds the worker changed); its next claim, with a prospect
+    # of its own, takes what is left of the new batch
+    assert [e["task_id"] for e in taken + store.claim(w.id, 2, LEASE)] == [new_task]
+    assert status_of(store, old_task) == "pending"

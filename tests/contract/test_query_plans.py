@@ -166,8 +166,6 @@ def _cases(dialect: str, some: dict) -> dict[str, dict[str, Any]]:
         # worker protocol
         "claim_prospect": {"id": w, "request_id": "r-1"},
         "claim_prospect_batch": {"id": some["pinned"], "request_id": None},  # a worker of one batch
-        "claim_pick": {**pick, "n": 4},
-        "claim_pick_batch": {**pick, "batch_id": some["batch_id"], "n": 4},
         "worker_get": {"id": w},
         "heartbeat_reply": {"id": w, "ids": json.dumps(running)},
         "lease_renew_one": {"id": running[0], "worker_id": w, "lease_expires": 1e12},
@@ -200,8 +198,13 @@ def _cases(dialect: str, some: dict) -> dict[str, dict[str, Any]]:
         "batch_paused_tasks": {"batch_id": some["batch_id"]},
         "batch_active_count": {"batch_id": some["batch_id"]},
     }
-    if dialect == "postgres":
-        cases["claim_all"] = {**pick, "n": 4, "worker_id": w, "lease_expires": 1.0, "now": 1.0, "request_id": None}
+    if dialect == "postgres":  # the claim's one statement (pick, marks, executions)
+        claim = {**pick, "n": 4, "id": w, "lease_expires": 1.0, "now": 1.0, "request_id": None}
+        cases["claim_all"] = claim
+        cases["claim_all_batch"] = {**claim, "id": some["pinned"], "batch_id": some["batch_id"]}
+    else:
+        cases["claim_pick"] = {**pick, "n": 4}
+        cases["claim_pick_batch"] = {**pick, "batch_id": some["batch_id"], "n": 4}
     return cases
 
 
@@ -271,8 +274,8 @@ def test_a_worker_of_one_batch_reads_none_of_the_tasks_of_it_that_have_run(fille
             return
         read = {}
         for name, params in (("claim_prospect", prospect),
-                             ("claim_all", {**pick, "n": 4, "worker_id": some["worker"], "lease_expires": 1.0,
-                                            "now": 1.0, "request_id": None})):
+                             ("claim_all_batch", {**pick, "n": 4, "id": worker.id, "lease_expires": 1.0,
+                                                  "now": 1.0, "request_id": None})):
             ex.con.run("BEGIN")  # claim_all claims: analysed, then rolled back
             try:
                 plan = [r[0] for r in ex.con.run("EXPLAIN (ANALYZE) " + loaded[name], **params)]
@@ -290,7 +293,7 @@ def test_a_worker_of_one_batch_reads_none_of_the_tasks_of_it_that_have_run(fille
             assert any("task_batch_pending" in ln or (name == "claim_prospect" and "Index Cond" in ln
                                                       and "batch_id = " in ln and "status = 'pending'" in ln)
                        for ln in plan), (name, "\n".join(plan))
-        assert read == {"claim_prospect": 0, "claim_all": 0}
+        assert read == {"claim_prospect": 0, "claim_all_batch": 0}
     finally:
         store.delete_worker(worker.id)
         store.delete_batch("young")

@@ -154,12 +154,13 @@ def test_a_failed_statement_in_a_pipeline_fails_the_whole_write(store, backend):
 def test_finish_commits_with_the_last_statement(store, backend):
     with store.backend.transaction(write=True) as tx:
         _add_batch(tx, "first")
-        rows = tx.finish("batch_id_by_name", name="first")
+        [(rows, _)] = tx.finish(("batch_id_by_name", {"name": "first"}))
         assert len(rows) == 1
     assert open_transaction(store, backend) is False
     assert store.get_batch("first").name == "first"
     with store.backend.transaction(write=True) as tx:  # as the first statement: START, it and COMMIT
-        assert tx.finish("batch_id_by_name", name="first") == rows
+        [(again, _)] = tx.finish(("batch_id_by_name", {"name": "first"}))
+        assert again == rows
     assert open_transaction(store, backend) is False
 
 
@@ -169,10 +170,13 @@ def test_a_failed_last_statement_rolls_the_write_back(store, backend):
         with pytest.raises(Conflict):
             with store.backend.transaction(write=True) as tx:
                 _add_batch(tx, "before")
-                tx.finish("token_insert", name="taken", role="user", hash="x" * 64, worker_id=None, now=tx.now)
+                tx.finish(_batch(tx, "with it"),
+                          ("token_insert", {"name": "taken", "role": "user", "hash": "x" * 64, "worker_id": None,
+                                            "now": tx.now}))
         assert open_transaction(store, backend) is False
-    with pytest.raises(NotFound):
-        store.get_batch("before")
+    for name in ("before", "with it"):
+        with pytest.raises(NotFound):
+            store.get_batch(name)
     store.create_batch("later")
     assert store.get_batch("later").name == "later"
 
@@ -182,7 +186,7 @@ def test_nothing_runs_after_the_last_statement(store):
     # the COMMIT went with it: a statement after it would run outside the transaction
     with pytest.raises(RuntimeError):
         with store.backend.transaction(write=True) as tx:
-            tx.finish("batch_id_by_name", name="none")
+            tx.finish(("batch_id_by_name", {"name": "none"}))
             _add_batch(tx, "after")
     with pytest.raises(NotFound):
         store.get_batch("after")
@@ -200,7 +204,8 @@ def _plans(tx) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_statements_with_an_optional_filter_are_planned_for_each_run_and_the_others_once(store):
-    assert {"task_list_by_batch", "task_counts", "claim_all"} <= store.backend.custom
+    assert {"task_list_by_batch", "task_counts"} <= store.backend.custom
+    assert not {"claim_all", "claim_all_batch", "claim_prospect"} & store.backend.custom
     assert "task_get" not in store.backend.custom
     [task_id] = store.create_tasks([task_spec(batch="b")])
     for _ in range(10):

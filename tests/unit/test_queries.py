@@ -40,7 +40,7 @@ def test_fragments_are_included_where_named_and_never_loaded_as_queries():
         loaded = queries.load(dialect)
         assert not any(k.startswith("fragment:") for k in loaded)
         assert not [name for name, sql in loaded.items() if "{{include" in sql]
-        assert "t.status = 'pending'" in loaded["claim_pick"] and "t.status = 'pending'" in loaded["claim_prospect"]
+        assert "t.status = 'pending'" in loaded["claim_pick" if dialect == "sqlite" else "claim_all"] and "t.status = 'pending'" in loaded["claim_prospect"]
     with pytest.raises(KeyError):
         queries._include("SELECT 1 WHERE {{include nothing}}", {})
 
@@ -83,10 +83,12 @@ def test_every_query_the_shared_store_code_names_exists_in_both_dialects():
     from scitq_app.store import admin, batches, dispatcher, protocol, tasks
     source = "".join(inspect.getsource(m) for m in (admin, batches, tasks, protocol, dispatcher))
     used = set(re.findall(r"tx\.(?:all|one|value|run|insert|many)\(\s*\"([a-z0-9_]+)\"", source))
+    used |= set(re.findall(r"\(\s*\"([a-z0-9_]+)\",\s*\{", source))  # (NAME, {params}): pipeline, finish
     used |= {f"output_size_{s}" for s in ("stdout", "stderr")}  # named with an f-string
     assert len(used) > 40
-    # the one dialect-specific operation: PostgreSQL claims in one statement (protocol._CLAIMS)
-    only = {"claim_all": "postgres"}
+    # the one dialect-specific operation: PostgreSQL claims in one statement, SQLite in steps
+    # (protocol._CLAIMS)
+    only = {"claim_all": "postgres", "claim_pick": "sqlite"}
     for dialect in DIALECTS:
         assert {q for q in used if only.get(q, dialect) == dialect} - set(queries.load(dialect)) == set(), dialect
     # PostgreSQL runs tx.many(NAME) as one statement over a JSON array: NAME_json
@@ -182,3 +184,11 @@ def test_dumps_writes_what_the_json_module_writes(value):
 
     from scitq_app.store.backend import dumps
     assert dumps(value) == json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def test_the_claim_rule_names_every_status_a_worker_may_claim_from_and_only_those():
+    from scitq_app.models import WorkerStatus
+    fragment = queries.parse(queries.read_resource("sql", "queries.sql"))["fragment:claim_room"]
+    listed = set(re.findall(r"'([a-z]+)'", re.search(r":status IN \(([^)]*)\)", fragment).group(1)))
+    # all but the workers evicted or destroyed: offline and lost ones are revived by the claim itself
+    assert listed == {s.value for s in WorkerStatus} - {WorkerStatus.EVICTED.value, WorkerStatus.DESTROYED.value}

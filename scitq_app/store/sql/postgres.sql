@@ -56,20 +56,19 @@ SELECT id FROM execution WHERE id IN {{ints :ids}} ORDER BY id FOR NO KEY UPDATE
 -- name: workers_lock_ids
 SELECT id FROM worker WHERE id IN {{ints :ids}} ORDER BY id FOR NO KEY UPDATE
 
--- name: claim_pick
-SELECT t.id FROM task t
-WHERE {{include claimable}}
-ORDER BY t.priority DESC, t.id
-LIMIT :n
-FOR UPDATE OF t SKIP LOCKED
+-- fragment: claim_room_locked
+-- One row: how many tasks the worker :id may take (claim_room, at most :n), read after worker_seen
+-- locked its row (a statement of its own: its snapshot counts what a claim that held the lock before
+-- gave it); none if its batch or resources changed since the prospect they come from.
+SELECT COALESCE(MAX(GREATEST(0, LEAST(CAST(:n AS INTEGER), {{include claim_room using x}}))), 0) AS n
+FROM ({{include worker_and_retry}}) x
+WHERE x.batch_id IS NOT DISTINCT FROM CAST(:batch_id AS BIGINT)
+  AND x.cpu IS NOT DISTINCT FROM CAST(:cpu AS DOUBLE PRECISION)
+  AND x.mem IS NOT DISTINCT FROM CAST(:mem AS DOUBLE PRECISION)
+  AND x.gpu IS NOT DISTINCT FROM CAST(:gpu AS INTEGER)
 
--- name: claim_all
-WITH picked AS (
-    SELECT t.id FROM task t
-    WHERE {{include claimable}}
-    ORDER BY t.priority DESC, t.id
-    LIMIT :n
-    FOR UPDATE OF t SKIP LOCKED),
+-- fragment: claim_picked
+-- The tasks `picked` marked, their executions created and linked, and returned.
 numbered AS MATERIALIZED (
     SELECT id, nextval(pg_get_serial_sequence('execution', 'id')) AS eid FROM picked),
 marked AS (
@@ -81,7 +80,7 @@ inserted AS (
     INSERT INTO execution (id, task_id, attempt, worker_id, status, lease_expires, assigned, command, shell,
                            container, container_options, inputs, resources, output, run_timeout, download_timeout,
                            created, modified, claim_request)
-    SELECT m.eid, m.id, m.attempts, CAST(:worker_id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
+    SELECT m.eid, m.id, m.attempts, CAST(:id AS BIGINT), 'assigned', CAST(:lease_expires AS DOUBLE PRECISION),
            CAST(:now AS DOUBLE PRECISION), m.command, m.shell, m.container, m.container_options, m.inputs,
            m.resources, m.output, m.run_timeout, m.download_timeout, CAST(:now AS DOUBLE PRECISION),
            CAST(:now AS DOUBLE PRECISION), CAST(:request_id AS TEXT)
@@ -91,6 +90,30 @@ SELECT i.*, m.name AS task_name, b.name AS batch, m.cpu AS cpu_request, w.name A
 FROM inserted i JOIN marked m ON m.id = i.task_id JOIN batch b ON b.id = m.batch_id
 LEFT JOIN worker w ON w.id = i.worker_id
 ORDER BY m.priority DESC, m.id
+
+-- name: claim_all
+-- A claim of a worker of no batch, whole, in one statement (protocol.claim): its room under the
+-- worker's lock, the pick (SKIP LOCKED: claims of other workers take other tasks), the marks,
+-- the executions.
+WITH room AS ({{include claim_room_locked}}),
+picked AS (
+    SELECT t.id FROM task t
+    WHERE {{include claimable}}
+    ORDER BY t.priority DESC, t.id
+    LIMIT (SELECT n FROM room)
+    FOR UPDATE OF t SKIP LOCKED),
+{{include claim_picked}}
+
+-- name: claim_all_batch
+-- claim_all for a worker of one batch: that batch's pending tasks only (task_batch_pending).
+WITH room AS ({{include claim_room_locked}}),
+picked AS (
+    SELECT t.id FROM task t
+    WHERE {{include claimable}} AND t.batch_id = CAST(:batch_id AS BIGINT)
+    ORDER BY t.priority DESC, t.id
+    LIMIT (SELECT n FROM room)
+    FOR UPDATE OF t SKIP LOCKED),
+{{include claim_picked}}
 
 -- name: leases_expired
 SELECT e.id, e.task_id FROM execution e JOIN task t ON t.id = e.task_id

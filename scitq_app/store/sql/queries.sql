@@ -336,7 +336,7 @@ FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id = :id
 
 -- name: claim_worker
 -- A claim's read of its worker, under the worker's lock (a retry then answers with what it gave).
-{{include worker_and_retry}}
+SELECT x.*, {{include claim_room using x}} AS room FROM ({{include worker_and_retry}}) x
 
 -- name: worker_by_name
 SELECT * FROM worker WHERE name = :name
@@ -398,25 +398,37 @@ UPDATE worker SET status = 'offline', modified = :now WHERE id IN {{ints :ids}}
 -- ---------------------------------------------------------------- claim
 
 -- fragment: claimable
+-- A pending task of a running batch that fits a worker's :cpu, :mem and :gpu (NULL: no limit).
+-- A worker of one batch adds `t.batch_id = ...`: a filter of its own, which picks the index.
 t.status = 'pending'
   AND t.batch_id IN (SELECT id FROM batch WHERE status = 'running')
-  AND (CAST(:batch_id AS BIGINT) IS NULL OR t.batch_id = :batch_id)
-  AND (t.cpu IS NULL OR CAST(:cpu AS DOUBLE PRECISION) IS NULL OR t.cpu <= :cpu)
-  AND (t.mem IS NULL OR CAST(:mem AS DOUBLE PRECISION) IS NULL OR t.mem <= :mem)
+  AND (t.cpu IS NULL OR t.cpu <= COALESCE(CAST(:cpu AS DOUBLE PRECISION), t.cpu))
+  AND (t.mem IS NULL OR t.mem <= COALESCE(CAST(:mem AS DOUBLE PRECISION), t.mem))
   AND (t.gpu IS NULL OR t.gpu = 0 OR t.gpu <= COALESCE(CAST(:gpu AS INTEGER), 0))
 
+-- fragment: claim_room
+-- How many tasks a worker (its :parameters: a worker_and_retry row) may take now: its free slots
+-- if it is set running and not gone for good; none for a retry of a claim that took some (the
+-- retry is answered with what that one took). The one statement of this rule: the prospect, the
+-- claim's read under the worker's lock and PostgreSQL's claim statement include it.
+CASE WHEN :setting = 'running' AND :status IN ('starting', 'running', 'paused', 'draining', 'offline', 'lost')
+          AND NOT :retried
+     THEN :concurrency + :prefetch - :active ELSE 0 END
+
 -- name: claim_prospect
--- Before a claim, in one round trip: the worker (as claim_worker) and whether a task it could take
--- is waiting (`waiting`), looked for with the worker's own values: a worker of one batch among that
--- batch's pending tasks (task_batch_pending), any other in claim order (task_pending); each reads a
--- few index entries, however many tasks wait.
-SELECT x.*,
+-- Before a claim, in one round trip: the worker (as claim_worker: its `room`) and whether a task it
+-- could take is waiting (`waiting`), looked for with the worker's own values: a worker of one batch
+-- among that batch's pending tasks (task_batch_pending), any other in claim order (task_pending);
+-- each reads a few index entries, however many tasks wait.
+-- (The first task in claim order, not EXISTS: PostgreSQL drops an EXISTS's ORDER BY, and may then
+-- read the table from its start, where tasks that ran long ago are, for a first pending one.)
+SELECT x.*, {{include claim_room using x}} AS room,
        CASE WHEN x.batch_id IS NULL
-            THEN EXISTS (SELECT 1 FROM task t WHERE {{include claimable using x}}
-                         ORDER BY t.priority DESC, t.id LIMIT 1)
-            ELSE EXISTS (SELECT 1 FROM task t WHERE {{include claimable using x}} AND t.batch_id = x.batch_id
-                         ORDER BY t.priority DESC, t.id LIMIT 1)
-       END AS waiting
+            THEN (SELECT t.id FROM task t WHERE {{include claimable using x}}
+                  ORDER BY t.priority DESC, t.id LIMIT 1)
+            ELSE (SELECT t.id FROM task t WHERE {{include claimable using x}} AND t.batch_id = x.batch_id
+                  ORDER BY t.priority DESC, t.id LIMIT 1)
+       END IS NOT NULL AS waiting
 FROM ({{include worker_and_retry}}) x
 
 -- name: claim_mark

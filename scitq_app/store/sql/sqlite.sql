@@ -63,7 +63,7 @@ LIMIT :n
 
 -- name: claim_prospect
 -- As the shared text, its indexes named (see pending_in_claim_order).
-SELECT x.*,
+SELECT x.*, {{include claim_room using x}} AS room,
        CASE WHEN x.batch_id IS NULL
             THEN EXISTS (SELECT 1 FROM task t INDEXED BY task_pending WHERE {{include claimable using x}}
                          ORDER BY t.priority DESC, t.id LIMIT 1)
