@@ -55,8 +55,10 @@ class Pool:
         self.slots = asyncio.Semaphore(size)
 
     async def request(self, method: str, path: str, token: str, body: Any = None,
-                      timeout: float = 60) -> tuple[int, Any]:
+                      timeout: float = 60) -> tuple[int, Any, float]:
+        """(status, reply, when a connection was free: the time before it is this client's queue)."""
         async with self.slots:
+            sent = time.monotonic()
             conn = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
             try:
                 status, reply = await asyncio.wait_for(self._exchange(conn, method, path, token, body), timeout)
@@ -64,7 +66,7 @@ class Pool:
                 conn[1].close()
                 raise
             self.idle.append(conn)
-            return status, reply
+            return status, reply, sent
 
     async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, path: str,
                         token: str, body: Any) -> tuple[int, Any]:
@@ -115,6 +117,10 @@ class Load:
         self.submitters = submitters
         self.listers = listers
         self.lat: dict[str, list[float]] = {}
+        # the same from when a pooled connection was free (without the wait for one), and how late
+        # this process's own event loop runs what is due: what of a latency is the load generator's
+        self.wire: dict[str, list[float]] = {}
+        self.loop_lag: list[float] = []
         self.counts: dict[str, int] = {"claim_empty_at_once": 0}  # an idle worker spinning: must stay 0
         self.errors: list[str] = []
         self.submitted: dict[str, float] = {}  # task name -> when its submission was sent
@@ -129,14 +135,16 @@ class Load:
                    timeout: float = 60) -> Any:
         t0 = time.monotonic()
         try:
-            status, reply = await self.pool().request(method, path, token, body, timeout)
+            status, reply, sent = await self.pool().request(method, path, token, body, timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
             self.errors.append(f"{kind}: {type(e).__name__} {e}")
             return None
         if status >= 400:
             self.errors.append(f"{kind}: HTTP {status} {reply}")
             return None
-        self.lat.setdefault(kind, []).append(time.monotonic() - t0)
+        done = time.monotonic()
+        self.lat.setdefault(kind, []).append(done - t0)
+        self.wire.setdefault(kind, []).append(done - sent)
         self.counts[kind] = self.counts.get(kind, 0) + 1
         return reply
 
@@ -212,11 +220,17 @@ class Load:
             kind, path = pages[self.rng.randrange(len(pages))]
             await self.call(kind, "GET", path, self.admin)
 
+    async def lag(self) -> None:
+        while self.running():
+            t0 = time.monotonic()
+            await asyncio.sleep(0.05)
+            self.loop_lag.append(time.monotonic() - t0 - 0.05)
+
     async def run(self) -> None:
         self.stop_at = time.monotonic() + self.seconds
         await asyncio.gather(*(self.worker(*w) for w in self.workers),
                              *(self.submitter(k) for k in range(self.submitters)),
-                             *(self.lister(k) for k in range(self.listers)))
+                             *(self.lister(k) for k in range(self.listers)), self.lag())
 
 
 # --- processes ------------------------------------------------------------------------------------------
@@ -307,9 +321,10 @@ def main() -> None:
             load = Load([Pool(sp.port, a.pool) for sp in procs], admin, workers, a.seconds, a.submitters, a.listers)
             cpu0 = {pid: cpu_seconds(pid) for pid in server_pids}
             db0 = {pid: cpu_seconds(pid) for pid in db_pids if os.path.exists(f"/proc/{pid}")}
-            w0 = time.monotonic()
+            w0, own0 = time.monotonic(), time.process_time()
             asyncio.run(load.run())
             wall = time.monotonic() - w0
+            own = time.process_time() - own0
             server_cpu = sum(cpu_seconds(pid) - cpu0[pid] for pid in server_pids)
             db_now = postgres_pids(url) if a.backend == "postgres" else []
             db_cpu = sum(cpu_seconds(pid) - db0.get(pid, 0.0) for pid in db_now if os.path.exists(f"/proc/{pid}"))
@@ -322,8 +337,8 @@ def main() -> None:
                 dispatcher.wait(10)
     protocol = sum(load.counts.get(k, 0) for k in ("heartbeat", "claim", "report"))
 
-    def lat(kind: str, q: float) -> float | None:
-        values = load.lat.get(kind)
+    def lat(kind: str, q: float, of: dict[str, list[float]] = load.lat) -> float | None:
+        values = of.get(kind)
         return round(pct(values, q) * 1000, 1) if values else None
     result = {
         "backend": a.backend, "tasks": a.tasks, "workers": a.workers, "api_processes": len(procs),
@@ -332,8 +347,13 @@ def main() -> None:
         "server_cores": round(server_cpu / wall, 3),
         "server_cpu_ms_per_protocol_request": round(server_cpu * 1000 / max(1, protocol), 3),
         "server_rss_mb": round(rss, 1), "postgres_cores": round(db_cpu / wall, 3) if db_pids else None,
-        "heartbeat_ms": {"p50": lat("heartbeat", 50), "p99": lat("heartbeat", 99)},
-        "claim_ms": {kind: {"p50": lat(kind, 50), "p99": lat(kind, 99)}
+        "heartbeat_ms": {"p50": lat("heartbeat", 50), "p99": lat("heartbeat", 99),
+                         "p99_from_free_connection": lat("heartbeat", 99, load.wire)},
+        "load_generator": {"cores": round(own / wall, 3),
+                           "loop_lag_ms": {"p50": round(pct(load.loop_lag, 50) * 1000, 1),
+                                           "p99": round(pct(load.loop_lag, 99) * 1000, 1)}},
+        "claim_ms": {kind: {"p50": lat(kind, 50), "p99": lat(kind, 99),
+                            "p99_from_free_connection": lat(kind, 99, load.wire)}
                      for kind in ("claim_later", "claim_work", "claim_empty")},
         "submit_ms": {"p50": lat("submit", 50), "p99": lat("submit", 99)},
         "pages_ms_p95": {k: lat(k, 95) for k in ("list_running_page", "list_pending_page", "batches",

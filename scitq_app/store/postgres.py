@@ -18,7 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from ..errors import ConfigError, Conflict, MissingDependency, StoreUnavailable
 from . import queries
@@ -292,7 +292,9 @@ def copy_text(rows: Iterable[Sequence[Any]]) -> str:
 
 
 def parse_url(url: str) -> dict[str, Any]:
-    """postgresql://user:password@host:port/database -> pg8000 connect() arguments."""
+    """postgresql://user:password@host:port/database -> pg8000 connect() arguments. As libpq
+    reads them, a host that is a directory (`%2Fvar%2Frun%2Fpostgresql`, or `?host=/var/run/postgresql`
+    with no host) names the directory of the server's Unix socket, `.s.PGSQL.PORT`."""
     try:
         u = urlparse(url)
         port = u.port  # a ValueError for a port that is not a number from 0 to 65535
@@ -305,10 +307,13 @@ def parse_url(url: str) -> dict[str, Any]:
     args: dict[str, Any] = {"user": unquote(u.username or "postgres"), "database": unquote(u.path.lstrip("/"))}
     if u.password is not None:
         args["password"] = unquote(u.password)
-    if u.hostname and u.hostname.startswith("%2f"):
-        args["unix_sock"] = unquote(u.hostname)
+    # the host as written (urlparse's hostname is lower-cased: a socket's directory may not be)
+    named, written = parse_qs(u.query).get("host"), u.netloc.rpartition("@")[2]
+    host = named[-1] if named else unquote(written.rpartition(":")[0] if port else written)
+    if host.startswith("/"):
+        args["unix_sock"] = host if "/.s.PGSQL." in host else f"{host.rstrip('/')}/.s.PGSQL.{port or 5432}"
     else:
-        args["host"] = u.hostname or "127.0.0.1"
+        args["host"] = (named[-1] if named else u.hostname) or "127.0.0.1"
         args["port"] = port or 5432
     return args
 

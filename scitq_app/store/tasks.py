@@ -266,9 +266,11 @@ def list_tasks(tx: Tx, *, batch: str | None = None, statuses: Sequence[str] | No
             else "task_list_by_batch" if batch_id is not None else "task_list"
         rows = tx.all(query, status=None, **params)
     else:
-        # A page per status, each read in id order from index task_status, merged: a page costs
-        # its rows times the statuses asked for, however many tasks have them.
-        rows = sorted((r for s in wanted for r in tx.all("task_list_by_one_status", status=s, **params)),
+        # A page per status, each read in id order from index task_status (of a batch:
+        # task_batch_status), merged: a page costs its rows times the statuses asked for, however
+        # many tasks have them.
+        query = "task_list_by_one_status" if batch_id is None else "task_list_by_batch_one_status"
+        rows = sorted((r for s in wanted for r in tx.all(query, status=s, **params)),
                       key=lambda r: int(r["id"]))[:limit]
     return with_deps(tx, rows)
 

@@ -182,9 +182,8 @@ def _cases(dialect: str, some: dict) -> dict[str, dict[str, Any]]:
         # listings
         "task_list_by_one_status": {"batch_id": None, "statuses": json.dumps(["running"]), "status": "running",
                                     "name": None, "ids": None, "after": 0, "limit": 100},
-        "task_list_by_one_status_batch": {"batch_id": some["batch_id"], "statuses": json.dumps(["pending"]),
-                                          "status": "pending", "name": None,
-                                    "ids": None, "after": 0, "limit": 100},
+        "task_list_by_batch_one_status": {"batch_id": some["batch_id"], "status": "pending", "after": 0,
+                                          "limit": 100},
         "task_list_by_batch": {"batch_id": some["batch_id"], "statuses": None, "name": None, "ids": None,
                                "after": 0, "limit": 100},
         "task_list_by_name": {"batch_id": None, "statuses": None, "name": "t77", "ids": None, "after": 0, "limit": 100},
@@ -237,6 +236,33 @@ def test_no_selective_query_scans_a_big_table_with_the_plan_made_once(filled, ba
             scans[case] = found
     assert planned_once >= 15
     assert scans == {}
+
+
+def test_a_page_of_a_batch_s_tasks_of_one_status_reads_only_the_rows_it_returns(filled, backend):
+    # b4 has no pending task, b16 a thousand: through the index of one status, a page of b4's
+    # would read every pending task of the other batches to return none
+    store, ex, some = filled
+    sql = queries.load(backend)["task_list_by_batch_one_status"]
+    for name, pending in (("b4", 0), ("b16", 1_000)):
+        batch_id = int(ex.value(f"SELECT id FROM batch WHERE name = '{name}'"))
+        params = {"batch_id": batch_id, "status": "pending", "after": 0, "limit": 100}
+        if backend == "sqlite":
+            details = [r[3] for r in ex.con.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            assert any("USING INDEX task_batch_status (batch_id=? AND status=? AND id>?)" in d for d in details), details
+        else:
+            plan = [r[0] for r in ex.con.run("EXPLAIN (ANALYZE) " + sql, **params)]
+            node, thrown = "", 0
+            for ln in plan:  # the task rows a node of `task` read and threw away
+                node = ln if "->" in ln or ln is plan[0] else node
+                m = re.search(r"Rows Removed by Filter: (\d+)", ln)
+                if m and re.search(r" on task t\b", node):
+                    thrown += int(m.group(1))
+            assert any("Index Scan using task_batch_status on task t" in ln for ln in plan), "\n".join(plan)
+            assert thrown == 0 and not any("Sort" in ln for ln in plan), "\n".join(plan)
+        assert ex.value(f"SELECT COUNT(*) FROM task WHERE batch_id = {batch_id} AND status = 'pending'") == pending
+        page = store.list_tasks(batch=name, statuses=["pending"], limit=100)
+        assert len(page) == min(pending, 100) and {(t.batch, t.status) for t in page} <= {(name, "pending")}
+        assert [t.id for t in page] == sorted(t.id for t in page)
 
 
 def test_the_counts_are_exact_on_the_filled_database(filled):

@@ -41,3 +41,30 @@ def test_a_connection_killed_while_a_bulk_insert_is_sent_is_an_outage_that_store
     assert store.count_tasks() == {}
     assert store.create_tasks([{"command": "true", "batch": "b"} for _ in range(200)])
     assert store.count_tasks("b") == {"pending": 200}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_store_reaches_postgresql_through_its_unix_socket(store, database_url):
+    # a database on the same machine, named by the directory of its socket (as libpq does)
+    import pg8000.native
+
+    from scitq_app.store import open_store
+    from scitq_app.store.postgres import parse_url
+    con = pg8000.native.Connection(**parse_url(database_url))
+    try:
+        [[directories]], [[port]] = con.run("SHOW unix_socket_directories"), con.run("SHOW port")
+    finally:
+        con.close()
+    directory = directories.split(",")[0].strip()
+    if not directory:
+        pytest.skip("this PostgreSQL listens on no Unix socket")
+    store.create_batch("by-tcp")
+    u = database_url.rpartition("@")
+    by_socket = open_store(f"{u[0]}@{directory.replace('/', '%2F')}:{port}{u[2][u[2].index('/'):]}")
+    try:
+        assert by_socket.backend._args.get("unix_sock") == f"{directory}/.s.PGSQL.{port}"
+        assert by_socket.get_batch("by-tcp").name == "by-tcp"
+        by_socket.create_batch("by-socket")
+    finally:
+        by_socket.close()
+    assert store.get_batch("by-socket").name == "by-socket"

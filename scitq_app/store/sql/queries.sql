@@ -181,6 +181,14 @@ WHERE t.status = :status {{include task_list_filters}}
 SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
 WHERE t.batch_id = :batch_id {{include task_list_filters}}
 
+-- name: task_list_by_batch_one_status
+-- A batch's tasks of one status: index task_batch_status (batch_id, status, id) gives them in id
+-- order (through task_status, a batch with none of them read all the tasks of that status).
+SELECT t.*, b.name AS batch FROM task t JOIN batch b ON b.id = t.batch_id
+WHERE t.batch_id = :batch_id AND t.status = :status AND t.id > :after
+ORDER BY t.id
+LIMIT :limit
+
 -- name: task_counts
 -- Maintained counts (triggers_*.sql): a few rows per batch, whatever the number of tasks.
 SELECT c.status, SUM(c.n) AS n FROM (

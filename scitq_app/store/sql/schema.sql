@@ -66,7 +66,7 @@ CREATE TABLE task (
 
 CREATE INDEX task_pending ON task (priority DESC, id) WHERE status = 'pending';
 
-CREATE INDEX task_batch_status ON task (batch_id, status);
+CREATE INDEX task_batch_status ON task (batch_id, status, id);
 
 CREATE INDEX task_batch_pending ON task (batch_id, priority DESC, id) WHERE status = 'pending';
 
