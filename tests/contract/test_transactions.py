@@ -8,7 +8,7 @@ import pytest
 
 from scitq_app.errors import Conflict, NotFound
 from scitq_app.store import batches
-from scitq_app.store.postgres import COPY_MIN
+from scitq_app.store.postgres import COPY_MIN, _code
 from scitq_app.store.sqlite import UNCOUNTED_INSERT_MIN
 from scitq_app.store.tasks import spec_row
 
@@ -234,3 +234,20 @@ def test_a_write_that_fails_after_a_statement_planned_for_its_values_leaves_the_
                     tx.run(failing[0], **failing[1])
         with store.backend.transaction(write=False) as tx:
             assert tx.con.run("SHOW plan_cache_mode")[0][0] == "auto"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_read_that_fails_after_a_statement_planned_for_its_values_leaves_the_session_mode(store):
+    # a read's statements share one Sync: PostgreSQL skips what follows the failure, the SET that
+    # would restore the mode included; the implicit transaction's rollback must undo the first SET
+    from pg8000.native import DatabaseError
+    [task_id] = store.create_tasks([task_spec(batch="b")])
+    for _ in range(3):  # the same connection each time (a LIFO pool)
+        with pytest.raises(DatabaseError) as e:
+            with store.backend.transaction(write=False) as tx:
+                tx.pipeline(("task_counts", {"batch_id": None}), ("task_get", {"id": "not a number"}))
+        assert _code(e.value) == "22P02"  # invalid text for a bigint: the second statement's own error
+        with store.backend.transaction(write=False) as tx:
+            assert tx.con.run("SHOW plan_cache_mode")[0][0] == "auto"
+            assert tx.con.run("SELECT 1")[0][0] == 1  # and the connection is in step
+    assert store.get_task(task_id).id == task_id
