@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -259,6 +260,20 @@ def postgres_pids(url: str) -> list[int]:
     return pids
 
 
+def open_idle(port: int, token: str, n: int) -> list[socket.socket]:
+    """`n` keep-alive connections that each make one request, then stay open and silent."""
+    socks = []
+    request = f"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(request.encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(65536)
+        socks.append(sock)
+    return socks
+
+
 def pin(pid: int, cpu: int) -> None:
     subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
 
@@ -299,6 +314,10 @@ def main() -> None:
     p.add_argument("--listers", type=int, default=10)
     p.add_argument("--pool", type=int, default=90, help="keep-alive connections per API process")
     p.add_argument("--no-pin", action="store_true", help="leave the server processes on both cores")
+    p.add_argument("--idle-connections", type=int, default=0,
+                   help="idle keep-alive connections held open to each API process (as workers connected "
+                        "directly hold theirs), besides the pool")
+    p.add_argument("--tree", default=ROOT, help="the scitq checkout to run the servers from (default: this one)")
     a = p.parse_args()
     if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
         os.sched_setaffinity(0, {1})
@@ -306,7 +325,7 @@ def main() -> None:
         t0 = time.perf_counter()
         admin, workers = prepare(url, a.tasks, a.executions, a.workers)
         fill_s = time.perf_counter() - t0
-        env = {"SCITQ_SERVER_THREADS": "48"}
+        env = {"SCITQ_SERVER_THREADS": "48", "PYTHONPATH": os.path.abspath(a.tree)}
         procs: list[ServerProcess] = []
         if a.backend == "sqlite":
             procs.append(ServerProcess(url, workdir, env=env).start())
@@ -316,7 +335,8 @@ def main() -> None:
         dispatcher = None
         if a.backend == "postgres":
             dispatcher = subprocess.Popen([sys.executable, "-m", "scitq_app", "dispatcher"], cwd=workdir,
-                                          env=scitq_env(SCITQ_SERVER_DATABASE=url, XDG_STATE_HOME=workdir),
+                                          env=scitq_env(SCITQ_SERVER_DATABASE=url, XDG_STATE_HOME=workdir,
+                                                        PYTHONPATH=os.path.abspath(a.tree)),
                                           stdout=open(os.path.join(workdir, "dispatcher.log"), "ab"),
                                           stderr=subprocess.STDOUT)
         server_pids = [sp.proc.pid for sp in procs if sp.proc] + ([dispatcher.pid] if dispatcher else [])
@@ -324,6 +344,7 @@ def main() -> None:
             for pid in server_pids:
                 pin(pid, 0)
         db_pids = postgres_pids(url) if a.backend == "postgres" else []
+        idle = [open_idle(sp.port, admin, a.idle_connections) for sp in procs]
         try:
             load = Load([Pool(sp.port, a.pool) for sp in procs], admin, workers, a.seconds, a.submitters, a.listers)
             cpu0 = {pid: cpu_seconds(pid) for pid in server_pids}
@@ -337,6 +358,9 @@ def main() -> None:
             db_cpu = sum(cpu_seconds(pid) - db0.get(pid, 0.0) for pid in db_now if os.path.exists(f"/proc/{pid}"))
             rss = sum(rss_mb(pid) for pid in server_pids)
         finally:
+            for socks in idle:
+                for sock in socks:
+                    sock.close()
             for sp in procs:
                 sp.stop()
             if dispatcher:
@@ -349,7 +373,8 @@ def main() -> None:
         return round(pct(values, q) * 1000, 1) if values else None
     result = {
         "backend": a.backend, "tasks": a.tasks, "workers": a.workers, "api_processes": len(procs),
-        "servers_pinned": not a.no_pin,
+        "servers_pinned": not a.no_pin, "idle_connections_per_process": a.idle_connections,
+        "tree": os.path.abspath(a.tree),
         "fill_s": round(fill_s, 1), "seconds": round(wall, 1), "counts": load.counts,
         "requests_per_s": round(sum(n for k, n in load.counts.items() if not k.startswith("claim_")) / wall, 1),
         "server_cores": round(server_cpu / wall, 3),

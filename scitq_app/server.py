@@ -737,7 +737,7 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         log.warning("no admin or user token exists: create one on this host with `scitq token create --role "
                     "admin NAME`")
     try:
-        import waitress
+        from .connections import create_server
     except ImportError:
         raise MissingDependency("the server needs waitress: pip install waitress (bundled in scitq.pyz)") \
             from None
@@ -755,7 +755,8 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         thread.start()
     where = {"sockets": [listener]} if listener is not None else \
         {"host": config.server.listen, "port": config.server.port}
-    server = waitress.create_server(app, **where, threads=config.server.threads,
+    # an epoll loop whose turns ask only the busy connections, not every idle keep-alive one
+    server = create_server(app, **where, threads=config.server.threads,
                                     max_request_body_size=config.server.max_body, channel_timeout=120,
                                     connection_limit=4000, clear_untrusted_proxy_headers=True,
                                     asyncore_use_poll=True, ident="scitq")
@@ -789,3 +790,4 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
         app.config["scitq.api"].beats.close()
         if thread is not None:
             thread.join(timeout=5)
+
