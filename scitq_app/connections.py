@@ -25,9 +25,11 @@ from typing import Any, Callable
 
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
+from waitress.task import WSGITask
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
+_GATHER = 1 << 16  # a first piece of body up to this size goes out with the header
 
 
 class Connections(dict[int, Any]):
@@ -141,6 +143,38 @@ class Connections(dict[int, Any]):
                 pass  # closed already (epoll drops a closed fd itself), or the loop closed
 
 
+class OneSendTask(WSGITask):
+    """waitress's WSGI task, but a reply's header goes out with the first piece of its body, in
+    one write: waitress writes them apart, and its task threads send each write at once (two
+    system calls and two packets for every small reply)."""
+
+    def write(self, data: bytes) -> None:
+        if self.wrote_header or not data or len(data) > _GATHER:
+            super().write(data)
+            return
+        channel = self.channel
+        channel.gathered = []
+        try:
+            super().write(data)
+        finally:
+            parts, channel.gathered = channel.gathered, None
+        if parts:
+            channel.write_soon(b"".join(parts))
+
+
+class Channel(HTTPChannel):
+    """waitress's connection, whose writes a `OneSendTask` can gather into one."""
+
+    task_class = OneSendTask
+    gathered: list[bytes] | None = None
+
+    def write_soon(self, data: Any) -> int:
+        if self.gathered is not None and isinstance(data, bytes):
+            self.gathered.append(data)
+            return len(data)
+        return int(super().write_soon(data))
+
+
 class _Asyncore:
     """What a waitress server calls as `self.asyncore.loop(...)` in `run`."""
 
@@ -155,13 +189,14 @@ class _Asyncore:
 
 
 def create_server(app: Any, connections: Connections | None = None, **kw: Any) -> Any:
-    """`waitress.create_server(app, **kw)`, its `run` looping over `connections` (a new map when
-    None) where the system has epoll, else waitress's own loop."""
+    """`waitress.create_server(app, **kw)` with `Channel` connections, its `run` looping over
+    `connections` (a new map when None) where the system has epoll, else waitress's own loop."""
     import waitress
 
     if connections is None and hasattr(select, "epoll"):
         connections = Connections()
     server = waitress.create_server(app, map=connections, **kw)
+    server.channel_class = Channel
     if connections is not None:
         server.asyncore = _Asyncore
     return server

@@ -653,8 +653,9 @@ def _read_json(request: Any, max_body: int, required: bool) -> Any:
 def _json_error_channel() -> type:
     """waitress's channel, answering the errors waitress raises itself (body over
     max_body, bad chunking, oversized headers) in JSON like every other error."""
-    from waitress.channel import HTTPChannel
     from waitress.task import ErrorTask
+
+    from .connections import Channel
 
     class JsonErrorTask(ErrorTask):
         def execute(self) -> None:
@@ -667,7 +668,7 @@ def _json_error_channel() -> type:
             self.content_length = len(body)
             self.write(body)
 
-    class JsonErrorChannel(HTTPChannel):
+    class JsonErrorChannel(Channel):
         error_task_class = JsonErrorTask
 
     return JsonErrorChannel

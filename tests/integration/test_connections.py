@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from waitress.channel import HTTPChannel
+
 from scitq_app.connections import Connections, create_server
 
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="the epoll loop is Linux's")
@@ -21,8 +23,11 @@ BIG = 8 * 1024 * 1024
 
 
 def app(environ: dict, start_response: Any) -> list[bytes]:
-    """/echo answers the body; /big 8 MB; /slow after 0.3 s; else the path."""
+    """/echo answers the body; /big 8 MB; /slow after 0.3 s; /none 204; else the path."""
     path = environ["PATH_INFO"]
+    if path == "/none":
+        start_response("204 No Content", [])
+        return []
     if path == "/echo":
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     elif path == "/big":
@@ -211,3 +216,27 @@ def test_many_clients_at_once_each_get_their_own_answers(running: Running) -> No
     for t in threads:
         t.join(60)
     assert failures == []
+
+
+def test_a_small_reply_goes_out_in_one_write_and_a_large_one_as_waitress_sends_it(
+        running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
+    write_soon = HTTPChannel.write_soon
+
+    def spy(self: HTTPChannel, data: bytes) -> int:
+        writes.append(data)
+        return write_soon(self, data)
+    monkeypatch.setattr(HTTPChannel, "write_soon", spy)
+    s = running.connect()
+    assert ask(s, "/hello") == b"/hello"
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n/hello")
+    writes.clear()
+    s.sendall(request_bytes("/none"))
+    head = s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 204") and head.endswith(b"\r\n\r\n")
+    assert [w.split(b"\r\n")[0] for w in writes] == [b"HTTP/1.1 204 No Content"]  # a header alone
+    writes.clear()
+    s = running.connect()
+    s.sendall(request_bytes("/big"))
+    assert read_response(s) == b"x" * BIG
+    assert len(writes) == 2 and writes[0].startswith(b"HTTP/1.1 200") and writes[1] == b"x" * BIG
