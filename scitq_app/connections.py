@@ -29,7 +29,16 @@ from waitress.task import WSGITask
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
+_TROUBLE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 _GATHER = 1 << 16  # a first piece of body up to this size goes out with the header
+
+
+def _wants(obj: Any) -> int:
+    """What a dispatcher wants polled for now, as `wasyncore.poll2` asks it."""
+    flags = _READ if obj.readable() else 0
+    if obj.writable() and not obj.accepting:
+        flags |= _WRITE
+    return flags
 
 
 class Connections(dict[int, Any]):
@@ -93,10 +102,12 @@ class Connections(dict[int, Any]):
             if obj is None:
                 self._forget(fd)
                 continue
-            flags = _READ if obj.readable() else 0
-            if obj.writable() and not obj.accepting:
-                flags |= _WRITE
-            self._register(fd, flags)
+            flags = _wants(obj)
+            if flags or self._flags.get(fd) != _READ:
+                # A connection that stops reading while its request is served keeps its read
+                # registration (two epoll_ctl calls fewer a request); an event it gets meanwhile
+                # is dropped below, and only then is it unregistered.
+                self._register(fd, flags)
             if not (flags == _READ and isinstance(obj, HTTPChannel) and obj.request is None and not obj.requests):
                 busy.add(fd)  # a listener, the trigger, or a connection not idle: asked every turn
         self.turns += 1
@@ -111,7 +122,11 @@ class Connections(dict[int, Any]):
             if obj is None:
                 continue
             busy.add(fd)
-            wasyncore.readwrite(obj, flags)
+            wants = _wants(obj)
+            if not wants:  # a kept read registration (above): what waitress's loop would not poll
+                self._register(fd, 0)
+                continue
+            wasyncore.readwrite(obj, flags & (wants | _TROUBLE))
 
     def _register(self, fd: int, flags: int) -> None:
         old = self._flags.get(fd, 0)

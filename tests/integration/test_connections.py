@@ -145,6 +145,17 @@ def test_pipelined_requests_on_one_connection_are_all_answered(running: Running)
     assert [read_response(s, buf) for _ in range(5)] == [f"/p{i}".encode() for i in range(5)]
 
 
+@pytest.mark.parametrize("running", [{"sweep": 3600.0}], indirect=True)
+def test_a_request_sent_while_the_one_before_is_served_is_answered_after_it(running: Running) -> None:
+    s = running.connect()
+    s.sendall(request_bytes("/slow"))
+    time.sleep(0.1)  # the first is being served (0.3 s): the second arrives meanwhile, and waits
+    s.sendall(request_bytes("/next"))
+    buf = bytearray()
+    assert [read_response(s, buf), read_response(s, buf)] == [b"/slow", b"/next"]
+    assert ask(s, "/then") == b"/then"
+
+
 def test_a_request_that_expects_100_continue_gets_it_then_its_answer(running: Running) -> None:
     s = running.connect()
     body = b"y" * 5000
