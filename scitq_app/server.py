@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -167,6 +168,7 @@ class Api:
         self._pollers = threading.BoundedSemaphore(max(1, config.server.threads // 2))
         self._polling = 0  # claims long-polling now (shown by /health)
         self._polling_lock = threading.Lock()
+        self._woken = threading.Lock()  # long-polls look and claim one at a time after a wake
         self.beats = HeartbeatBuffer(store, config.dispatcher.lease, clock)
         self.rclone = RcloneConfig(config.server.rclone_config)
         self.fleet = Fleet(store, config)  # the fleet's routes: jobs, host keys, recruiting, the pyz offer
@@ -359,17 +361,22 @@ class Api:
         with self._polling_lock:
             self._polling += 1
         try:
+            woken = False
             while not executions and not self.notifier.closed:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     break
-                since = self.notifier.generation()
-                if not self.store.has_claimable(id):
-                    # Wake at a task submitted here at once; poll for other processes' tasks.
-                    self.notifier.wait(since, min(remaining, self.notifier.recheck))
-                    if not self.store.has_claimable(id):
+                since = self.notifier.generation()  # before the look: a wake after it is not lost
+                # A wake wakes every long-poll of this process: they look one at a time, so that
+                # those after the one that took a single new task see it gone, and do not each
+                # claim in vain (a write transaction, the worker's row locked).
+                with self._woken if woken else contextlib.nullcontext():
+                    if self.store.has_claimable(id):
+                        executions = self.store.claim(id, body["slots"], lease, request)
                         continue
-                executions = self.store.claim(id, body["slots"], lease, request)
+                # Wake at a task submitted here at once; poll for other processes' tasks.
+                self.notifier.wait(since, min(remaining, self.notifier.recheck))
+                woken = True
         finally:
             with self._polling_lock:
                 self._polling -= 1

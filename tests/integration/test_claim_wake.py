@@ -1,0 +1,78 @@
+"""Long-polling claims woken together (the server's Api over a real store, both databases): a wake
+wakes every long-poll of the process, and they look one at a time, so a single new task is
+claimed once and the others do not each claim it in vain (a write transaction each)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from scitq_app.beats import Notifier
+from scitq_app.config import load_config
+from scitq_app.models import Identity, Role
+from scitq_app.server import make_app
+
+POLLERS = 8
+
+
+class CountingStore:
+    """The store, counting claims and their executions, and its looks made slow enough (50 ms)
+    that pollers woken together would all look before any claimed, were they not one at a time."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.claims = 0
+        self.looks = 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def has_claimable(self, worker_id: int) -> bool:
+        time.sleep(0.05)
+        found = bool(self._store.has_claimable(worker_id))
+        with self.lock:
+            self.looks += 1  # looks made: once a poller's first is done, it waits to be woken
+        return found
+
+    def claim(self, *args: Any, **kw: Any) -> list:
+        executions = self._store.claim(*args, **kw)
+        with self.lock:
+            self.claims += 1
+        return executions
+
+
+def wait_until(check: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_wake_for_one_task_makes_one_long_poll_claim_it_and_none_claim_in_vain(make_store) -> None:
+    store = make_store()
+    store.create_batch("b")
+    workers = [store.register_worker({"name": f"w{i}", "concurrency": 1, "prefetch": 0, "batch": "b"})[0]
+               for i in range(POLLERS)]
+    counting = CountingStore(store)
+    notifier = Notifier()
+    config = load_config("/dev/null", env={"SCITQ_SERVER_THREADS": str(4 * POLLERS)})
+    api = make_app(counting, config, notifier=notifier).config["scitq.api"]
+    admin = Identity(name="admin", role=Role.ADMIN)
+    replies: list[dict] = []
+
+    def poll(worker_id: int) -> None:
+        replies.append(api.claim(admin, worker_id, {"slots": 1, "wait": 3.0}))
+    threads = [threading.Thread(target=poll, args=(w.id,)) for w in workers]
+    for t in threads:
+        t.start()
+    # every poller has claimed once (nothing) and looked once (nothing): they wait now
+    wait_until(lambda: counting.looks >= POLLERS and api._polling == POLLERS)
+    assert counting.claims == POLLERS
+    store.create_tasks([{"command": "true", "batch": "b"}])
+    notifier.notify()
+    for t in threads:
+        t.join(30)
+    taken = [e for r in replies for e in r["executions"]]
+    assert len(replies) == POLLERS and len(taken) == 1
+    assert counting.claims == POLLERS + 1, f"{counting.claims - POLLERS - 1} claims in vain after the wake"
