@@ -475,7 +475,11 @@ setup_nginx() {
 # The API processes (install.sh server --api-processes N); long-polls make the least busy the best pick.
 upstream scitq_api {
     least_conn;
-${upstream}}
+${upstream}    # connections kept open to the API processes (a new one per request costs them ~1.1x the CPU
+    # per request); closed here after 60 s idle, before the API's own 120-s timeout can race one
+    keepalive 64;
+    keepalive_timeout 60s;
+}
 # which API process served each request (\$upstream_addr) and how long it took
 log_format scitq '\$remote_addr [\$time_local] \"\$request\" \$status \$body_bytes_sent '
                  'upstream=\$upstream_addr time=\$request_time';
@@ -490,6 +494,7 @@ ${ipv6}    server_name _;
     location / {
         proxy_pass http://scitq_api;
         proxy_http_version 1.1;
+        proxy_set_header Connection \"\";  # keep-alive to the upstream (see keepalive above)
         # the client's own Host: the server checks it (DNS rebinding)
         proxy_set_header Host \$http_host;
         proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;

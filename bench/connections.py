@@ -4,8 +4,9 @@ A real `scitq server` process (pinned to CPU 0; this generator on CPU 1) on a da
 workers holding 2 running executions each. For each count of idle connections, IDLE sockets are
 opened and each makes one request (as a worker's threads do), then stay open and silent while
 CONCURRENCY clients send heartbeats (each with its worker's real execution list) over keep-alive
-connections for SECONDS. Reported: requests/s, the server's CPU per request (user + system, from
-/proc), latency p50/p99.
+connections for SECONDS (`--per-request`: also with a new connection for each request, as nginx
+opens them without upstream keepalive). Reported: requests/s, the server's CPU per request (user +
+system, from /proc), latency p50/p99.
 
 `--tree PATH` runs the same servers from another checkout too (e.g. before a change), alternated
 round by round, for ratios measured in one run:
@@ -47,7 +48,7 @@ def prepare(url: str, workers: int) -> list[tuple[int, str, list[int]]]:
 
 
 async def load(port: int, workers: list[tuple[int, str, list[int]]], concurrency: int, seconds: float,
-               lat: list[float]) -> int:
+               lat: list[float], fresh: bool) -> int:
     pool = Pool(port, concurrency)
     stop = time.monotonic() + seconds
     done = [0]
@@ -64,12 +65,14 @@ async def load(port: int, workers: list[tuple[int, str, list[int]]], concurrency
                 raise SystemExit(f"heartbeat answered {status}: {reply}")
             lat.append(time.monotonic() - t0)
             done[0] += 1
+            if fresh and pool.idle:  # a connection per request, as nginx without upstream keepalive
+                pool.idle.pop()[1].close()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
     return done[0]
 
 
 def measure(url: str, workdir: str, tree: str, idle: int, workers: list[tuple[int, str, list[int]]],
-            concurrency: int, seconds: float) -> dict:
+            concurrency: int, seconds: float, fresh: bool = False) -> dict:
     proc = ServerProcess(url, workdir, env={"PYTHONPATH": tree, "SCITQ_SERVER_THREADS": "48"}).start()
     try:
         assert proc.proc is not None
@@ -78,14 +81,14 @@ def measure(url: str, workdir: str, tree: str, idle: int, workers: list[tuple[in
         try:
             lat: list[float] = []
             c0, w0 = cpu_seconds(proc.proc.pid), time.monotonic()
-            n = asyncio.run(load(proc.port, workers, concurrency, seconds, lat))
+            n = asyncio.run(load(proc.port, workers, concurrency, seconds, lat, fresh))
             cpu, wall = cpu_seconds(proc.proc.pid) - c0, time.monotonic() - w0
         finally:
             for s in socks:
                 s.close()
     finally:
         proc.stop()
-    return {"tree": tree, "idle": idle, "requests_per_s": round(n / wall),
+    return {"tree": tree, "idle": idle, "connection_per_request": fresh, "requests_per_s": round(n / wall),
             "cpu_ms_per_request": round(cpu * 1000 / n, 3), "p50_ms": round(pct(lat, 50) * 1000, 1),
             "p99_ms": round(pct(lat, 99) * 1000, 1)}
 
@@ -99,6 +102,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--tree", help="another scitq checkout to measure too, alternated with this one")
+    p.add_argument("--per-request", action="store_true",
+                   help="also measure with a new connection per request (nginx without upstream keepalive)")
     a = p.parse_args()
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})
@@ -108,8 +113,9 @@ def main() -> None:
         for _ in range(a.rounds):
             for idle in (int(x) for x in a.idle.split(",")):
                 for tree in trees:
-                    print(json.dumps(measure(url, workdir, tree, idle, workers, a.concurrency, a.seconds)),
-                          flush=True)
+                    for fresh in (False, True) if a.per_request else (False,):
+                        print(json.dumps(measure(url, workdir, tree, idle, workers, a.concurrency, a.seconds,
+                                                 fresh)), flush=True)
 
 
 if __name__ == "__main__":
