@@ -19,13 +19,16 @@ Linux only (epoll): elsewhere `create_server` leaves waitress its own loop.
 """
 from __future__ import annotations
 
+import json
 import select
 import time
 from typing import Any, Callable
 
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
+
+from .errors import BadRequest, TooLarge
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
@@ -57,7 +60,8 @@ class Connections(dict[int, Any]):
         self.turns = 0
         self.asked = 0                    # connections asked, all turns together
 
-    # --- the map: waitress adds and removes its dispatchers here ----------------------------------
+    # --- the map: waitress adds its dispatchers (`map[fd] = ...`), removes them (`del map[fd]`) and
+    # empties it when it stops (`clear`); it uses no other way to change it ---------------------------
     def __setitem__(self, fd: int, obj: Any) -> None:
         super().__setitem__(fd, obj)
         self._came.add(fd)
@@ -66,11 +70,6 @@ class Connections(dict[int, Any]):
         # before the socket is closed (wasyncore's close deletes, then closes): the fd is still ours
         super().__delitem__(fd)
         self._forget(fd)
-
-    def pop(self, fd: int, *default: Any) -> Any:
-        obj = super().pop(fd, *default)
-        self._forget(fd)
-        return obj
 
     def clear(self) -> None:
         for fd in list(self):
@@ -177,10 +176,27 @@ class OneSendTask(WSGITask):
             channel.write_soon(b"".join(parts))
 
 
+class JsonErrorTask(ErrorTask):
+    """Answers the errors waitress raises itself (body over max_body, bad chunking, oversized
+    headers) in JSON, like every other error of the API."""
+
+    def execute(self) -> None:
+        e = self.request.error
+        kind = {400: BadRequest.kind, 431: BadRequest.kind, 413: TooLarge.kind}.get(e.code, "http")
+        body = json.dumps({"error": kind, "detail": f"{e.reason}: {e.body}"}).encode("utf-8")
+        self.status = f"{e.code} {e.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
 class Channel(HTTPChannel):
-    """waitress's connection, whose writes a `OneSendTask` can gather into one."""
+    """waitress's connection, whose writes a `OneSendTask` can gather into one, and whose
+    own errors are answered in JSON."""
 
     task_class = OneSendTask
+    error_task_class = JsonErrorTask
     gathered: list[bytes] | None = None
 
     def write_soon(self, data: Any) -> int:

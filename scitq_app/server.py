@@ -657,30 +657,6 @@ def _read_json(request: Any, max_body: int, required: bool) -> Any:
         raise BadRequest("malformed JSON: nested too deeply") from None
 
 
-def _json_error_channel() -> type:
-    """waitress's channel, answering the errors waitress raises itself (body over
-    max_body, bad chunking, oversized headers) in JSON like every other error."""
-    from waitress.task import ErrorTask
-
-    from .connections import Channel
-
-    class JsonErrorTask(ErrorTask):
-        def execute(self) -> None:
-            e = self.request.error
-            kind = {400: BadRequest.kind, 431: BadRequest.kind, 413: TooLarge.kind}.get(e.code, "http")
-            body = json.dumps({"error": kind, "detail": f"{e.reason}: {e.body}"}).encode("utf-8")
-            self.status = f"{e.code} {e.reason}"
-            self.response_headers.append(("Content-Type", "application/json"))
-            self.set_close_on_finish()
-            self.content_length = len(body)
-            self.write(body)
-
-    class JsonErrorChannel(Channel):
-        error_task_class = JsonErrorTask
-
-    return JsonErrorChannel
-
-
 def limit_malloc_arenas() -> None:
     """Keep glibc from giving each of waitress's threads its own malloc arena.
 
@@ -768,7 +744,6 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
                                     max_request_body_size=config.server.max_body, channel_timeout=120,
                                     connection_limit=4000, clear_untrusted_proxy_headers=True,
                                     asyncore_use_poll=True, ident="scitq")
-    server.channel_class = _json_error_channel()
     shutdown = server.task_dispatcher.shutdown
 
     def shutting_down(*args: Any, **kwargs: Any) -> Any:
