@@ -9,6 +9,7 @@ from typing import Any
 
 from scitq_app.beats import Notifier
 from scitq_app.config import load_config
+from scitq_app.errors import StoreUnavailable
 from scitq_app.models import Identity, Role
 from scitq_app.server import make_app
 
@@ -23,6 +24,7 @@ class CountingStore:
         self._store = store
         self.claims = 0
         self.looks = 0
+        self.fail_next_look = False  # the next look fails as in an outage
         self.lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -30,6 +32,10 @@ class CountingStore:
 
     def has_claimable(self, worker_id: int) -> bool:
         time.sleep(0.05)
+        with self.lock:
+            fail, self.fail_next_look = self.fail_next_look, False
+        if fail:
+            raise StoreUnavailable("the database went away (test)")
         found = bool(self._store.has_claimable(worker_id))
         with self.lock:
             self.looks += 1  # looks made: once a poller's first is done, it waits to be woken
@@ -49,7 +55,8 @@ def wait_until(check: Any, timeout: float = 20) -> None:
         time.sleep(0.01)
 
 
-def test_a_wake_for_one_task_makes_one_long_poll_claim_it_and_none_claim_in_vain(make_store) -> None:
+def start_pollers(make_store: Any) -> tuple[Any, CountingStore, Notifier, list, list[threading.Thread]]:
+    """POLLERS long-polling claims (3 s) of workers of batch b, each waiting to be woken."""
     store = make_store()
     store.create_batch("b")
     workers = [store.register_worker({"name": f"w{i}", "concurrency": 1, "prefetch": 0, "batch": "b"})[0]
@@ -59,16 +66,24 @@ def test_a_wake_for_one_task_makes_one_long_poll_claim_it_and_none_claim_in_vain
     config = load_config("/dev/null", env={"SCITQ_SERVER_THREADS": str(4 * POLLERS)})
     api = make_app(counting, config, notifier=notifier).config["scitq.api"]
     admin = Identity(name="admin", role=Role.ADMIN)
-    replies: list[dict] = []
+    replies: list[Any] = []
 
     def poll(worker_id: int) -> None:
-        replies.append(api.claim(admin, worker_id, {"slots": 1, "wait": 3.0}))
+        try:
+            replies.append(api.claim(admin, worker_id, {"slots": 1, "wait": 3.0}))
+        except StoreUnavailable as e:
+            replies.append(e)
     threads = [threading.Thread(target=poll, args=(w.id,)) for w in workers]
     for t in threads:
         t.start()
     # every poller has claimed once (nothing) and looked once (nothing): they wait now
     wait_until(lambda: counting.looks >= POLLERS and api._polling == POLLERS)
     assert counting.claims == POLLERS
+    return store, counting, notifier, replies, threads
+
+
+def test_a_wake_for_one_task_makes_one_long_poll_claim_it_and_none_claim_in_vain(make_store) -> None:
+    store, counting, notifier, replies, threads = start_pollers(make_store)
     store.create_tasks([{"command": "true", "batch": "b"}])
     notifier.notify()
     for t in threads:
@@ -76,3 +91,17 @@ def test_a_wake_for_one_task_makes_one_long_poll_claim_it_and_none_claim_in_vain
     taken = [e for r in replies for e in r["executions"]]
     assert len(replies) == POLLERS and len(taken) == 1
     assert counting.claims == POLLERS + 1, f"{counting.claims - POLLERS - 1} claims in vain after the wake"
+
+
+def test_a_look_that_fails_after_a_wake_does_not_hold_up_the_other_long_polls(make_store) -> None:
+    store, counting, notifier, replies, threads = start_pollers(make_store)
+    store.create_tasks([{"command": "true", "batch": "b"}])
+    counting.fail_next_look = True
+    notifier.notify()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    failed = [r for r in replies if isinstance(r, StoreUnavailable)]
+    taken = [e for r in replies if isinstance(r, dict) for e in r["executions"]]
+    # the failing look's claim answers the error; another takes the task, the lock released
+    assert len(replies) == POLLERS and len(failed) == 1 and len(taken) == 1

@@ -20,6 +20,7 @@ from scitq_app.connections import Connections, create_server
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="the epoll loop is Linux's")
 
 BIG = 8 * 1024 * 1024
+SLOW_STARTED = threading.Event()  # set when the app starts serving /slow
 
 
 def app(environ: dict, start_response: Any) -> list[bytes]:
@@ -34,6 +35,7 @@ def app(environ: dict, start_response: Any) -> list[bytes]:
         body = b"x" * BIG
     else:
         if path == "/slow":
+            SLOW_STARTED.set()
             time.sleep(0.3)
         body = path.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -148,8 +150,9 @@ def test_pipelined_requests_on_one_connection_are_all_answered(running: Running)
 @pytest.mark.parametrize("running", [{"sweep": 3600.0}], indirect=True)
 def test_a_request_sent_while_the_one_before_is_served_is_answered_after_it(running: Running) -> None:
     s = running.connect()
+    SLOW_STARTED.clear()
     s.sendall(request_bytes("/slow"))
-    time.sleep(0.1)  # the first is being served (0.3 s): the second arrives meanwhile, and waits
+    assert SLOW_STARTED.wait(10)  # the first is being served (0.3 s): the second arrives meanwhile, and waits
     s.sendall(request_bytes("/next"))
     buf = bytearray()
     assert [read_response(s, buf), read_response(s, buf)] == [b"/slow", b"/next"]
