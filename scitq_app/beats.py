@@ -1,15 +1,17 @@
 """The server's in-memory helpers of the worker protocol: the `Notifier` that wakes
-long-polling claims when something becomes claimable, the `HeartbeatBuffer` that records
+long-polling claims when something becomes claimable, the `Lookout` through which the
+long-polls it woke look at the store together, the `HeartbeatBuffer` that records
 heartbeats (and token use) in batches, off the request path, and the `Pace` that sets how
 often workers beat and come back as the fleet grows."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .config import Config
 from .errors import ScitqError
@@ -84,6 +86,64 @@ class Notifier:
         with self._cond:
             if self._generation == since and not self._closed:
                 self._cond.wait(timeout)
+
+
+class Lookout:
+    """The long-polling claims of one process, looking at the store together after a wake.
+
+    A wake (a submission, a freed slot, a requeue) wakes every long-poll of the process. Each
+    looking for itself cost a read per long-poll per wake (48 a wake with 2 processes of 48
+    threads), as many as all the heartbeats of a 5,000-worker fleet. Here one read
+    (`Store.claimable_workers`) answers for all the workers polling here; only those it names
+    claim, one at a time, and each claim makes the next one read again, so that after the one
+    that took a single new task the others see it gone instead of each claiming it in vain."""
+
+    def __init__(self, store: Store, notifier: Notifier) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.turn = threading.Lock()  # held by the woken long-poll that looks (and claims) now
+        self._polling: dict[int, int] = {}  # worker id -> its long-polls here
+        self._polling_lock = threading.Lock()
+        self.long_polls = 0
+        # the last look: the generation and the claims made here before it, whom it asked, who could claim
+        self._seen: tuple[int, int, frozenset[int], frozenset[int]] | None = None
+        self._claims = 0
+        self.looks = 0  # reads made (shown to tests and benchmarks)
+
+    @contextlib.contextmanager
+    def polling(self, worker_id: int) -> Iterator[None]:
+        """While a long-poll of this worker waits here."""
+        with self._polling_lock:
+            self._polling[worker_id] = self._polling.get(worker_id, 0) + 1
+            self.long_polls += 1
+        try:
+            yield
+        finally:
+            with self._polling_lock:
+                self.long_polls -= 1
+                left = self._polling.pop(worker_id) - 1
+                if left:
+                    self._polling[worker_id] = left
+
+    def could_claim(self, worker_id: int, since: int) -> bool:
+        """Whether this worker could claim now, from a look made after generation `since` was
+        read (a long-poll reads it before it looks, then waits for the next one): the last look
+        if it was, else a new one for every worker polling here. Call it holding `turn`."""
+        seen = self._seen
+        if seen is None or seen[0] < since or seen[1] != self._claims or worker_id not in seen[2]:
+            # read before the look: a change after them wakes the long-polls again, or voids it
+            generation, claims = self.notifier.generation(), self._claims
+            with self._polling_lock:
+                asked = frozenset(self._polling) | {worker_id}
+            found = frozenset(self.store.claimable_workers(asked))
+            self.looks += 1
+            seen = self._seen = (generation, claims, asked, found)
+        return worker_id in seen[3]
+
+    def claimed(self) -> None:
+        """A claim was made here: what the last look found may be gone; the next one reads again."""
+        with self._polling_lock:
+            self._claims += 1
 
 
 class HeartbeatBuffer:

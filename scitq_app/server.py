@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .api import PREFIX, ROUTES, Route, openapi_document, parse_query
-from .beats import HeartbeatBuffer, Notifier, Pace
+from .beats import HeartbeatBuffer, Lookout, Notifier, Pace
 from .config import Config
 from .errors import (BadRequest, ConfigError, Forbidden, Invalid, MethodNotAllowed, MisdirectedRequest,
                      MissingDependency, NotFound, ScitqError, ServerConfigError, TooLarge, Unauthorized,
@@ -166,9 +166,7 @@ class Api:
         self.hosts = HostCheck(config.server.server_names, config.server.public_url)
         # Long polls hold a waitress thread each: keep enough threads for everyone else.
         self._pollers = threading.BoundedSemaphore(max(1, config.server.threads // 2))
-        self._polling = 0  # claims long-polling now (shown by /health)
-        self._polling_lock = threading.Lock()
-        self._woken = threading.Lock()  # long-polls look and claim one at a time after a wake
+        self.lookout = Lookout(store, notifier)  # through which woken long-polls look, together
         self.beats = HeartbeatBuffer(store, config.dispatcher.lease, clock)
         self.rclone = RcloneConfig(config.server.rclone_config)
         self.fleet = Fleet(store, config)  # the fleet's routes: jobs, host keys, recruiting, the pyz offer
@@ -200,7 +198,7 @@ class Api:
 
     # --- meta -----------------------------------------------------------------
     def health(self, ident: Identity, **_: Any) -> dict:
-        return {"status": "ok", "version": __version__, "time": self.clock(), "long_polls": self._polling,
+        return {"status": "ok", "version": __version__, "time": self.clock(), "long_polls": self.lookout.long_polls,
                 # whether tasks submitted through other server processes wake this one's long-polls
                 "hears_other_processes": self.notifier.listening}
 
@@ -358,28 +356,26 @@ class Api:
             # comes back later, at a time spread so that idle workers never spin on claims. The
             # long-polling ones pick up new tasks at once meanwhile.
             return {"executions": [], "retry_after": self.pace.come_back_after()}
-        with self._polling_lock:
-            self._polling += 1
         try:
             woken = False
-            while not executions and not self.notifier.closed:
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    break
-                since = self.notifier.generation()  # before the look: a wake after it is not lost
-                # A wake wakes every long-poll of this process: they look one at a time, so that
-                # those after the one that took a single new task see it gone, and do not each
-                # claim in vain (a write transaction, the worker's row locked).
-                with self._woken if woken else contextlib.nullcontext():
-                    if self.store.has_claimable(id):
-                        executions = self.store.claim(id, body["slots"], lease, request)
-                        continue
-                # Wake at a task submitted here at once; poll for other processes' tasks.
-                self.notifier.wait(since, min(remaining, self.notifier.recheck))
-                woken = True
+            with self.lookout.polling(id):  # counted (/health), and looked for after a wake
+                while not executions and not self.notifier.closed:
+                    remaining = deadline - self.clock()
+                    if remaining <= 0:
+                        break
+                    since = self.notifier.generation()  # before the look: a wake after it is not lost
+                    # A wake wakes every long-poll of this process: one read tells them which of
+                    # them could claim, and those claim one at a time (Lookout). The first look
+                    # and those after a quiet wait (a recheck) are each poll's own.
+                    with self.lookout.turn if woken else contextlib.nullcontext():
+                        if self.lookout.could_claim(id, since) if woken else self.store.has_claimable(id):
+                            executions = self.store.claim(id, body["slots"], lease, request)
+                            self.lookout.claimed()
+                            continue
+                    # Wake at a task submitted here at once; poll for other processes' tasks.
+                    self.notifier.wait(since, min(remaining, self.notifier.recheck))
+                    woken = self.notifier.generation() != since
         finally:
-            with self._polling_lock:
-                self._polling -= 1
             self._pollers.release()
         return {"executions": executions}
 

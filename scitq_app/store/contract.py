@@ -218,6 +218,11 @@ class Store:
         """Cheap read-only check: could `claim` return something for this worker now?"""
         raise NotImplementedError
 
+    def claimable_workers(self, worker_ids: Iterable[int]) -> set[int]:
+        """`has_claimable` for many workers in one read: those among `worker_ids` that could
+        claim something now (unknown ids are left out)."""
+        raise NotImplementedError
+
     def announce_claimable(self) -> None:
         """Tell every server process on this database that tasks may have become claimable
         (a submission, a requeue, a freed slot), so that their long-polling claims look at

@@ -226,6 +226,12 @@ def has_claimable(tx: Tx, worker_id: int) -> bool:
     return w is not None and could_claim(w)
 
 
+def claimable_workers(tx: Tx, worker_ids: Iterable[int]) -> set[int]:
+    """Those of these workers that could claim something now (has_claimable for each), in one read."""
+    ids = sorted(set(worker_ids))
+    return {int(r["id"]) for r in tx.all("claimable_workers", ids=dumps(ids))} if ids else set()
+
+
 def claim_prospect(tx: Tx, worker_id: int, request_id: str | None) -> dict[str, Any]:
     """Before a claim, in one read: the worker, its `room` (claim_room), whether a task it could
     take is `waiting`, and whether an earlier try of this claim (its request id) already claimed

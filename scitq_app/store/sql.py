@@ -193,6 +193,9 @@ class SqlStore(Store):
     def has_claimable(self, worker_id: int) -> bool:
         return self._read(lambda tx: protocol.has_claimable(tx, worker_id))
 
+    def claimable_workers(self, worker_ids: Iterable[int]) -> set[int]:
+        return self._read(lambda tx: protocol.claimable_workers(tx, worker_ids))
+
     def announce_claimable(self) -> None:
         self.backend.announce("claimable_notify")
 

@@ -277,3 +277,25 @@ def test_a_claim_takes_tasks_for_the_worker_as_it_is_under_its_lock_not_as_its_p
     # of its own, takes what is left of the new batch
     assert [e["task_id"] for e in taken + store.claim(w.id, 2, LEASE)] == [new_task]
     assert status_of(store, old_task) == "pending"
+
+
+def test_claimable_workers_names_in_one_read_those_has_claimable_would(store, register, submit):
+    idle = register(concurrency=2)
+    full = register(concurrency=1)
+    pinned = register(batch="quiet", concurrency=2)
+    small = register(cpu=1, concurrency=2)
+    paused = register(concurrency=2)
+    store.update_worker(paused.id, {"status": "paused"})
+    submit(batch="busy")
+    submit(batch="busy")
+    assert [e["task_id"] for e in store.claim(full.id, 1, LEASE)]  # it is full now
+    submit(batch="busy", cpu=2)  # too big for `small`
+    everyone = [idle.id, full.id, pinned.id, small.id, paused.id, 987654]  # and an unknown id
+    expected = {w for w in everyone if store.has_claimable(w)}
+    assert expected == {idle.id, small.id}  # small: the first task (no cpu asked) fits it
+    assert store.claimable_workers(everyone) == expected
+    assert store.claimable_workers([]) == set()
+    claimed(store, small.id, 1)  # the one it fits: the 2-cpu task is left, too big for it
+    assert store.claimable_workers(everyone) == {idle.id} == {w for w in everyone if store.has_claimable(w)}
+    store.set_batch_status("busy", "paused")
+    assert store.claimable_workers(everyone) == set()

@@ -1,6 +1,7 @@
 """Long-polling claims woken together (the server's Api over a real store, both databases): a wake
-wakes every long-poll of the process, and they look one at a time, so a single new task is
-claimed once and the others do not each claim it in vain (a write transaction each)."""
+wakes every long-poll of the process; one read tells them which could claim, and those claim one
+at a time, so a single new task costs two reads and one claim, not a read and a claim in vain
+(a write transaction) for each long-poll."""
 from __future__ import annotations
 
 import threading
@@ -17,28 +18,40 @@ POLLERS = 8
 
 
 class CountingStore:
-    """The store, counting claims and their executions, and its looks made slow enough (50 ms)
-    that pollers woken together would all look before any claimed, were they not one at a time."""
+    """The store, counting claims and looks (a poller's own, and the shared ones after a wake),
+    its looks made slow enough (50 ms) that pollers woken together would all look before any
+    claimed, were they not one at a time."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
         self.claims = 0
         self.looks = 0
+        self.shared_looks = 0
         self.fail_next_look = False  # the next look fails as in an outage
         self.lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def has_claimable(self, worker_id: int) -> bool:
+    def _slow_look(self) -> None:
         time.sleep(0.05)
         with self.lock:
             fail, self.fail_next_look = self.fail_next_look, False
         if fail:
             raise StoreUnavailable("the database went away (test)")
+
+    def has_claimable(self, worker_id: int) -> bool:
+        self._slow_look()
         found = bool(self._store.has_claimable(worker_id))
         with self.lock:
             self.looks += 1  # looks made: once a poller's first is done, it waits to be woken
+        return found
+
+    def claimable_workers(self, worker_ids: Any) -> set[int]:
+        self._slow_look()
+        found = self._store.claimable_workers(worker_ids)
+        with self.lock:
+            self.shared_looks += 1
         return found
 
     def claim(self, *args: Any, **kw: Any) -> list:
@@ -46,6 +59,13 @@ class CountingStore:
         with self.lock:
             self.claims += 1
         return executions
+
+
+class QuietNotifier(Notifier):
+    """A notifier whose long-polls never look again of themselves (a recheck longer than their
+    wait): every look counted here follows a wake."""
+
+    recheck = 30.0
 
 
 def wait_until(check: Any, timeout: float = 20) -> None:
@@ -62,7 +82,7 @@ def start_pollers(make_store: Any) -> tuple[Any, CountingStore, Notifier, list, 
     workers = [store.register_worker({"name": f"w{i}", "concurrency": 1, "prefetch": 0, "batch": "b"})[0]
                for i in range(POLLERS)]
     counting = CountingStore(store)
-    notifier = Notifier()
+    notifier = QuietNotifier()
     config = load_config("/dev/null", env={"SCITQ_SERVER_THREADS": str(4 * POLLERS)})
     api = make_app(counting, config, notifier=notifier).config["scitq.api"]
     admin = Identity(name="admin", role=Role.ADMIN)
@@ -77,7 +97,7 @@ def start_pollers(make_store: Any) -> tuple[Any, CountingStore, Notifier, list, 
     for t in threads:
         t.start()
     # every poller has claimed once (nothing) and looked once (nothing): they wait now
-    wait_until(lambda: counting.looks >= POLLERS and api._polling == POLLERS)
+    wait_until(lambda: counting.looks >= POLLERS and api.lookout.long_polls == POLLERS)
     assert counting.claims == POLLERS
     return store, counting, notifier, replies, threads
 
@@ -91,6 +111,23 @@ def test_a_wake_for_one_task_makes_one_long_poll_claim_it_and_none_claim_in_vain
     taken = [e for r in replies for e in r["executions"]]
     assert len(replies) == POLLERS and len(taken) == 1
     assert counting.claims == POLLERS + 1, f"{counting.claims - POLLERS - 1} claims in vain after the wake"
+    # one read said who could claim (all), one after the claim said none could: not one each
+    assert counting.shared_looks == 2
+
+
+def test_a_wake_that_brings_nothing_costs_one_read_for_all_long_polls(make_store) -> None:
+    store, counting, notifier, replies, threads = start_pollers(make_store)
+    looks = counting.looks
+    notifier.notify()  # e.g. a slot freed on a worker not polling here
+    wait_until(lambda: counting.shared_looks >= 1)
+    notifier.notify()
+    wait_until(lambda: counting.shared_looks >= 2)
+    store.create_tasks([{"command": "true", "batch": "b"}])
+    notifier.notify()
+    for t in threads:
+        t.join(30)
+    assert counting.shared_looks == 4 and counting.claims == POLLERS + 1
+    assert counting.looks == looks == POLLERS  # each poller's first look, its own; none since
 
 
 def test_a_look_that_fails_after_a_wake_does_not_hold_up_the_other_long_polls(make_store) -> None:

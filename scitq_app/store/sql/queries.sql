@@ -423,21 +423,32 @@ CASE WHEN :setting = 'running' AND :status IN ('starting', 'running', 'paused', 
           AND NOT :retried
      THEN :concurrency + :prefetch - :active ELSE 0 END
 
--- name: claim_prospect
--- Before a claim, in one round trip: the worker (as claim_worker: its `room`) and whether a task it
--- could take is waiting (`waiting`), looked for with the worker's own values: a worker of one batch
--- among that batch's pending tasks (task_batch_pending), any other in claim order (task_pending);
--- each reads a few index entries, however many tasks wait.
+-- fragment: claim_waiting
+-- Whether a task the worker `x` (a worker_and_retry row) could take is waiting, looked for with the
+-- worker's own values: a worker of one batch among that batch's pending tasks (task_batch_pending),
+-- any other in claim order (task_pending); each reads a few index entries, however many tasks wait.
 -- (The first task in claim order, not EXISTS: PostgreSQL drops an EXISTS's ORDER BY, and may then
 -- read the table from its start, where tasks that ran long ago are, for a first pending one.)
-SELECT x.*, {{include claim_room using x}} AS room,
-       CASE WHEN x.batch_id IS NULL
-            THEN (SELECT t.id FROM task t WHERE {{include claimable using x}}
-                  ORDER BY t.priority DESC, t.id LIMIT 1)
-            ELSE (SELECT t.id FROM task t WHERE {{include claimable using x}} AND t.batch_id = x.batch_id
-                  ORDER BY t.priority DESC, t.id LIMIT 1)
-       END IS NOT NULL AS waiting
+CASE WHEN x.batch_id IS NULL
+     THEN (SELECT t.id FROM task t WHERE {{include claimable using x}}
+           ORDER BY t.priority DESC, t.id LIMIT 1)
+     ELSE (SELECT t.id FROM task t WHERE {{include claimable using x}} AND t.batch_id = x.batch_id
+           ORDER BY t.priority DESC, t.id LIMIT 1)
+END IS NOT NULL
+
+-- name: claim_prospect
+-- Before a claim, in one round trip: the worker (as claim_worker: its `room`) and whether a task it
+-- could take is waiting (`waiting`).
+SELECT x.*, {{include claim_room using x}} AS room, {{include claim_waiting}} AS waiting
 FROM ({{include worker_and_retry}}) x
+
+-- name: claimable_workers
+-- Which of the workers :ids could claim now (claim_prospect's room and waiting, no claim retried):
+-- the one look of the long-polls a wake woke together (beats.Lookout).
+SELECT x.id FROM ({{include worker_with_active}}, FALSE AS retried
+                  FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id IN {{ints :ids}}) x
+WHERE {{include claim_room using x}} > 0 AND {{include claim_waiting}}
+ORDER BY x.id
 
 -- name: claim_mark
 UPDATE task SET status = 'assigned', attempts = attempts + 1, status_changed = :now, modified = :now

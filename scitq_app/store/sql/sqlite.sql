@@ -61,17 +61,15 @@ LIMIT :n
 {{include batch_pending_in_claim_order}}
 LIMIT :n
 
--- name: claim_prospect
+-- fragment: claim_waiting
 -- As the shared text, its indexes named (see pending_in_claim_order).
-SELECT x.*, {{include claim_room using x}} AS room,
-       CASE WHEN x.batch_id IS NULL
-            THEN EXISTS (SELECT 1 FROM task t INDEXED BY task_pending WHERE {{include claimable using x}}
-                         ORDER BY t.priority DESC, t.id LIMIT 1)
-            ELSE EXISTS (SELECT 1 FROM task t INDEXED BY task_batch_pending
-                         WHERE {{include claimable using x}} AND t.batch_id = x.batch_id
-                         ORDER BY t.priority DESC, t.id LIMIT 1)
-       END AS waiting
-FROM ({{include worker_and_retry}}) x
+CASE WHEN x.batch_id IS NULL
+     THEN EXISTS (SELECT 1 FROM task t INDEXED BY task_pending WHERE {{include claimable using x}}
+                  ORDER BY t.priority DESC, t.id LIMIT 1)
+     ELSE EXISTS (SELECT 1 FROM task t INDEXED BY task_batch_pending
+                  WHERE {{include claimable using x}} AND t.batch_id = x.batch_id
+                  ORDER BY t.priority DESC, t.id LIMIT 1)
+END
 
 -- name: release_after
 -- As the shared text, with the recent successes read first through their index, named: SQLite
