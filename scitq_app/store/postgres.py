@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import re
+import secrets
 import select
 import struct
 import threading
@@ -340,6 +341,9 @@ class PostgresBackend:
         self._where = f"{self._args.get('host', self._args.get('unix_sock'))}:{self._args.get('port', '')}" \
                       f"/{self._args['database']}"
         self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
+        # what this process's announcements carry: its own come back to its listener, and its
+        # Notifier woke its long-polls already (each wake makes them look again)
+        self.origin = secrets.token_hex(8)
         self._size = pool_size
         self._open = 0
         self._lock = threading.Lock()
@@ -452,14 +456,15 @@ class PostgresBackend:
 
     def announce(self, name: str) -> None:
         with self.transaction(write=False) as tx:
-            tx.run(name)
+            tx.run(name, origin=self.origin)
 
     def listen(self, name: str, wake: Callable[[], None], stop: threading.Event,
                listening: Callable[[bool], None]) -> None:
         """LISTEN on a connection of its own; the notifications pg8000 reads are handed to
-        `wake`. The socket is watched with select (pg8000 reads notifications only while it
-        runs a statement: a `SELECT 1` collects them), and polled every second anyway, which
-        also finds a lost connection: it is reopened after a pause."""
+        `wake`, but for this backend's own (`origin`). The socket is watched with select
+        (pg8000 reads notifications only while it runs a statement: a `SELECT 1` collects them),
+        and polled every second anyway, which also finds a lost connection: it is reopened after
+        a pause."""
         while not stop.is_set():
             con = None
             try:
@@ -469,8 +474,10 @@ class PostgresBackend:
                 wake()  # announcements made while no connection listened
                 while not stop.is_set():
                     if con.notifications:
+                        heard = list(con.notifications)
                         con.notifications.clear()
-                        wake()
+                        if any(payload != self.origin for _pid, _channel, payload in heard):
+                            wake()
                     select.select([con._usock], [], [], 1.0)  # pg8000's socket (no public name)
                     con.run(self.sql["listen_poll"])
             except (StoreUnavailable, OSError, self._pg.InterfaceError, self._pg.DatabaseError) as e:

@@ -134,7 +134,8 @@ SELECT string_agg(nextval(s.name)::text, ',') AS ids
 FROM (SELECT pg_get_serial_sequence(:table, 'id') AS name) s, generate_series(1, :n)
 
 -- name: claimable_notify
-SELECT pg_notify('scitq_claimable', '')
+-- the payload: the announcing process (PostgresBackend.origin), whose listener ignores its own
+SELECT pg_notify('scitq_claimable', CAST(:origin AS TEXT))
 
 -- name: claimable_listen
 LISTEN scitq_claimable
