@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import random
 import shutil
 import socket
 import threading
@@ -324,10 +325,13 @@ class Worker:
                 self._order_faults.failed(f"{type(e).__name__}: {e}")
 
     def _apply_pace(self, reply: dict[str, Any]) -> None:
-        """The server's heartbeat interval (when shorter than ours), output caps and lease, as it sends
-        them with every heartbeat: a worker restarted since it registered follows them too."""
+        """The server's heartbeat interval, output caps and lease, as it sends them with every
+        heartbeat: a worker restarted since it registered follows them too. The interval is the
+        server's, longer than `[worker] heartbeat` too: it grows with the fleet so that the
+        server's load stays bounded (beats.rhythm); ours is only what a worker beats at before
+        the server said."""
         if "heartbeat" in reply:
-            self.heartbeat_every = min(self.config.worker.heartbeat, float(reply["heartbeat"]))
+            self.heartbeat_every = float(reply["heartbeat"])
         if "lease" in reply and float(reply["lease"]) != self.lease.seconds:
             self.lease.seconds = float(reply["lease"])
             self._renew_lease()  # at once: a shorter lease must not wait for the next renewal
@@ -392,7 +396,9 @@ class Worker:
         self.say(f"scitq worker {self.name}: upgrade: {self.upgrade_note}")
 
     def _heartbeat_loop(self) -> None:
-        while not self._done.wait(self.heartbeat_every):
+        # +-10 %: workers whose replies came together (after the server paused, or started) do not
+        # beat together for ever after, in bursts that make the server pause again
+        while not self._done.wait(self.heartbeat_every * random.uniform(0.9, 1.1)):
             if self.worker_id is None or self._need_register.is_set():
                 continue
             try:
