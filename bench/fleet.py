@@ -9,6 +9,12 @@ else `retry_after`). Submitters add one task at a time to `fleet` (pickup latenc
 submission to a claim reply that holds it); the worker that took it reports it running then
 succeeded. Listers page through running tasks, counts by batch and workers.
 
+The fleet starts at once: every worker claims in its first 5 s, before the server's replies
+spread them (`retry_after`, heartbeat interval). The first `--warmup` s (30: longer than the
+heartbeat interval of 5,000 workers) are reported apart, under `warmup`; the figures are those of
+the `--seconds` that follow (CPU included). `--timeline FILE` writes every request's send time,
+kind and latencies, to see whether slow ones come together.
+
 Server side: on PostgreSQL, API processes (`--api`, default 2) and one dispatcher process; on
 SQLite, one server with its dispatcher. The servers are pinned to CPU 0 and this load generator
 to CPU 1 (`taskset`), so the server's share of a 2-core machine is what /proc says; the
@@ -34,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -50,6 +56,9 @@ STATS = {"cpu": 12.0, "iowait": 0.5, "load": [0.3, 0.2, 0.1], "mem": 21.0, "disk
 
 
 # --- an asyncio HTTP/1.1 client with a keep-alive pool per server process ---------------------------
+CLOSED = "the server closed the connection"
+
+
 class Pool:
     """At most `size` keep-alive connections to one API process (what nginx's upstream keepalive
     gives a real fleet: the server never sees thousands of sockets)."""
@@ -58,20 +67,28 @@ class Pool:
         self.port = port
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.slots = asyncio.Semaphore(size)
+        self.stale = 0  # kept connections the server had closed (idle over its timeout): sent again
 
     async def request(self, method: str, path: str, token: str, body: Any = None,
                       timeout: float = 60) -> tuple[int, Any, float]:
         """(status, reply, when a connection was free: the time before it is this client's queue)."""
         async with self.slots:
             sent = time.monotonic()
-            conn = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
-            try:
-                status, reply = await asyncio.wait_for(self._exchange(conn, method, path, token, body), timeout)
-            except BaseException:
-                conn[1].close()
-                raise
-            self.idle.append(conn)
-            return status, reply, sent
+            while True:
+                kept = bool(self.idle)
+                conn = self.idle.pop() if kept else await asyncio.open_connection("127.0.0.1", self.port)
+                try:
+                    status, reply = await asyncio.wait_for(self._exchange(conn, method, path, token, body), timeout)
+                except BaseException as e:
+                    conn[1].close()
+                    # as scitq's client does: a kept connection the server closed meanwhile (waitress
+                    # closes those idle 120 s) is retried on a new one
+                    if kept and isinstance(e, ConnectionError) and str(e) == CLOSED:
+                        self.stale += 1
+                        continue
+                    raise
+                self.idle.append(conn)
+                return status, reply, sent
 
     async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, path: str,
                         token: str, body: Any) -> tuple[int, Any]:
@@ -83,7 +100,7 @@ class Pool:
         writer.write(head.encode() + data)
         status_line = await reader.readline()
         if not status_line:
-            raise ConnectionError("the server closed the connection")
+            raise ConnectionError(CLOSED)
         status = int(status_line.split()[1])
         length, chunked = 0, False
         while True:
@@ -114,22 +131,26 @@ class Load:
     """The simulated fleet, submitters and listers; latencies by kind, in seconds."""
 
     def __init__(self, pools: list[Pool], admin: str, workers: list[tuple[int, str, list[int]]],
-                 seconds: float, submitters: int, listers: int) -> None:
+                 seconds: float, submitters: int, listers: int, warmup: float = 0.0,
+                 mark: Callable[[str], None] | None = None) -> None:
         self.pools = pools
         self.admin = admin
         self.workers = workers
-        self.seconds = seconds
+        self.seconds = seconds  # measured, after `warmup` s: `mark` is called with "steady", then "end"
+        self.warmup = warmup
+        self.mark = mark
         self.submitters = submitters
         self.listers = listers
-        self.lat: dict[str, list[float]] = {}
-        # the same from when a pooled connection was free (without the wait for one), and how late
-        # this process's own event loop runs what is due: what of a latency is the load generator's
-        self.wire: dict[str, list[float]] = {}
+        # every request: (when sent, in s since the run's start; kind; latency; the same from when a
+        # pooled connection was free, i.e. without the wait for one)
+        self.samples: list[tuple[float, str, float, float]] = []
+        # how late this process's own event loop runs what is due: what of a latency is the generator's
         self.loop_lag: list[float] = []
-        self.counts: dict[str, int] = {"claim_empty_at_once": 0}  # an idle worker spinning: must stay 0
-        self.errors: list[str] = []
+        self.spins: list[float] = []  # when an idle worker's long-poll ended empty at once: must not be
+        self.errors: list[tuple[float, str]] = []
         self.submitted: dict[str, float] = {}  # task name -> when its submission was sent
-        self.pickup: list[float] = []
+        self.pickup: list[tuple[float, float]] = []  # (when submitted, seconds until a claim took it)
+        self.started = 0.0
         self.stop_at = 0.0
         self.rng = random.Random(7)
 
@@ -142,15 +163,13 @@ class Load:
         try:
             status, reply, sent = await self.pool().request(method, path, token, body, timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
-            self.errors.append(f"{kind}: {type(e).__name__} {e}")
+            self.errors.append((t0 - self.started, f"{kind}: {type(e).__name__} {e}"))
             return None
         if status >= 400:
-            self.errors.append(f"{kind}: HTTP {status} {reply}")
+            self.errors.append((t0 - self.started, f"{kind}: HTTP {status} {reply}"))
             return None
         done = time.monotonic()
-        self.lat.setdefault(kind, []).append(done - t0)
-        self.wire.setdefault(kind, []).append(done - sent)
-        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.samples.append((t0 - self.started, kind, done - t0, done - sent))
         return reply
 
     def running(self) -> bool:
@@ -171,7 +190,7 @@ class Load:
                                         {"stats": STATS, "executions": mine, "acks": []})
                 if reply:
                     interval[0] = float(reply.get("heartbeat", interval[0]))
-                await self.nap(interval[0])
+                await self.nap(interval[0] * self.rng.uniform(0.9, 1.1))  # as scitq's worker (+-10 %)
 
         async def claims() -> None:
             await self.nap(self.rng.uniform(0, 5))
@@ -184,18 +203,17 @@ class Load:
                     continue
                 got = time.monotonic()
                 # what kind of claim it was: told to come back (the server's own latency), given
-                # work (maybe after waiting for it), or a long-poll that ended empty
+                # work (maybe after waiting for it), or a long-poll that ended empty (the sample
+                # `call` just added, with no await since)
                 kind = "claim_later" if "retry_after" in reply else "claim_work" if reply["executions"] \
                     else "claim_empty"
-                self.lat.setdefault(kind, []).append(self.lat["claim"].pop())
-                self.wire.setdefault(kind, []).append(self.wire["claim"].pop())
-                self.counts[kind] = self.counts.get(kind, 0) + 1
+                self.samples[-1] = (self.samples[-1][0], kind, *self.samples[-1][2:])
                 if kind == "claim_empty" and got - t0 < 4:
-                    self.counts["claim_empty_at_once"] = self.counts.get("claim_empty_at_once", 0) + 1
+                    self.spins.append(t0 - self.started)
                 for e in reply["executions"]:
                     sent = self.submitted.pop(e["command"].split()[-1], None)
                     if sent is not None:
-                        self.pickup.append(got - sent)
+                        self.pickup.append((sent - self.started, got - sent))
                     mine.append(e["id"])
                     await self.call("report", "POST", f"/executions/{e['id']}/report", token, {"phase": "running"})
                     await self.nap(0.2)
@@ -232,11 +250,49 @@ class Load:
             await asyncio.sleep(0.05)
             self.loop_lag.append(time.monotonic() - t0 - 0.05)
 
+    async def steady(self) -> None:
+        await self.nap(self.warmup)
+        if self.mark:
+            self.mark("steady")
+        await self.nap(self.seconds)
+        if self.mark:
+            self.mark("end")  # before the long-polls still open end
+
     async def run(self) -> None:
-        self.stop_at = time.monotonic() + self.seconds
+        self.started = time.monotonic()
+        self.stop_at = self.started + self.warmup + self.seconds
         await asyncio.gather(*(self.worker(*w) for w in self.workers),
                              *(self.submitter(k) for k in range(self.submitters)),
-                             *(self.lister(k) for k in range(self.listers)), self.lag())
+                             *(self.lister(k) for k in range(self.listers)), self.lag(), self.steady())
+
+    def figures(self, since: float, until: float) -> dict[str, Any]:
+        """Latencies (ms) and counts of the requests sent between `since` and `until` s."""
+        lat: dict[str, list[float]] = {}
+        wire: dict[str, list[float]] = {}
+        for at, kind, total, free in self.samples:
+            if since <= at < until:
+                lat.setdefault(kind, []).append(total)
+                wire.setdefault(kind, []).append(free)
+
+        def ms(kind: str, q: float, of: dict[str, list[float]] = lat) -> float | None:
+            return round(pct(of[kind], q) * 1000, 1) if of.get(kind) else None
+        pickup = [p for at, p in self.pickup if since <= at < until]
+        return {
+            "counts": {kind: len(v) for kind, v in sorted(lat.items())},
+            "spins": sum(since <= at < until for at in self.spins),
+            "errors": sum(since <= at < until for at, _ in self.errors),
+            "heartbeat_ms": {"p50": ms("heartbeat", 50), "p99": ms("heartbeat", 99),
+                             "p99_from_free_connection": ms("heartbeat", 99, wire),
+                             "max": round(max(lat.get("heartbeat", [0])) * 1000, 1)},
+            "claim_ms": {kind: {"p50": ms(kind, 50), "p99": ms(kind, 99),
+                                "p99_from_free_connection": ms(kind, 99, wire)}
+                         for kind in ("claim_later", "claim_work", "claim_empty")},
+            "submit_ms": {"p50": ms("submit", 50), "p99": ms("submit", 99)},
+            "pages_ms_p95": {k: ms(k, 95) for k in ("list_running_page", "list_pending_page", "batches",
+                                                    "workers_of_batch", "counts")},
+            "pickup_s": {"n": len(pickup), "p50": round(pct(pickup, 50), 3) if pickup else None,
+                         "p99": round(pct(pickup, 99), 3) if pickup else None},
+        }
 
 
 # --- processes ------------------------------------------------------------------------------------------
@@ -308,7 +364,11 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=1_000_000)
     p.add_argument("--executions", type=int, default=200_000)
     p.add_argument("--workers", type=int, default=5_000)
-    p.add_argument("--seconds", type=float, default=300)
+    p.add_argument("--seconds", type=float, default=300, help="the measured time, after the warm-up")
+    p.add_argument("--warmup", type=float, default=30,
+                   help="seconds before the measure: the fleet starts at once (every worker claims in its "
+                        "first 5 s) and takes the rhythm the server sets (a heartbeat interval: 25 s at 5,000 "
+                        "workers); reported apart")
     p.add_argument("--api", type=int, default=2, help="API processes (PostgreSQL; SQLite runs one)")
     p.add_argument("--submitters", type=int, default=10)
     p.add_argument("--listers", type=int, default=10)
@@ -317,6 +377,9 @@ def main() -> None:
     p.add_argument("--idle-connections", type=int, default=0,
                    help="idle keep-alive connections held open to each API process (as workers connected "
                         "directly hold theirs), besides the pool")
+    p.add_argument("--timeline", metavar="FILE",
+                   help="write every request's send time, kind and latencies there (JSON lines), to see "
+                        "whether the slow ones come together")
     p.add_argument("--tree", default=ROOT, help="the scitq checkout to run the servers from (default: this one)")
     a = p.parse_args()
     if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
@@ -345,17 +408,23 @@ def main() -> None:
                 pin(pid, 0)
         db_pids = postgres_pids(url) if a.backend == "postgres" else []
         idle = [open_idle(sp.port, admin, a.idle_connections) for sp in procs]
-        try:
-            load = Load([Pool(sp.port, a.pool) for sp in procs], admin, workers, a.seconds, a.submitters, a.listers)
-            cpu0 = {pid: cpu_seconds(pid) for pid in server_pids}
-            db0 = {pid: cpu_seconds(pid) for pid in db_pids if os.path.exists(f"/proc/{pid}")}
-            w0, own0 = time.monotonic(), time.process_time()
-            asyncio.run(load.run())
-            wall = time.monotonic() - w0
-            own = time.process_time() - own0
-            server_cpu = sum(cpu_seconds(pid) - cpu0[pid] for pid in server_pids)
+        # CPU times of the servers, PostgreSQL and this process, with the clock, when the measure
+        # starts and ends
+        at: dict[str, tuple[dict[int, float], dict[int, float], float, float]] = {}
+
+        def mark(moment: str) -> None:
             db_now = postgres_pids(url) if a.backend == "postgres" else []
-            db_cpu = sum(cpu_seconds(pid) - db0.get(pid, 0.0) for pid in db_now if os.path.exists(f"/proc/{pid}"))
+            at[moment] = ({pid: cpu_seconds(pid) for pid in server_pids},
+                          {pid: cpu_seconds(pid) for pid in db_now if os.path.exists(f"/proc/{pid}")},
+                          time.monotonic(), time.process_time())
+        try:
+            load = Load([Pool(sp.port, a.pool) for sp in procs], admin, workers, a.seconds, a.submitters, a.listers,
+                        a.warmup, mark)
+            asyncio.run(load.run())
+            (cpu0, db0, w0, own0), (cpu1, db1, w1, own1) = at["steady"], at["end"]
+            wall, own = w1 - w0, own1 - own0
+            server_cpu = sum(cpu1[pid] - cpu0[pid] for pid in server_pids)
+            db_cpu = sum(t - db0.get(pid, 0.0) for pid, t in db1.items())
             rss = sum(rss_mb(pid) for pid in server_pids)
         finally:
             for socks in idle:
@@ -366,36 +435,35 @@ def main() -> None:
             if dispatcher:
                 dispatcher.terminate()
                 dispatcher.wait(10)
-    protocol = sum(load.counts.get(k, 0) for k in ("heartbeat", "claim", "report"))
+    measured = load.figures(a.warmup, a.warmup + a.seconds)
+    counts = measured["counts"]
+    protocol = sum(n for k, n in counts.items() if k in ("heartbeat", "report") or k.startswith("claim_"))
+    if a.timeline:
+        with open(a.timeline, "w") as f:
+            for sample in load.samples:
+                f.write(json.dumps([round(sample[0], 4), sample[1], round(sample[2], 4), round(sample[3], 4)]) + "\n")
 
-    def lat(kind: str, q: float, of: dict[str, list[float]] = load.lat) -> float | None:
-        values = of.get(kind)
-        return round(pct(values, q) * 1000, 1) if values else None
+    warm = load.figures(0, a.warmup)
+    slow = [at for at, kind, total, _ in load.samples
+            if at < a.warmup and total > 0.1 and kind in ("heartbeat", "claim_later")]
     result = {
         "backend": a.backend, "tasks": a.tasks, "workers": a.workers, "api_processes": len(procs),
         "servers_pinned": not a.no_pin, "idle_connections_per_process": a.idle_connections,
-        "tree": os.path.abspath(a.tree),
-        "fill_s": round(fill_s, 1), "seconds": round(wall, 1), "counts": load.counts,
-        "requests_per_s": round(sum(n for k, n in load.counts.items() if not k.startswith("claim_")) / wall, 1),
+        "tree": os.path.abspath(a.tree), "fill_s": round(fill_s, 1), "warmup_s": a.warmup, "seconds": round(wall, 1),
+        "requests_per_s": round(sum(n for k, n in counts.items() if k not in ("claim_work", "claim_empty")) / wall, 1),
         "server_cores": round(server_cpu / wall, 3),
         "server_cpu_ms_per_protocol_request": round(server_cpu * 1000 / max(1, protocol), 3),
         "server_rss_mb": round(rss, 1), "postgres_cores": round(db_cpu / wall, 3) if db_pids else None,
-        "heartbeat_ms": {"p50": lat("heartbeat", 50), "p99": lat("heartbeat", 99),
-                         "p99_from_free_connection": lat("heartbeat", 99, load.wire)},
         "load_generator": {"cores": round(own / wall, 3),
                            "loop_lag_ms": {"p50": round(pct(load.loop_lag, 50) * 1000, 1),
                                            "p99": round(pct(load.loop_lag, 99) * 1000, 1)}},
-        "claim_ms": {kind: {"p50": lat(kind, 50), "p99": lat(kind, 99),
-                            "p99_from_free_connection": lat(kind, 99, load.wire)}
-                     for kind in ("claim_later", "claim_work", "claim_empty")},
-        "submit_ms": {"p50": lat("submit", 50), "p99": lat("submit", 99)},
-        "pages_ms_p95": {k: lat(k, 95) for k in ("list_running_page", "list_pending_page", "batches",
-                                                 "workers_of_batch", "counts")},
-        "pickup_s": {"n": len(load.pickup),
-                     "p50": round(pct(load.pickup, 50), 3) if load.pickup else None,
-                     "p99": round(pct(load.pickup, 99), 3) if load.pickup else None},
-        "not_picked_up": len(load.submitted),
-        "errors": len(load.errors), "first_errors": load.errors[:5],
+        **measured,
+        "not_picked_up": len(load.submitted), "first_errors": [e for _, e in load.errors[:5]],
+        "stale_connections_sent_again": sum(pool.stale for pool in load.pools),
+        # the start: every worker's first claim in 5 s, before the server's rhythm spreads them
+        "warmup": {"heartbeat_ms": warm["heartbeat_ms"], "claim_later_ms": warm["claim_ms"]["claim_later"],
+                   "errors": warm["errors"], "spins": warm["spins"],
+                   "last_slow_at_s": round(max(slow), 1) if slow else None},
     }
     print(json.dumps(result))
 
