@@ -378,8 +378,8 @@ def main() -> None:
                    help="idle keep-alive connections held open to each API process (as workers connected "
                         "directly hold theirs), besides the pool")
     p.add_argument("--timeline", metavar="FILE",
-                   help="write every request's send time, kind and latencies there (JSON lines), to see "
-                        "whether the slow ones come together")
+                   help="write every request's send time, kind and latencies there (JSON lines, after a "
+                        "first [\"start\", CLOCK_MONOTONIC]), to see whether the slow ones come together")
     p.add_argument("--tree", default=ROOT, help="the scitq checkout to run the servers from (default: this one)")
     a = p.parse_args()
     if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
@@ -440,6 +440,8 @@ def main() -> None:
     protocol = sum(n for k, n in counts.items() if k in ("heartbeat", "report") or k.startswith("claim_"))
     if a.timeline:
         with open(a.timeline, "w") as f:
+            # the run's start on this machine's monotonic clock, to set other processes' records against
+            f.write(json.dumps(["start", load.started]) + "\n")
             for sample in load.samples:
                 f.write(json.dumps([round(sample[0], 4), sample[1], round(sample[2], 4), round(sample[3], 4)]) + "\n")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gc
 import hashlib
 import ipaddress
 import json
@@ -667,6 +668,16 @@ def limit_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
+def freeze_startup_objects() -> None:
+    """Leave what exists at start (modules, the app, its routes and queries: two thirds of a
+    server's objects) out of the garbage collector's passes: it lives as long as the process.
+
+    A full pass stops every thread of the process while it walks the objects: measured under
+    5,000 workers, the longest pause went from 54-112 ms to 21-24 ms (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 def check_server_config(config: Config) -> None:
     """ConfigError for what the configuration checks alone cannot see: an address to listen
     on that this host does not have, an allow-list that is not a list of options. The CLI
@@ -761,6 +772,7 @@ def serve(store: Store, config: Config, *, dispatcher: bool | None = None,
     register_server(url, port, config.server.token_file)
     if ready:
         ready(url)
+    freeze_startup_objects()
     try:
         server.run()
     finally:
