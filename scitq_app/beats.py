@@ -108,7 +108,6 @@ class Lookout:
         # the last look: the generation and the claims made here before it, whom it asked, who could claim
         self._seen: tuple[int, int, frozenset[int], frozenset[int]] | None = None
         self._claims = 0
-        self.looks = 0  # reads made (shown to tests and benchmarks)
 
     @contextlib.contextmanager
     def polling(self, worker_id: int) -> Iterator[None]:
@@ -136,7 +135,6 @@ class Lookout:
             with self._polling_lock:
                 asked = frozenset(self._polling) | {worker_id}
             found = frozenset(self.store.claimable_workers(asked))
-            self.looks += 1
             seen = self._seen = (generation, claims, asked, found)
         return worker_id in seen[3]
 
