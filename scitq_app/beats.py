@@ -102,24 +102,27 @@ class Lookout:
         self.store = store
         self.notifier = notifier
         self.turn = threading.Lock()  # held by the woken long-poll that looks (and claims) now
+        self._lock = threading.Lock()  # for the two below
         self._polling: dict[int, int] = {}  # worker id -> its long-polls here
-        self._polling_lock = threading.Lock()
-        self.long_polls = 0
+        self._claims = 0  # claims made here (each voids the last look)
         # the last look: the generation and the claims made here before it, whom it asked, who could claim
         self._seen: tuple[int, int, frozenset[int], frozenset[int]] | None = None
-        self._claims = 0
+
+    @property
+    def long_polls(self) -> int:
+        """Long-polls waiting here now (shown by /health)."""
+        with self._lock:
+            return sum(self._polling.values())
 
     @contextlib.contextmanager
     def polling(self, worker_id: int) -> Iterator[None]:
         """While a long-poll of this worker waits here."""
-        with self._polling_lock:
+        with self._lock:
             self._polling[worker_id] = self._polling.get(worker_id, 0) + 1
-            self.long_polls += 1
         try:
             yield
         finally:
-            with self._polling_lock:
-                self.long_polls -= 1
+            with self._lock:
                 left = self._polling.pop(worker_id) - 1
                 if left:
                     self._polling[worker_id] = left
@@ -132,7 +135,7 @@ class Lookout:
         if seen is None or seen[0] < since or seen[1] != self._claims or worker_id not in seen[2]:
             # read before the look: a change after them wakes the long-polls again, or voids it
             generation, claims = self.notifier.generation(), self._claims
-            with self._polling_lock:
+            with self._lock:
                 asked = frozenset(self._polling) | {worker_id}
             found = frozenset(self.store.claimable_workers(asked))
             seen = self._seen = (generation, claims, asked, found)
@@ -140,7 +143,7 @@ class Lookout:
 
     def claimed(self) -> None:
         """A claim was made here: what the last look found may be gone; the next one reads again."""
-        with self._polling_lock:
+        with self._lock:
             self._claims += 1
 
 

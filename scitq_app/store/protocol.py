@@ -229,7 +229,7 @@ def has_claimable(tx: Tx, worker_id: int) -> bool:
 def claimable_workers(tx: Tx, worker_ids: Iterable[int]) -> set[int]:
     """Those of these workers that could claim something now (has_claimable for each), in one read."""
     ids = sorted(set(worker_ids))
-    return {int(r["id"]) for r in tx.all("claimable_workers", ids=dumps(ids))} if ids else set()
+    return {int(p["id"]) for p in tx.all("claim_prospects", ids=dumps(ids)) if could_claim(p)} if ids else set()
 
 
 def claim_prospect(tx: Tx, worker_id: int, request_id: str | None) -> dict[str, Any]:

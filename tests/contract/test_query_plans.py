@@ -166,7 +166,7 @@ def _cases(dialect: str, some: dict) -> dict[str, dict[str, Any]]:
         # worker protocol
         "claim_prospect": {"id": w, "request_id": "r-1"},
         "claim_prospect_batch": {"id": some["pinned"], "request_id": None},  # a worker of one batch
-        "claimable_workers": {"ids": json.dumps([w, some["pinned"]])},  # the long-polls' shared look
+        "claim_prospects": {"ids": json.dumps([w, some["pinned"]])},  # the long-polls' shared look
         "worker_get": {"id": w},
         "heartbeat_reply": {"id": w, "ids": json.dumps(running)},
         "lease_renew_one": {"id": running[0], "worker_id": w, "lease_expires": 1e12},

@@ -442,12 +442,12 @@ END IS NOT NULL
 SELECT x.*, {{include claim_room using x}} AS room, {{include claim_waiting}} AS waiting
 FROM ({{include worker_and_retry}}) x
 
--- name: claimable_workers
--- Which of the workers :ids could claim now (claim_prospect's room and waiting, no claim retried):
--- the one look of the long-polls a wake woke together (beats.Lookout).
-SELECT x.id FROM ({{include worker_with_active}}, FALSE AS retried
-                  FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id IN {{ints :ids}}) x
-WHERE {{include claim_room using x}} > 0 AND {{include claim_waiting}}
+-- name: claim_prospects
+-- claim_prospect's room and waiting for each of the workers :ids (no claim retried): the one look
+-- of the long-polls a wake woke together (beats.Lookout).
+SELECT x.id, {{include claim_room using x}} AS room, {{include claim_waiting}} AS waiting
+FROM ({{include worker_with_active}}, FALSE AS retried
+      FROM worker w LEFT JOIN batch b ON b.id = w.batch_id WHERE w.id IN {{ints :ids}}) x
 ORDER BY x.id
 
 -- name: claim_mark
