@@ -22,8 +22,9 @@ class CountingStore:
     its looks made slow enough (50 ms) that pollers woken together would all look before any
     claimed, were they not one at a time."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, delay: float = 0.05) -> None:
         self._store = store
+        self.delay = delay
         self.claims = 0
         self.looks = 0
         self.shared_looks = 0
@@ -34,7 +35,7 @@ class CountingStore:
         return getattr(self._store, name)
 
     def _slow_look(self) -> None:
-        time.sleep(0.05)
+        time.sleep(self.delay)
         with self.lock:
             fail, self.fail_next_look = self.fail_next_look, False
         if fail:
@@ -142,3 +143,82 @@ def test_a_look_that_fails_after_a_wake_does_not_hold_up_the_other_long_polls(ma
     taken = [e for r in replies if isinstance(r, dict) for e in r["executions"]]
     # the failing look's claim answers the error; another takes the task, the lock released
     assert len(replies) == POLLERS and len(failed) == 1 and len(taken) == 1
+
+
+def test_woken_long_polls_beside_other_claims_heartbeats_and_reports_take_each_task_once(make_store) -> None:
+    """The shared look under everything else at once: long-polls of this process (woken by
+    submissions and by the successes they report), workers claiming directly as another process's
+    would, heartbeats, and a look that fails midway; each task is taken once and all are done."""
+    store = make_store()
+    store.create_batch("b")
+    pollers = [store.register_worker({"name": f"p{i}", "concurrency": 1, "prefetch": 0, "batch": "b"})[0]
+               for i in range(8)]
+    others = [store.register_worker({"name": f"o{i}", "concurrency": 2, "prefetch": 0, "batch": "b"})[0]
+              for i in range(3)]
+    counting = CountingStore(store, delay=0.0)
+    notifier = Notifier()
+    config = load_config("/dev/null", env={"SCITQ_SERVER_THREADS": "32"})
+    api = make_app(counting, config, notifier=notifier).config["scitq.api"]
+    admin = Identity(name="admin", role=Role.ADMIN)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    taken: dict[str, list[int]] = {"polls": [], "others": []}
+
+    def finish(executions: list[dict]) -> None:
+        for e in executions:
+            api.report(admin, e["id"], {"phase": "running"})
+            stop.wait(0.05)  # the task runs a little: bursts larger than the pollers leave the others some
+            api.report(admin, e["id"], {"phase": "succeeded", "return_code": 0})  # frees a slot: a wake
+
+    def guarded(loop: Any) -> Any:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as e:  # the test fails on any
+                errors.append(e)
+        return run
+
+    def poll(worker_id: int) -> None:
+        while not stop.is_set():
+            try:
+                got = api.claim(admin, worker_id, {"slots": 1, "wait": 1.0})["executions"]
+            except StoreUnavailable:
+                continue  # the look made to fail, once: this poll answers the error, as a worker sees it
+            taken["polls"].extend(e["task_id"] for e in got)
+            finish(got)
+
+    def claim_directly(worker_id: int) -> None:
+        while not stop.is_set():
+            got = store.claim(worker_id, 2, 30.0)
+            taken["others"].extend(e["task_id"] for e in got)
+            finish(got)
+            stop.wait(0.01)
+
+    def beat() -> None:
+        while not stop.is_set():
+            for w in pollers + others:
+                api.heartbeat(admin, w.id, {"stats": {}, "executions": []})
+            stop.wait(0.05)
+
+    threads = [threading.Thread(target=guarded(lambda w=w: poll(w.id))) for w in pollers]
+    threads += [threading.Thread(target=guarded(lambda w=w: claim_directly(w.id))) for w in others]
+    threads.append(threading.Thread(target=guarded(beat)))
+    for t in threads:
+        t.start()
+    ids: list[int] = []
+    try:
+        for burst in range(30):
+            ids += store.create_tasks([{"command": "true", "batch": "b"} for _ in range(1 + burst % 3 * 6)])
+            if burst == 15:
+                counting.fail_next_look = True
+            notifier.notify()
+            time.sleep(0.02)  # submissions spread over time, as a submitter's
+        wait_until(lambda: store.count_tasks(batch="b").get("succeeded", 0) == len(ids), 60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert errors == [] and not counting.fail_next_look  # (the failing look came, and was answered)
+    assert sorted(taken["polls"] + taken["others"]) == sorted(ids)  # each task once
+    assert all(len(store.list_executions(i)) == 1 for i in ids)  # and never a second attempt
+    assert taken["polls"] and taken["others"] and counting.shared_looks > 0
