@@ -406,7 +406,6 @@ def main() -> None:
         if not a.no_pin:
             for pid in server_pids:
                 pin(pid, 0)
-        db_pids = postgres_pids(url) if a.backend == "postgres" else []
         idle = [open_idle(sp.port, admin, a.idle_connections) for sp in procs]
         # CPU times of the servers, PostgreSQL and this process, with the clock, when the measure
         # starts and ends
@@ -455,7 +454,7 @@ def main() -> None:
         "requests_per_s": round(sum(n for k, n in counts.items() if k not in ("claim_work", "claim_empty")) / wall, 1),
         "server_cores": round(server_cpu / wall, 3),
         "server_cpu_ms_per_protocol_request": round(server_cpu * 1000 / max(1, protocol), 3),
-        "server_rss_mb": round(rss, 1), "postgres_cores": round(db_cpu / wall, 3) if db_pids else None,
+        "server_rss_mb": round(rss, 1), "postgres_cores": round(db_cpu / wall, 3) if a.backend == "postgres" else None,
         "load_generator": {"cores": round(own / wall, 3),
                            "loop_lag_ms": {"p50": round(pct(load.loop_lag, 50) * 1000, 1),
                                            "p99": round(pct(load.loop_lag, 99) * 1000, 1)}},
